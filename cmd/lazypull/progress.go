@@ -1,0 +1,152 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lazypull/lazypull/convert"
+)
+
+// progressView shows convert.Progress events. On a terminal it keeps one
+// live line per layer in flight, redrawn at most every redrawEvery, and
+// prints each layer's final line once; elsewhere it prints a plain line per
+// phase change.
+type progressView struct {
+	w   io.Writer
+	tty bool
+
+	mu       sync.Mutex
+	rows     map[rowKey]*row
+	order    []*row // in order of first event
+	live     int    // lines of the live area last drawn
+	lastDraw time.Time
+}
+
+const redrawEvery = 100 * time.Millisecond
+
+type rowKey struct {
+	platform string
+	layer    int
+	source   string
+}
+
+type row struct {
+	p       convert.Progress
+	printed bool // final line printed
+}
+
+func newProgressView(w io.Writer, tty bool) *progressView {
+	return &progressView{w: w, tty: tty, rows: map[rowKey]*row{}}
+}
+
+func (v *progressView) update(p convert.Progress) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	k := rowKey{p.Platform, p.Layer, p.Source.String()}
+	r, ok := v.rows[k]
+	if !ok {
+		r = &row{}
+		v.rows[k] = r
+		v.order = append(v.order, r)
+	}
+	changed := !ok || r.p.Phase != p.Phase
+	r.p = p
+	if !v.tty {
+		if changed && p.Phase != convert.PhaseQueued {
+			fmt.Fprintln(v.w, line(p))
+		}
+		return
+	}
+	if changed || time.Since(v.lastDraw) >= redrawEvery {
+		v.draw()
+	}
+}
+
+// close draws the final state.
+func (v *progressView) close() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.tty {
+		v.draw()
+	}
+}
+
+// draw replaces the live area with the lines of newly finished rows, then
+// the lines of the rows in flight and a count of the queued ones.
+func (v *progressView) draw() {
+	var b strings.Builder
+	if v.live > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA\x1b[J", v.live) // cursor up, clear to end of screen
+	}
+	var active []string
+	queued := 0
+	for _, r := range v.order {
+		switch r.p.Phase {
+		case convert.PhaseDone, convert.PhaseSkipped, convert.PhaseFailed:
+			if !r.printed {
+				b.WriteString(line(r.p) + "\n")
+				r.printed = true
+			}
+		case convert.PhaseQueued:
+			queued++
+		default:
+			active = append(active, line(r.p))
+		}
+	}
+	for _, l := range active {
+		b.WriteString(l + "\n")
+	}
+	v.live = len(active)
+	if queued > 0 {
+		fmt.Fprintf(&b, "%d layer(s) queued\n", queued)
+		v.live++
+	}
+	_, _ = io.WriteString(v.w, b.String())
+	v.lastDraw = time.Now()
+}
+
+// line describes one event, e.g.
+// "linux/amd64 layer 2/5 sha256:0123456789ab pushing 3.0 MiB/10.1 MiB".
+func line(p convert.Progress) string {
+	what := "manifest"
+	if p.Layer >= 0 {
+		what = fmt.Sprintf("layer %d/%d", p.Layer+1, p.Layers)
+	}
+	if p.Platform != "" {
+		what = p.Platform + " " + what
+	}
+	s := fmt.Sprintf("%s %s %s", what, short(p.Source.String()), p.Phase)
+	switch p.Phase {
+	case convert.PhaseFetching:
+		s += " " + human(p.Bytes)
+	case convert.PhaseConverting:
+		s += " " + human(p.Bytes) + " written"
+	case convert.PhasePushing:
+		s += fmt.Sprintf(" %s/%s", human(p.Bytes), human(p.Total))
+	case convert.PhaseDone:
+		s += " " + human(p.Total)
+	case convert.PhaseSkipped:
+		s += ": " + p.Reason
+	case convert.PhaseFailed:
+		s += fmt.Sprintf(": %v", p.Err)
+	}
+	return s
+}
+
+// short abbreviates a digest to its algorithm and 12 hex digits.
+func short(d string) string {
+	if i := strings.IndexByte(d, ':'); i >= 0 && len(d) > i+13 {
+		return d[:i+13]
+	}
+	return d
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isTTY(f)
+}

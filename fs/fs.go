@@ -1,0 +1,293 @@
+// Package fs serves eStargz layers as read-only FUSE filesystems.
+//
+// A FileSystem mounts one layer per mountpoint. At mount it reads the layer's
+// table of contents (TOC) from the end of the blob, checks it against the TOC
+// digest the image manifest carries, and builds the directory tree from it;
+// no file content is fetched. A read fetches only the chunks that cover it,
+// verifies each against its digest in the TOC and keeps it in a Cache shared
+// by all layers. The tree is presented the way overlayfs expects lower layers:
+// whiteouts as 0:0 character devices, opaque directories with the
+// trusted.overlay.opaque xattr.
+//
+// The package owns the FUSE servers and the background resolution of layers;
+// it does not know about registries (see Opener) or about on-disk caches (see
+// Cache).
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+)
+
+// Labels of a layer snapshot that Mount and Check read.
+const (
+	// LabelImageRef names the image the layer belongs to; it says where to fetch the blob.
+	LabelImageRef = "containerd.io/snapshot/cri.image-ref"
+	// LabelLayerDigest is the digest of the (compressed) layer blob.
+	LabelLayerDigest = "containerd.io/snapshot/cri.layer-digest"
+	// LabelImageLayers lists, comma separated, the digests of this and the following layers.
+	LabelImageLayers = "containerd.io/snapshot/cri.image-layers"
+	// LabelTOCDigest is the digest of the layer's uncompressed TOC JSON.
+	LabelTOCDigest = estargz.TOCJSONDigestAnnotation
+)
+
+// Blob is random access to one layer blob in a registry.
+type Blob interface {
+	// Size is the size of the blob in bytes.
+	Size() int64
+	// ReadAt reads len(p) bytes at off. It returns exactly len(p) or an error.
+	// It is called concurrently.
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// Opener opens layer blobs.
+type Opener interface {
+	// Open returns the blob and its last min(tail, size) bytes, fetched in one round trip.
+	Open(ctx context.Context, ref string, dgst digest.Digest, tail int64) (Blob, []byte, error)
+}
+
+// Cache keeps decompressed chunks of file content, keyed by the digest of the
+// uncompressed chunk, so one cache serves every layer holding the same chunk.
+//
+// The FileSystem treats a Cache as untrusted storage: every hit is verified
+// against its key before it is served, and a mismatch is a miss. A Cache may
+// therefore lose, truncate or drop entries at any time. Methods are called
+// concurrently.
+type Cache interface {
+	// Get copies the entry stored under key into p and returns its length.
+	// ok is false if there is no such entry or it does not fit in p.
+	Get(key digest.Digest, p []byte) (n int, ok bool)
+	// Put stores data under key. It must not retain data after returning.
+	Put(key digest.Digest, data []byte) error
+}
+
+// FileSystem mounts eStargz layers. It is safe for concurrent use. Close
+// unmounts everything it mounted and stops its background work.
+type FileSystem struct {
+	root   string
+	opener Opener
+	cfg    config
+	mem    *memCache
+
+	// life is the daemon-lifetime context of background work and shared
+	// fetches; Close cancels it and waits for wg.
+	life   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	sem    chan struct{} // bounds background resolutions
+
+	resolving singleflight.Group
+
+	mu       sync.Mutex
+	closed   bool
+	resolved map[digest.Digest]*source  // opened and parsed, verified or not
+	pending  map[digest.Digest]struct{} // queued for background resolution
+	mounts   map[string]*mount          // by mountpoint
+}
+
+// mount is one mounted layer. server is nil while the mount is being set up.
+type mount struct {
+	layer  *layer
+	server *fuse.Server
+}
+
+// New returns a FileSystem that keeps its state under root (created if
+// missing) and reads blobs through opener.
+func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
+	if opener == nil {
+		return nil, fmt.Errorf("fs: nil opener: %w", errdefs.ErrInvalidArgument)
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("fs: %w", err)
+	}
+	life, cancel := context.WithCancel(context.Background())
+	return &FileSystem{
+		root:     root,
+		opener:   opener,
+		cfg:      cfg,
+		mem:      newMemCache(cfg.memCacheSize),
+		life:     life,
+		cancel:   cancel,
+		sem:      make(chan struct{}, cfg.resolveConcurrency),
+		resolved: map[digest.Digest]*source{},
+		pending:  map[digest.Digest]struct{}{},
+		mounts:   map[string]*mount{},
+	}, nil
+}
+
+// Mount mounts the layer the labels name at mountpoint. The error, if any,
+// says why the layer cannot be served lazily; its errdefs class is
+// InvalidArgument for missing labels, FailedPrecondition for a layer without
+// a usable TOC digest, NotImplemented for a blob that is not eStargz, DataLoss
+// for a TOC that does not match its digest, AlreadyExists for a busy
+// mountpoint, or the class of the registry error. Nothing is left mounted
+// after an error.
+func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[string]string) (retErr error) {
+	ref, dgst, tocDgst, err := parseLabels(labels)
+	if err != nil {
+		return err
+	}
+	if tocDgst == "" && !f.cfg.allowUnverified {
+		return fmt.Errorf("layer %s has no TOC digest annotation: %w", dgst, errdefs.ErrFailedPrecondition)
+	}
+	if err := f.reserve(mountpoint); err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			f.release(mountpoint)
+		}
+	}()
+	f.resolveImage(ctx, ref, dgst, labels[LabelImageLayers])
+
+	src, err := f.resolve(ctx, ref, dgst)
+	if err != nil {
+		return err
+	}
+	l, err := f.newLayer(ctx, src, tocDgst)
+	if err != nil {
+		return err
+	}
+	server, err := f.serve(mountpoint, l)
+	if err != nil {
+		return fmt.Errorf("layer %s: mount %s: %w", dgst, mountpoint, err)
+	}
+	f.mu.Lock()
+	f.mounts[mountpoint] = &mount{layer: l, server: server}
+	f.mu.Unlock()
+	log.G(ctx).WithFields(log.Fields{"layer": dgst, "mountpoint": mountpoint, "verified": l.verified}).Info("layer mounted")
+	return nil
+}
+
+// Check reports whether the layer at mountpoint is still served and is the
+// layer the labels name. It returns an error of class NotFound for a
+// mountpoint it does not serve.
+func (f *FileSystem) Check(ctx context.Context, mountpoint string, labels map[string]string) error {
+	f.mu.Lock()
+	m := f.mounts[mountpoint]
+	f.mu.Unlock()
+	if m == nil || m.server == nil {
+		return fmt.Errorf("mountpoint %s: %w", mountpoint, errdefs.ErrNotFound)
+	}
+	if d := labels[LabelLayerDigest]; d != "" && d != m.layer.src.dgst.String() {
+		return fmt.Errorf("mountpoint %s serves layer %s, not %s: %w", mountpoint, m.layer.src.dgst, d, errdefs.ErrFailedPrecondition)
+	}
+	if d := labels[LabelTOCDigest]; d != "" && d != m.layer.tocDigest.String() {
+		return fmt.Errorf("mountpoint %s serves TOC %q, not %s: %w", mountpoint, m.layer.tocDigest, d, errdefs.ErrFailedPrecondition)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(mountpoint, &st); err != nil {
+		return fmt.Errorf("mountpoint %s: %v: %w", mountpoint, err, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+// Unmount unmounts the layer at mountpoint. It returns an error of class
+// NotFound for a mountpoint it does not serve; after any other error the
+// layer stays mounted and Unmount may be retried.
+func (f *FileSystem) Unmount(ctx context.Context, mountpoint string) error {
+	f.mu.Lock()
+	m := f.mounts[mountpoint]
+	f.mu.Unlock()
+	if m == nil || m.server == nil {
+		return fmt.Errorf("mountpoint %s: %w", mountpoint, errdefs.ErrNotFound)
+	}
+	if err := m.server.Unmount(); err != nil {
+		return fmt.Errorf("unmount %s: %w", mountpoint, err)
+	}
+	f.mu.Lock()
+	delete(f.mounts, mountpoint)
+	f.forgetLocked(m.layer.src.dgst)
+	f.mu.Unlock()
+	log.G(ctx).WithFields(log.Fields{"layer": m.layer.src.dgst, "mountpoint": mountpoint}).Info("layer unmounted")
+	return nil
+}
+
+// Close stops background work and unmounts every layer. The FileSystem
+// cannot be used afterwards.
+func (f *FileSystem) Close() error {
+	f.mu.Lock()
+	f.closed = true
+	mounts := f.mounts
+	f.mounts = map[string]*mount{}
+	f.mu.Unlock()
+	f.cancel()
+	f.wg.Wait()
+	var errs []error
+	for mp, m := range mounts {
+		if m.server == nil {
+			continue
+		}
+		if err := m.server.Unmount(); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reserve claims mountpoint so that concurrent Mounts cannot both use it.
+func (f *FileSystem) reserve(mountpoint string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable)
+	}
+	if _, ok := f.mounts[mountpoint]; ok {
+		return fmt.Errorf("mountpoint %s: %w", mountpoint, errdefs.ErrAlreadyExists)
+	}
+	f.mounts[mountpoint] = &mount{}
+	return nil
+}
+
+func (f *FileSystem) release(mountpoint string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m, ok := f.mounts[mountpoint]; ok && m.server == nil {
+		delete(f.mounts, mountpoint)
+	}
+}
+
+// forgetLocked drops the resolved source of dgst unless a mount still uses it.
+func (f *FileSystem) forgetLocked(dgst digest.Digest) {
+	for _, m := range f.mounts {
+		if m.layer != nil && m.layer.src.dgst == dgst {
+			return
+		}
+	}
+	delete(f.resolved, dgst)
+}
+
+func parseLabels(labels map[string]string) (ref string, dgst, toc digest.Digest, err error) {
+	ref = labels[LabelImageRef]
+	if ref == "" {
+		return "", "", "", fmt.Errorf("label %s missing: %w", LabelImageRef, errdefs.ErrInvalidArgument)
+	}
+	dgst, err = digest.Parse(labels[LabelLayerDigest])
+	if err != nil {
+		return "", "", "", fmt.Errorf("label %s: %v: %w", LabelLayerDigest, err, errdefs.ErrInvalidArgument)
+	}
+	if s := labels[LabelTOCDigest]; s != "" {
+		toc, err = digest.Parse(s)
+		if err != nil {
+			return "", "", "", fmt.Errorf("layer %s: label %s: %v: %w", dgst, LabelTOCDigest, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	return ref, dgst, toc, nil
+}

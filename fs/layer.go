@@ -1,0 +1,168 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// layer is a source being served at a mountpoint.
+type layer struct {
+	src       *source
+	fsys      *FileSystem
+	tocDigest digest.Digest // from the labels; empty if unverified
+	verified  bool          // TOC matched tocDigest
+	// verifier checks chunks against the TOC's digests; nil only for an
+	// unverified layer whose TOC lacks chunk digests.
+	verifier estargz.TOCEntryVerifier
+	flights  flights
+}
+
+// newLayer checks src's TOC against tocDgst (when given) and returns the
+// layer to serve. A TOC that does not match drops src, so that the next
+// Mount fetches it again.
+func (f *FileSystem) newLayer(ctx context.Context, src *source, tocDgst digest.Digest) (*layer, error) {
+	l := &layer{src: src, fsys: f, tocDigest: tocDgst}
+	if tocDgst == "" {
+		v, err := src.r.Verifiers()
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("layer", src.dgst).Warn("unverified layer has no chunk digests; serving unchecked content")
+		}
+		l.verifier = v
+		return l, nil
+	}
+	if got := src.r.TOCDigest(); got != tocDgst {
+		f.mu.Lock()
+		if f.resolved[src.dgst] == src {
+			f.forgetLocked(src.dgst)
+		}
+		f.mu.Unlock()
+		return nil, fmt.Errorf("layer %s: TOC digest %s does not match label %s: %w", src.dgst, got, tocDgst, errdefs.ErrDataLoss)
+	}
+	v, err := src.r.VerifyTOC(tocDgst)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: TOC cannot verify chunks: %v: %w", src.dgst, err, errdefs.ErrFailedPrecondition)
+	}
+	l.verifier, l.verified = v, true
+	return l, nil
+}
+
+// serve mounts l read-only at mountpoint.
+func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
+	root, _ := l.src.r.Lookup("")
+	entry, attr := f.cfg.entryTimeout, f.cfg.attrTimeout
+	opts := &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:               true,
+			FsName:                   "lazypull:" + l.src.dgst.String(),
+			Name:                     "lazypull",
+			Options:                  []string{"ro", "default_permissions"},
+			DirectMount:              true,
+			DirectMountFlags:         syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
+			MaxWrite:                 1 << 20,
+			EnableSymlinkCaching:     true,
+			ExplicitDataCacheControl: true,
+		},
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &entry,
+		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+	}
+	return gofs.Mount(mountpoint, &dirNode{node{l: l, e: root, ino: 1}}, opts)
+}
+
+// chunk is one compressed piece of a file: ChunkSize bytes at ChunkOffset of
+// the file, decompressed from the gzip member at [start, end) of the blob
+// after skipping inner bytes.
+type chunk struct {
+	e          *estargz.TOCEntry
+	off, size  int64
+	start, end int64
+	inner      int64
+}
+
+// chunks returns the chunks of e covering [off, end) of the file.
+func (l *layer) chunks(e *estargz.TOCEntry, off, end int64) ([]chunk, error) {
+	var cs []chunk
+	for off < end {
+		ce, ok := l.src.r.ChunkEntryForOffset(e.Name, off)
+		if !ok || ce.ChunkSize <= 0 {
+			return nil, fmt.Errorf("no chunk at offset %d: %w", off, errdefs.ErrDataLoss)
+		}
+		c := chunk{
+			e: ce, off: ce.ChunkOffset, size: ce.ChunkSize,
+			start: ce.Offset, end: min(ce.NextOffset(), l.src.payloadEnd), inner: ce.InnerOffset,
+		}
+		if c.end <= c.start || c.off > off {
+			return nil, fmt.Errorf("malformed chunk at offset %d: %w", off, errdefs.ErrDataLoss)
+		}
+		cs = append(cs, c)
+		off = c.off + c.size
+	}
+	return cs, nil
+}
+
+// readAt reads file e at off into p, fetching the chunks not cached.
+func (l *layer) readAt(ctx context.Context, e *estargz.TOCEntry, p []byte, off int64) (int, error) {
+	if off >= e.Size || len(p) == 0 {
+		return 0, nil
+	}
+	end := min(off+int64(len(p)), e.Size)
+	cs, err := l.chunks(e, off, end)
+	if err != nil {
+		return 0, err
+	}
+	data, err := l.load(ctx, e.Name, cs)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i, c := range cs {
+		lo := max(off, c.off)
+		hi := min(end, c.off+c.size)
+		n += copy(p[lo-off:hi-off], data[i][lo-c.off:])
+	}
+	return n, nil
+}
+
+// cacheKey returns the digest a verified chunk is cached under, or "" if it
+// cannot be verified and so must not be cached.
+func (l *layer) cacheKey(c chunk) digest.Digest {
+	if l.verifier == nil {
+		return ""
+	}
+	s := c.e.ChunkDigest
+	if s == "" && c.size == c.e.Size {
+		s = c.e.Digest // a single-chunk file is verified with its file digest
+	}
+	d, err := digest.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return d
+}
+
+// verify checks data against the chunk's digest in the TOC.
+func (l *layer) verify(c chunk, data []byte) error {
+	if l.verifier == nil {
+		return nil
+	}
+	v, err := l.verifier.Verifier(c.e)
+	if err != nil {
+		return fmt.Errorf("chunk at %d: %v: %w", c.off, err, errdefs.ErrDataLoss)
+	}
+	if _, err := v.Write(data); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return fmt.Errorf("chunk at %d (blob offset %d) does not match its digest: %w", c.off, c.start, errdefs.ErrDataLoss)
+	}
+	return nil
+}

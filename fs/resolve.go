@@ -1,0 +1,228 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// source is a resolved layer: its blob opened and its TOC parsed, but not
+// necessarily verified; verification needs the TOC digest from the layer's
+// own Mount labels.
+type source struct {
+	dgst digest.Digest
+	blob Blob
+	r    *estargz.Reader
+	// payloadEnd is where the TOC starts: no chunk extends past it.
+	payloadEnd int64
+	index
+}
+
+// index gives every entry of the tree a stable inode number: its position in
+// a depth-first walk of the TOC's tree with children in name order. It
+// depends on nothing but the TOC, so it is the same on every mount of the
+// layer and in every process serving it. Hardlinks resolve to one entry and
+// so share a number.
+type index struct {
+	ino   map[*estargz.TOCEntry]uint64
+	bytes int64 // sum of regular file sizes
+}
+
+// resolve returns the source of dgst, opening it if no one has. Concurrent
+// calls for one layer share one resolution, which runs in the FileSystem's
+// lifetime so that a cancelled caller does not fail the others.
+func (f *FileSystem) resolve(ctx context.Context, ref string, dgst digest.Digest) (*source, error) {
+	f.mu.Lock()
+	src := f.resolved[dgst]
+	f.mu.Unlock()
+	if src != nil {
+		return src, nil
+	}
+	ch := f.resolving.DoChan(dgst.String(), func() (any, error) {
+		s, err := f.open(f.life, ref, dgst)
+		if err != nil {
+			return nil, err
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.closed {
+			return nil, fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable)
+		}
+		f.resolved[dgst] = s
+		return s, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*source), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("layer %s: %w", dgst, ctx.Err())
+	}
+}
+
+// resolveImage starts resolving, in the background, the layers listed in
+// the image-layers label other than self, so that their Mounts find them ready.
+func (f *FileSystem) resolveImage(ctx context.Context, ref string, self digest.Digest, layers string) {
+	for _, s := range strings.Split(layers, ",") {
+		dgst, err := digest.Parse(strings.TrimSpace(s))
+		if err != nil || dgst == self {
+			continue
+		}
+		f.mu.Lock()
+		_, done := f.resolved[dgst]
+		_, queued := f.pending[dgst]
+		if f.closed || done || queued {
+			f.mu.Unlock()
+			continue
+		}
+		f.pending[dgst] = struct{}{}
+		f.wg.Add(1)
+		f.mu.Unlock()
+		go f.resolveBackground(log.WithLogger(f.life, log.G(ctx)), ref, dgst)
+	}
+}
+
+func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst digest.Digest) {
+	defer f.wg.Done()
+	defer func() {
+		f.mu.Lock()
+		delete(f.pending, dgst)
+		f.mu.Unlock()
+	}()
+	select {
+	case f.sem <- struct{}{}:
+		defer func() { <-f.sem }()
+	case <-ctx.Done():
+		return
+	}
+	if _, err := f.resolve(ctx, ref, dgst); err != nil && ctx.Err() == nil {
+		log.G(ctx).WithError(err).WithField("layer", dgst).Warn("background resolution failed")
+	}
+}
+
+// open fetches the blob's tail and parses the TOC with the estargz module.
+func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (*source, error) {
+	blob, tail, err := f.opener.Open(ctx, ref, dgst, f.cfg.tailSize)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: open blob: %w", dgst, err)
+	}
+	size := blob.Size()
+	if int64(len(tail)) > size {
+		return nil, fmt.Errorf("layer %s: tail of %d bytes exceeds blob size %d: %w", dgst, len(tail), size, errdefs.ErrInvalidArgument)
+	}
+	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
+	defer tr.drop()
+	r, err := estargz.Open(io.NewSectionReader(tr, 0, size))
+	if err != nil {
+		if fetchErr := tr.fetchErr(); fetchErr != nil {
+			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
+		}
+		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
+	}
+	tocOff, _, err := estargz.OpenFooter(io.NewSectionReader(tr, 0, size))
+	if err != nil {
+		return nil, fmt.Errorf("not an eStargz blob: layer %s: footer: %v: %w", dgst, err, errdefs.ErrNotImplemented)
+	}
+	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff}
+	if err := src.buildIndex(); err != nil {
+		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
+	}
+	return src, nil
+}
+
+func (s *source) buildIndex() error {
+	root, ok := s.r.Lookup("")
+	if !ok {
+		return errors.New("TOC has no root directory")
+	}
+	s.ino = map[*estargz.TOCEntry]uint64{root: 1}
+	stack := []*estargz.TOCEntry{root}
+	for len(stack) > 0 {
+		dir := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		var names []string
+		dir.ForeachChild(func(name string, _ *estargz.TOCEntry) bool {
+			names = append(names, name)
+			return true
+		})
+		sort.Strings(names)
+		// Pushed in reverse so that the walk visits names in order.
+		for i := len(names) - 1; i >= 0; i-- {
+			e, _ := dir.LookupChild(names[i])
+			if _, seen := s.ino[e]; seen {
+				continue
+			}
+			s.ino[e] = uint64(len(s.ino) + 1)
+			if e.Type == "reg" {
+				s.bytes += e.Size
+			}
+			if e.Type == "dir" {
+				stack = append(stack, e)
+			}
+		}
+	}
+	return nil
+}
+
+// tailReader serves estargz.Open from the tail fetched with the blob and
+// fetches what lies before it, which for a TOC larger than the tail is one
+// read.
+type tailReader struct {
+	ctx  context.Context // the resolution's; only used while resolving
+	blob Blob
+	off  int64 // blob offset of tail[0]
+
+	mu   sync.Mutex
+	tail []byte
+	err  error
+}
+
+func (t *tailReader) ReadAt(p []byte, off int64) (int, error) {
+	t.mu.Lock()
+	tail := t.tail
+	t.mu.Unlock()
+	if tail == nil {
+		return 0, errors.New("tail reader used after resolution")
+	}
+	if off < 0 || off+int64(len(p)) > t.off+int64(len(tail)) {
+		return 0, io.EOF
+	}
+	n := 0
+	if off < t.off {
+		head := p[:min(int64(len(p)), t.off-off)]
+		if _, err := t.blob.ReadAt(t.ctx, head, off); err != nil {
+			t.mu.Lock()
+			t.err = err
+			t.mu.Unlock()
+			return 0, err
+		}
+		n = len(head)
+	}
+	n += copy(p[n:], tail[off+int64(n)-t.off:])
+	return n, nil
+}
+
+func (t *tailReader) fetchErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+// drop releases the tail: the estargz.Reader keeps its ReaderAt, but content
+// is read through the layer's own fetch path, never through it.
+func (t *tailReader) drop() {
+	t.mu.Lock()
+	t.tail = nil
+	t.mu.Unlock()
+}

@@ -1,0 +1,244 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+)
+
+// SnapshotterName is the name lazypulld is registered under in containerd.
+const SnapshotterName = "lazypull"
+
+// DefaultNamespace is the containerd namespace Ctr and Client use.
+const DefaultNamespace = "lazypull-test"
+
+// ContainerdOptions configures StartContainerd.
+type ContainerdOptions struct {
+	Flavour Flavour
+	// LazypullSocket, when set, registers lazypulld as the proxy snapshot
+	// plugin SnapshotterName; LazypullRoot is exported as its root (2.x).
+	LazypullSocket string
+	LazypullRoot   string
+	// Namespace defaults to DefaultNamespace.
+	Namespace string
+}
+
+// Containerd is a running containerd with its own root, state, sockets and
+// configuration.
+type Containerd struct {
+	Flavour    Flavour
+	Dir        string
+	Root       string
+	State      string
+	Address    string // gRPC socket
+	ConfigPath string
+	LogPath    string
+	// RuncRoot is passed to runc (ctr run --runc-root) so that container
+	// state stays inside Dir.
+	RuncRoot  string
+	Namespace string
+	proc      *process
+}
+
+// StartContainerd starts containerd for t; at cleanup it removes every task
+// and container, stops containerd, kills leftover shims and containers of
+// this instance and unmounts and removes its directory.
+func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
+	t.Helper()
+	if err := opts.Flavour.check(); err != nil {
+		t.Fatal(err)
+	}
+	dir := Dir(t, "ctrd")
+	c := &Containerd{
+		Flavour:    opts.Flavour,
+		Dir:        dir,
+		Root:       filepath.Join(dir, "root"),
+		State:      filepath.Join(dir, "state"),
+		Address:    filepath.Join(dir, "containerd.sock"),
+		ConfigPath: filepath.Join(dir, "config.toml"),
+		LogPath:    filepath.Join(dir, "containerd.log"),
+		RuncRoot:   filepath.Join(dir, "runc"),
+		Namespace:  opts.Namespace,
+	}
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if err := writeFile(c.ConfigPath, c.config(opts)); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "PATH="+c.Flavour.BinDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	p, err := startProcess(t, "containerd "+c.Flavour.Name, c.LogPath, env,
+		c.Flavour.bin("containerd"), "--config", c.ConfigPath, "--log-level", "debug")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.proc = p
+	t.Cleanup(func() {
+		for _, err := range c.teardown() {
+			t.Errorf("stop containerd %s: %v", c.Flavour.Name, err)
+		}
+	})
+	err = waitFor(context.Background(), p, 30*time.Second, func(ctx context.Context) error {
+		_, err := c.Ctr(ctx, "version")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *Containerd) config(opts ContainerdOptions) string {
+	var b strings.Builder
+	q := strconv.Quote
+	plug := func(id string) string { // section name of a plugin's config
+		if c.Flavour.ConfigVersion >= 3 {
+			return "plugins.'" + id + "'"
+		}
+		return "plugins." + q(id)
+	}
+	disabled := []string{q("io.containerd.grpc.v1.cri")}
+	if c.Flavour.ConfigVersion >= 3 {
+		disabled = append(disabled, q("io.containerd.cri.v1.images"), q("io.containerd.cri.v1.runtime"),
+			q("io.containerd.podsandbox.controller.v1.podsandbox"), q("io.containerd.nri.v1.nri"))
+	}
+	fmt.Fprintf(&b, "version = %d\nroot = %s\nstate = %s\nimports = []\ndisabled_plugins = [%s]\n\n",
+		c.Flavour.ConfigVersion, q(c.Root), q(c.State), strings.Join(disabled, ", "))
+	fmt.Fprintf(&b, "[grpc]\n  address = %s\n\n[ttrpc]\n  address = %s\n\n", q(c.Address), q(c.Address+".ttrpc"))
+	fmt.Fprintf(&b, "[%s]\n  path = %s\n\n", plug("io.containerd.internal.v1.opt"), q(filepath.Join(c.Dir, "opt")))
+	if c.Flavour.ConfigVersion >= 3 {
+		platform := "linux/" + runtime.GOARCH
+		snapshotters := []string{"overlayfs"}
+		if opts.LazypullSocket != "" {
+			snapshotters = append(snapshotters, SnapshotterName)
+		}
+		for _, sn := range snapshotters {
+			fmt.Fprintf(&b, "[[%s.unpack_config]]\n  platform = %s\n  snapshotter = %s\n  differ = \"walking\"\n\n",
+				plug("io.containerd.transfer.v1.local"), q(platform), q(sn))
+		}
+	}
+	if opts.LazypullSocket != "" {
+		fmt.Fprintf(&b, "[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %s\n", SnapshotterName, q(opts.LazypullSocket))
+		if c.Flavour.ConfigVersion >= 3 { // exports exist from 1.7.16
+			fmt.Fprintf(&b, "  exports = { root = %s, enable_remote_snapshot_annotations = \"true\" }\n", q(opts.LazypullRoot))
+		}
+	}
+	return b.String()
+}
+
+// Ctr runs this containerd's ctr with args in c.Namespace and returns its
+// stdout. The error carries the command line, exit status and stderr.
+func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+	full := append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)
+	cmd := exec.CommandContext(ctx, c.Flavour.bin("ctr"), full...)
+	cmd.Env = append(os.Environ(), "PATH="+c.Flavour.BinDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("ctr %s: %w\nstdout:\n%s\nstderr:\n%s",
+			strings.Join(args, " "), err, tailString(stdout.String(), 8<<10), tailString(stderr.String(), 8<<10))
+	}
+	return stdout.String(), nil
+}
+
+// Pull pulls ref over plain HTTP and unpacks it into snapshotter.
+func (c *Containerd) Pull(ctx context.Context, snapshotter, ref string) error {
+	_, err := c.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", snapshotter, ref)
+	return err
+}
+
+// Run runs ref as container id with snapshotter, with args as the process
+// arguments (replacing entrypoint and command), removes the container when
+// it exits and returns the process's stdout.
+func (c *Containerd) Run(ctx context.Context, snapshotter, ref, id string, args ...string) (string, error) {
+	full := append([]string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot, ref, id}, args...)
+	return c.Ctr(ctx, full...)
+}
+
+// Client returns a containerd Go client for c, with c.Namespace as default
+// namespace, closed at cleanup.
+func (c *Containerd) Client(t testing.TB) *client.Client {
+	t.Helper()
+	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatalf("connect to containerd %s: %v", c.Flavour.Name, err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func tailString(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	return "(...)" + s[len(s)-max:]
+}
+
+// teardown removes containers and tasks while containerd still runs, stops
+// it and kills whatever of it outlived it. It returns everything that went
+// wrong; the directory itself is cleaned by Dir's cleanup.
+func (c *Containerd) teardown() []error {
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if !c.proc.exited() {
+		if err := c.removeContainers(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := c.proc.stop(10 * time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	if n, err := killShims(c.Address, c.RuncRoot); err != nil {
+		errs = append(errs, err)
+	} else if n > 0 {
+		errs = append(errs, fmt.Errorf("killed %d leftover shim or container processes", n))
+	}
+	return errs
+}
+
+// removeContainers kills every task and deletes every container (with its
+// snapshot) in every namespace.
+func (c *Containerd) removeContainers(ctx context.Context) error {
+	cl, err := client.New(c.Address, client.WithTimeout(10*time.Second))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	nss, err := cl.NamespaceService().List(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ns := range nss {
+		nctx := withNamespace(ctx, ns)
+		cs, err := cl.Containers(nctx)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, ctr := range cs {
+			if task, err := ctr.Task(nctx, nil); err == nil {
+				if _, err := task.Delete(nctx, client.WithProcessKill); err != nil {
+					errs = append(errs, fmt.Errorf("delete task %s/%s: %w", ns, ctr.ID(), err))
+				}
+			}
+			if err := ctr.Delete(nctx, client.WithSnapshotCleanup); err != nil {
+				errs = append(errs, fmt.Errorf("delete container %s/%s: %w", ns, ctr.ID(), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,126 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// LazypulldOptions configures StartLazypulld.
+type LazypulldOptions struct {
+	// Binary is the lazypulld executable.
+	Binary string
+	// Config is the content of its config.toml; empty means an empty file
+	// (the defaults) so that no host configuration leaks in.
+	Config string
+	// LogLevel defaults to "debug".
+	LogLevel string
+}
+
+// Lazypulld is a running lazypulld with its own root, socket and log.
+type Lazypulld struct {
+	Dir        string
+	Root       string
+	Socket     string
+	ConfigPath string
+	LogPath    string
+	opts       LazypulldOptions
+	proc       *process
+}
+
+// StartLazypulld starts lazypulld for t, waits until its socket answers
+// snapshot API calls and stops it at cleanup (the test fails if it does not
+// exit cleanly on SIGTERM).
+func StartLazypulld(t testing.TB, opts LazypulldOptions) *Lazypulld {
+	t.Helper()
+	if err := checkBinary(opts.Binary); err != nil {
+		t.Fatal(err)
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "debug"
+	}
+	dir := Dir(t, "lazypulld")
+	l := &Lazypulld{
+		Dir:        dir,
+		Root:       filepath.Join(dir, "root"),
+		Socket:     filepath.Join(dir, "lazypull.sock"),
+		ConfigPath: filepath.Join(dir, "config.toml"),
+		LogPath:    filepath.Join(dir, "lazypulld.log"),
+		opts:       opts,
+	}
+	if err := writeFile(l.ConfigPath, opts.Config); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if l.proc != nil {
+			if err := l.proc.stop(15 * time.Second); err != nil {
+				t.Errorf("stop lazypulld: %v", err)
+			}
+		}
+	})
+	if err := l.Start(t); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// Start starts the daemon again after Stop, with the same root, socket and
+// configuration; the log file is appended to.
+func (l *Lazypulld) Start(t testing.TB) error {
+	if l.proc != nil && !l.proc.exited() {
+		return fmt.Errorf("lazypulld is already running")
+	}
+	p, err := startProcess(t, "lazypulld", l.LogPath, os.Environ(), l.opts.Binary,
+		"--config", l.ConfigPath, "--root", l.Root, "--address", l.Socket, "--log-level", l.opts.LogLevel)
+	if err != nil {
+		return err
+	}
+	l.proc = p
+	return waitFor(context.Background(), p, 30*time.Second, l.ping)
+}
+
+// Stop sends SIGTERM and waits for the daemon to exit; an error means it
+// had to be killed or exited non-zero.
+func (l *Lazypulld) Stop() error {
+	if l.proc == nil || l.proc.exited() {
+		return fmt.Errorf("lazypulld is not running")
+	}
+	return l.proc.stop(15 * time.Second)
+}
+
+// Running reports whether the daemon process is alive.
+func (l *Lazypulld) Running() bool { return l.proc != nil && !l.proc.exited() }
+
+// ping succeeds once the socket serves the snapshots API: a Stat of a key
+// that does not exist must come back as a gRPC status, not a dial error.
+func (l *Lazypulld) ping(ctx context.Context) error {
+	conn, err := grpc.NewClient("unix://"+l.Socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", l.Socket)
+		}))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = snapshotsapi.NewSnapshotsClient(conn).Stat(ctx, &snapshotsapi.StatSnapshotRequest{
+		Snapshotter: SnapshotterName, Key: "testbed-ping-does-not-exist",
+	})
+	switch status.Code(err) {
+	case codes.OK, codes.NotFound:
+		return nil
+	default:
+		return err
+	}
+}

@@ -1,0 +1,109 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// RegistryBinary is the distribution registry (Debian package docker-registry).
+var RegistryBinary = "/usr/bin/docker-registry"
+
+// Registry is a distribution registry serving plain HTTP on 127.0.0.1 with
+// filesystem storage in its own directory.
+type Registry struct {
+	// Host is "127.0.0.1:<port>", the registry part of image references.
+	Host    string
+	Dir     string
+	LogPath string
+	proc    *process
+}
+
+// StartRegistry starts a registry for t and stops it at cleanup.
+func StartRegistry(t testing.TB) *Registry {
+	t.Helper()
+	if err := checkBinary(RegistryBinary); err != nil {
+		t.Fatal(err)
+	}
+	dir := Dir(t, "registry")
+	r := &Registry{Dir: dir, LogPath: filepath.Join(dir, "registry.log")}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ { // the free port may be taken meanwhile
+		if err = r.start(t); err == nil {
+			return r
+		}
+	}
+	t.Fatalf("start registry: %v", err)
+	return nil
+}
+
+func (r *Registry) start(t testing.TB) error {
+	port, err := FreePort()
+	if err != nil {
+		return err
+	}
+	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+	storage := filepath.Join(r.Dir, "storage")
+	if err := os.MkdirAll(storage, 0o755); err != nil {
+		return err
+	}
+	cfg := filepath.Join(r.Dir, "config.yml")
+	if err := writeFile(cfg, fmt.Sprintf(`version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+`, storage, r.Host)); err != nil {
+		return err
+	}
+	p, err := startProcess(t, "registry", r.LogPath, os.Environ(), RegistryBinary, "serve", cfg)
+	if err != nil {
+		return err
+	}
+	err = waitFor(context.Background(), p, 20*time.Second, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.Host+"/v2/", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /v2/: %s", resp.Status)
+		}
+		return nil
+	})
+	if err != nil {
+		if !p.exited() {
+			_ = p.stop(5 * time.Second)
+		}
+		return err
+	}
+	r.proc = p
+	t.Cleanup(func() {
+		if err := p.stop(10 * time.Second); err != nil {
+			t.Errorf("stop registry: %v", err)
+		}
+	})
+	return nil
+}
+
+// Ref returns the image reference "<host>/<repoTag>".
+func (r *Registry) Ref(repoTag string) string {
+	return r.Host + "/" + repoTag
+}

@@ -1,0 +1,300 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path"
+	"slices"
+	"sync"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/pkg/reference"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// Blob is a blob in a registry, opened by Resolver.Open. Its methods are
+// safe for concurrent use; it holds no resources that need closing.
+//
+// Reads go to the host that answered last (a mirror, or the upstream), and
+// straight to blob storage when the registry redirected there. When a host
+// fails, the next one in hosts.toml order is tried; when a storage URL has
+// expired, the registry is asked again.
+type Blob struct {
+	r        *Resolver
+	ref      string
+	spec     reference.Spec
+	registry string
+	repo     string
+	dgst     digest.Digest
+	size     int64 // set by Open before the Blob is handed out
+
+	hosts  []docker.RegistryHost
+	mu     sync.Mutex
+	cur    int      // index of the host that answered last
+	direct []string // per host: the storage URL its registry redirected to
+}
+
+// Size returns the size of the blob in bytes.
+func (b *Blob) Size() int64 { return b.size }
+
+// Digest returns the digest the blob was opened by.
+func (b *Blob) Digest() digest.Digest { return b.dgst }
+
+// ReadAt reads len(p) bytes at off. It returns len(p) and no error, or an
+// error: io.EOF with the bytes that were there when p reaches past the end
+// of the blob, otherwise an *Error (or the context's error) and 0.
+func (b *Blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 || off > b.size {
+		return 0, fmt.Errorf("read at %d of blob %s of size %d: %w", off, b.dgst, b.size, errdefs.ErrOutOfRange)
+	}
+	n := min(int64(len(p)), b.size-off)
+	if n > 0 {
+		s := &span{off: off, end: off + n, buf: p[:n]}
+		if _, err := b.readSpans(ctx, []*span{s}, nil); err != nil {
+			return 0, err
+		}
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}
+
+// ReadRanges reads several ranges of the blob and calls fn once for each
+// range, never concurrently, in no particular order; the slice is valid
+// only during the call. Adjacent or overlapping ranges are fetched as one;
+// the rest go in one multi-range request where the host answers those
+// correctly, else in parallel single-range requests (at most
+// WithParallelism at once). If fn returns an error, reading stops and
+// ReadRanges returns that error. On error, fn may have been called for
+// some ranges already.
+func (b *Blob) ReadRanges(ctx context.Context, rs []Range, fn func(Range, []byte) error) error {
+	for _, r := range rs {
+		if r.Offset < 0 || r.Length < 0 || r.end() > b.size {
+			return fmt.Errorf("range %d+%d of blob %s of size %d: %w", r.Offset, r.Length, b.dgst, b.size, errdefs.ErrOutOfRange)
+		}
+	}
+	var (
+		mu    sync.Mutex
+		cbErr error
+	)
+	deliver := func(s *span, data []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range s.rs {
+			if cbErr != nil {
+				return cbErr
+			}
+			cbErr = fn(r, data[r.Offset-s.off:r.end()-s.off])
+		}
+		return cbErr
+	}
+	for _, r := range rs {
+		if r.Length == 0 {
+			if err := fn(r, []byte{}); err != nil {
+				return err
+			}
+		}
+	}
+	err := b.readCoalesced(ctx, coalesce(rs), deliver)
+	if cbErr != nil {
+		return cbErr
+	}
+	return err
+}
+
+func (b *Blob) readCoalesced(ctx context.Context, spans []*span, deliver func(*span, []byte) error) error {
+	var single []*span
+	for len(spans) > 0 {
+		st := b.r.state(b.endpoint())
+		if len(spans) == 1 || (st.noMultiRange.Load() && !st.noRanges.Load()) {
+			single = append(single, spans...)
+			break
+		}
+		batch := spans
+		if !st.noRanges.Load() && len(batch) > b.r.opts.maxRanges {
+			batch = spans[:b.r.opts.maxRanges]
+		}
+		spans = spans[len(batch):]
+		rest, err := b.readSpans(ctx, batch, deliver)
+		if err != nil {
+			return err
+		}
+		single = append(single, rest...)
+	}
+	return b.readEach(ctx, single, deliver)
+}
+
+// readEach fetches spans one request each, a bounded number at a time.
+func (b *Blob) readEach(ctx context.Context, spans []*span, deliver func(*span, []byte) error) error {
+	if len(spans) == 1 {
+		_, err := b.readSpans(ctx, spans, deliver)
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+		sem   = make(chan struct{}, b.r.opts.parallel)
+	)
+loop:
+	for _, s := range spans {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			break loop
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := b.readSpans(ctx, []*span{s}, deliver); err != nil {
+				once.Do(func() { first = err; cancel() })
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		return ctx.Err()
+	}
+	return first
+}
+
+// endpoint is the host that the next request will most likely go to.
+func (b *Blob) endpoint() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if d := b.direct[b.cur]; d != "" {
+		if u, err := url.Parse(d); err == nil {
+			return u.Host
+		}
+	}
+	return b.hosts[b.cur].Host
+}
+
+// fetch sends one GET for the blob with the Range header rng, trying the
+// hosts in order from the one that answered last. It returns only 200 and
+// 206 answers; the caller closes the body.
+func (b *Blob) fetch(ctx context.Context, rng string) (*http.Response, error) {
+	ctx, err := docker.ContextWithRepositoryScope(ctx, b.spec, false)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", b.ref, err, errdefs.ErrInvalidArgument)
+	}
+	b.mu.Lock()
+	start := b.cur
+	b.mu.Unlock()
+	var last error
+	for i := range len(b.hosts) {
+		idx := (start + i) % len(b.hosts)
+		hctx := ctx
+		if i < len(b.hosts)-1 {
+			hctx = withoutRetries(ctx) // fail over fast; retry on the last host
+		}
+		resp, err := b.fetchFrom(hctx, idx, rng)
+		if err == nil {
+			b.mu.Lock()
+			b.cur = idx
+			b.mu.Unlock()
+			return resp, nil
+		}
+		if ctx.Err() != nil || !failOver(err) {
+			return nil, err
+		}
+		if i < len(b.hosts)-1 {
+			log.G(ctx).WithError(err).WithField("host", b.hosts[idx].Host).Warn("registry host failed, trying the next one")
+		}
+		last = err
+	}
+	return nil, last
+}
+
+// failOver reports whether another host may answer where this one failed:
+// not for requests that no host would accept.
+func failOver(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status != http.StatusBadRequest && e.Status != http.StatusRequestedRangeNotSatisfiable
+}
+
+func (b *Blob) fetchFrom(ctx context.Context, idx int, rng string) (*http.Response, error) {
+	h := b.hosts[idx]
+	b.mu.Lock()
+	direct := b.direct[idx]
+	b.mu.Unlock()
+	if direct != "" {
+		resp, err := b.get(ctx, h.Client, direct, nil, rng)
+		if err != nil {
+			return nil, b.netError(hostOf(direct), rng, err)
+		}
+		switch resp.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusGone:
+			drain(resp.Body)
+			b.mu.Lock()
+			if b.direct[idx] == direct {
+				b.direct[idx] = ""
+			}
+			b.mu.Unlock()
+			log.G(ctx).WithFields(log.Fields{"host": resp.Request.URL.Host, "status": resp.StatusCode}).
+				Info("blob storage URL expired, asking the registry again")
+		default:
+			return b.checkStatus(resp, rng)
+		}
+	}
+	u := b.blobURL(h)
+	resp, err := b.get(ctx, h.Client, u, h.Header, rng)
+	if err != nil {
+		return nil, b.netError(h.Host, rng, err)
+	}
+	if final := resp.Request.URL.String(); final != u && resp.StatusCode/100 == 2 {
+		b.mu.Lock()
+		b.direct[idx] = final
+		b.mu.Unlock()
+		log.G(ctx).WithFields(log.Fields{"host": h.Host, "storage": resp.Request.URL.Host}).
+			Debug("registry redirects to blob storage; reading from there")
+	}
+	return b.checkStatus(resp, rng)
+}
+
+func (b *Blob) checkStatus(resp *http.Response, rng string) (*http.Response, error) {
+	if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent {
+		return resp, nil
+	}
+	drain(resp.Body)
+	return nil, b.statusError(resp.Request.URL.Host, rng, resp.StatusCode)
+}
+
+func (b *Blob) get(ctx context.Context, c *http.Client, u string, hdr http.Header, rng string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = slices.Clone(v)
+	}
+	req.Header.Set("Range", rng)
+	log.G(ctx).WithFields(log.Fields{"host": req.URL.Host, "range": rng}).Trace("GET blob")
+	return c.Do(req)
+}
+
+// blobURL is the blob's URL on registry host h; a mirror is told the
+// upstream registry with the "ns" query parameter, as containerd does.
+func (b *Blob) blobURL(h docker.RegistryHost) string {
+	u := url.URL{Scheme: h.Scheme, Host: h.Host, Path: path.Join("/", h.Path, b.repo, "blobs", b.dgst.String())}
+	if h.Host != b.registry && (b.registry != "docker.io" || h.Host != "registry-1.docker.io") {
+		u.RawQuery = url.Values{"ns": {b.registry}}.Encode()
+	}
+	return u.String()
+}
+
+func hostOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}

@@ -1,0 +1,240 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestOpenReadsSizeAndTailInOneRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		size       int
+		tail, want int64
+	}{
+		{"footer", 100_000, 51, 51},
+		{"tail larger than blob", 30, 100, 30},
+		{"no tail", 1000, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newRegistry(t, tc.size)
+			b, data := mustOpen(t, newTestResolver(t, reg), reg, tc.tail)
+			if b.Size() != int64(tc.size) {
+				t.Errorf("Size() = %d, want %d", b.Size(), tc.size)
+			}
+			if !bytes.Equal(data, reg.blob[int64(tc.size)-tc.want:]) {
+				t.Errorf("tail: got %d bytes, not the last %d of the blob", len(data), tc.want)
+			}
+			want := []string{"bytes=-" + strconv.FormatInt(max(tc.tail, 1), 10)}
+			if got := reg.requests(); strings.Join(got, " ") != strings.Join(want, " ") || reg.other != 0 {
+				t.Errorf("requests %q (+%d others), want %q", got, reg.other, want)
+			}
+		})
+	}
+}
+
+func TestReadAtRandomOffsets(t *testing.T) {
+	reg := newRegistry(t, 1<<20)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 50 {
+		off := rnd.Int64N(b.Size())
+		p := make([]byte, rnd.Int64N(min(64<<10, b.Size()-off))+1)
+		n, err := b.ReadAt(context.Background(), p, off)
+		if err != nil || n != len(p) {
+			t.Fatalf("ReadAt(%d, %d) = %d, %v", off, len(p), n, err)
+		}
+		if !bytes.Equal(p, reg.blob[off:off+int64(n)]) {
+			t.Fatalf("ReadAt(%d, %d): wrong bytes", off, len(p))
+		}
+	}
+	// Past the end: what is there, then io.EOF.
+	p := make([]byte, 100)
+	n, err := b.ReadAt(context.Background(), p, b.Size()-10)
+	if n != 10 || err != io.EOF || !bytes.Equal(p[:n], reg.blob[len(reg.blob)-10:]) {
+		t.Errorf("ReadAt past the end = %d, %v", n, err)
+	}
+	if _, err := b.ReadAt(context.Background(), p, b.Size()+1); !errdefs.IsOutOfRange(err) {
+		t.Errorf("ReadAt beyond the end: %v, want out of range", err)
+	}
+}
+
+func TestReadRangesMultipart(t *testing.T) {
+	reg := newRegistry(t, 1<<20)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	rs := []Range{{900_000, 100}, {10, 5000}, {500_000, 4096}}
+	got, err := collect(t, b, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, reg.blob, rs, got)
+	if reqs := reg.requests(); len(reqs) != 2 || reqs[1] != "bytes=10-5009,500000-504095,900000-900099" {
+		t.Errorf("requests %q, want the open and one multi-range request", reqs)
+	}
+}
+
+func TestReadRangesCoalesces(t *testing.T) {
+	reg := newRegistry(t, 1<<16)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	// Overlapping and adjacent ranges, out of order, make one span.
+	rs := []Range{{200, 100}, {100, 150}, {300, 50}, {120, 10}}
+	got, err := collect(t, b, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, reg.blob, rs, got)
+	if reqs := reg.requests(); len(reqs) != 2 || reqs[1] != "bytes=100-349" {
+		t.Errorf("requests %q, want one single-range request after the open", reqs)
+	}
+}
+
+// A registry that answers multi-range requests badly is detected, the
+// answer is used as far as it is right, and later reads use single ranges.
+func TestReadRangesMultiRangeFallbacks(t *testing.T) {
+	rs := []Range{{100, 10}, {5000, 20}, {9000, 30}}
+	for _, tc := range []struct {
+		name  string
+		serve func(reg *registry) func(http.ResponseWriter, *http.Request)
+		// requests made by the first and by the second ReadRanges
+		first, second int
+	}{
+		{"first range only", func(reg *registry) func(http.ResponseWriter, *http.Request) {
+			return serveFirstRange(reg.blob, 0)
+		}, 3, 3},
+		{"400", func(reg *registry) func(http.ResponseWriter, *http.Request) {
+			return func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(r.Header.Get("Range"), ",") {
+					http.Error(w, "no", http.StatusBadRequest)
+					return
+				}
+				reg.serveContent(w, r)
+			}
+		}, 4, 3},
+		{"416", func(reg *registry) func(http.ResponseWriter, *http.Request) {
+			return func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(r.Header.Get("Range"), ",") {
+					http.Error(w, "no", http.StatusRequestedRangeNotSatisfiable)
+					return
+				}
+				reg.serveContent(w, r)
+			}
+		}, 4, 3},
+		{"200 whole blob", func(reg *registry) func(http.ResponseWriter, *http.Request) {
+			return serveWhole(reg.blob)
+		}, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newRegistry(t, 10_000)
+			reg.serve = tc.serve(reg)
+			b, tail := mustOpen(t, newTestResolver(t, reg), reg, 51)
+			if !bytes.Equal(tail, reg.blob[len(reg.blob)-51:]) || b.Size() != int64(len(reg.blob)) {
+				t.Fatalf("open: wrong tail or size %d", b.Size())
+			}
+			for i, want := range []int{tc.first, tc.second} {
+				before := len(reg.requests())
+				got, err := collect(t, b, rs)
+				if err != nil {
+					t.Fatalf("ReadRanges #%d: %v", i+1, err)
+				}
+				checkRanges(t, reg.blob, rs, got)
+				if n := len(reg.requests()) - before; n != want {
+					t.Errorf("ReadRanges #%d made %d requests, want %d: %q", i+1, n, want, reg.requests()[before:])
+				}
+			}
+		})
+	}
+}
+
+func TestMultipartWithWrongPartIsRejected(t *testing.T) {
+	reg := newRegistry(t, 10_000)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+		// Parts are labelled one byte off.
+		const boundary = "XYZ"
+		w.Header().Set("Content-Type", "multipart/byteranges; boundary="+boundary)
+		w.WriteHeader(http.StatusPartialContent)
+		fmt.Fprintf(w, "--%s\r\nContent-Range: bytes 101-110/10000\r\n\r\n%s\r\n--%s--\r\n", boundary, reg.blob[101:111], boundary)
+	}
+	called := false
+	err := b.ReadRanges(context.Background(), []Range{{100, 10}, {5000, 20}}, func(Range, []byte) error {
+		called = true
+		return nil
+	})
+	if !errdefs.IsDataLoss(err) || !strings.Contains(err.Error(), "registry returned bytes 101-110/10000 for request 100-109,5000-5019") {
+		t.Errorf("err = %v", err)
+	}
+	if called {
+		t.Error("fn called with untrusted bytes")
+	}
+}
+
+func TestLyingContentRange(t *testing.T) {
+	reg := newRegistry(t, 10_000)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	reg.serve = serveFirstRange(reg.blob, 1) // off by one
+	p := make([]byte, 10)
+	n, err := b.ReadAt(context.Background(), p, 100)
+	if n != 0 || err == nil {
+		t.Fatalf("ReadAt = %d, %v; want an error", n, err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"registry returned bytes 101-110/10000 for request 100-109", reg.dgst.String(), reg.ref(), reg.host()} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+	if !errdefs.IsDataLoss(err) || IsTemporary(err) {
+		t.Errorf("error class: %v", err)
+	}
+	err = b.ReadRanges(context.Background(), []Range{{100, 10}}, func(Range, []byte) error {
+		t.Error("fn called with untrusted bytes")
+		return nil
+	})
+	if err == nil {
+		t.Error("ReadRanges: no error")
+	}
+	// Open too.
+	_, _, err = newTestResolver(t, reg).Open(context.Background(), reg.ref(), reg.dgst, 51)
+	if !errdefs.IsDataLoss(err) {
+		t.Errorf("Open with lying Content-Range: %v", err)
+	}
+}
+
+func TestShortBody(t *testing.T) {
+	reg := newRegistry(t, 10_000)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+		start, end, _ := firstRange(r.Header.Get("Range"), 10_000)
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/10000", start, end))
+		w.Header().Set("Content-Length", strconv.FormatInt(end-start+1, 10))
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(reg.blob[start : start+(end-start)/2])
+	}
+	n, err := b.ReadAt(context.Background(), make([]byte, 1000), 0)
+	if n != 0 || err == nil || !IsTemporary(err) || !errdefs.IsUnavailable(err) {
+		t.Errorf("ReadAt of a short body = %d, %v", n, err)
+	}
+}
+
+func TestCallbackErrorStopsReadRanges(t *testing.T) {
+	reg := newRegistry(t, 10_000)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	stop := errors.New("stop")
+	calls := 0
+	err := b.ReadRanges(context.Background(), []Range{{0, 10}, {100, 10}, {1000, 10}}, func(Range, []byte) error {
+		calls++
+		return stop
+	})
+	if err != stop || calls != 1 {
+		t.Errorf("err = %v after %d calls, want stop after 1", err, calls)
+	}
+}

@@ -1,0 +1,306 @@
+// Package remote gives random access to layer blobs in OCI/Docker
+// registries: open a blob with one request that also returns its tail, then
+// read any byte ranges of it with HTTP Range requests.
+//
+// It owns everything between a blob digest and its bytes: registry hosts,
+// mirrors and TLS from containerd's hosts.toml directory, authentication
+// (containerd's docker authorizer with credentials from docker's
+// config.json and credential helpers by default), redirects to blob storage,
+// retries of temporary failures, and checking every answer (status,
+// Content-Range, length) so that no byte is ever returned for the wrong
+// offset. Registries differ in how they answer range requests; what a host
+// was seen to do (ignore ranges, answer multi-range requests badly, reject
+// suffix ranges) is remembered per host for the life of the Resolver.
+//
+// Errors are *Error values carrying an errdefs class and Temporary().
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/pkg/reference"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// DefaultHostsDir is containerd's default config_path for hosts.toml files.
+const DefaultHostsDir = "/etc/containerd/certs.d"
+
+type options struct {
+	hostsDir    string
+	credentials func(host string) (string, string, error)
+	timeout     time.Duration
+	retries     int
+	userAgent   string
+	parallel    int
+	maxRanges   int
+	backoffBase time.Duration
+	backoffMax  time.Duration
+}
+
+// Option configures a Resolver.
+type Option func(*options) error
+
+// WithHostsDir sets the containerd hosts.toml directory (containerd's
+// config_path; default DefaultHostsDir). A registry without a directory
+// there, or a missing directory, gets the defaults: HTTPS only. Plain HTTP,
+// mirrors, CAs, client certificates and headers come only from hosts.toml.
+func WithHostsDir(dir string) Option {
+	return func(o *options) error {
+		o.hostsDir = dir
+		return nil
+	}
+}
+
+// WithCredentials sets the function that returns the user name and secret
+// (password, or identity token with an empty user) for a registry host.
+// The default reads docker's config.json and its credential helpers.
+func WithCredentials(f func(host string) (user, secret string, err error)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return fmt.Errorf("nil credentials function: %w", errdefs.ErrInvalidArgument)
+		}
+		o.credentials = f
+		return nil
+	}
+}
+
+// WithRequestTimeout bounds each HTTP request, reading its body included
+// (default 30s). Retries get a fresh timeout each.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("request timeout %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.timeout = d
+		return nil
+	}
+}
+
+// WithRetries sets how many times a request that failed temporarily
+// (network error, 408, 429, 5xx) is tried again, with exponential backoff
+// and jitter (default 3). Other failures are never retried.
+func WithRetries(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("retries %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		o.retries = n
+		return nil
+	}
+}
+
+// WithUserAgent sets the User-Agent header of every request.
+func WithUserAgent(ua string) Option {
+	return func(o *options) error {
+		o.userAgent = ua
+		return nil
+	}
+}
+
+// WithParallelism bounds the concurrent requests of one ReadRanges call
+// when ranges have to be fetched one by one (default 4).
+func WithParallelism(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("parallelism %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		o.parallel = n
+		return nil
+	}
+}
+
+// Resolver opens blobs in registries. It is safe for concurrent use. Host
+// configuration is read from the hosts directory once per registry and
+// kept, with its connections and tokens, for the life of the Resolver.
+type Resolver struct {
+	opts      options
+	configure docker.RegistryHosts
+
+	mu     sync.Mutex
+	hosts  map[string][]docker.RegistryHost // by registry name in the ref
+	states map[string]*hostState            // by host:port that answered
+}
+
+// hostState is what a host was seen to do with range requests.
+type hostState struct {
+	noRanges     atomic.Bool // answers range requests with 200 and the whole blob
+	noMultiRange atomic.Bool // answers multi-range requests wrongly
+	noSuffix     atomic.Bool // rejects suffix ranges (bytes=-N)
+}
+
+// NewResolver returns a Resolver configured by opts.
+func NewResolver(opts ...Option) (*Resolver, error) {
+	o := options{
+		hostsDir:    DefaultHostsDir,
+		credentials: keychainCredentials,
+		timeout:     30 * time.Second,
+		retries:     3,
+		userAgent:   "lazypull",
+		parallel:    4,
+		maxRanges:   32,
+		backoffBase: 100 * time.Millisecond,
+		backoffMax:  5 * time.Second,
+	}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	r := &Resolver{opts: o, hosts: map[string][]docker.RegistryHost{}, states: map[string]*hostState{}}
+	r.configure = config.ConfigureHosts(context.Background(), config.HostOptions{
+		HostDir:       config.HostDirFromRoot(o.hostsDir),
+		Credentials:   o.credentials,
+		DefaultScheme: "https",
+		UpdateClient: func(c *http.Client) error {
+			c.Transport = o.wrapTransport(c.Transport)
+			return nil
+		},
+	})
+	return r, nil
+}
+
+// keychainCredentials reads docker's config.json and credential helpers.
+func keychainCredentials(host string) (string, string, error) {
+	if host == "registry-1.docker.io" {
+		host = name.DefaultRegistry
+	}
+	reg, err := name.NewRegistry(host)
+	if err != nil {
+		return "", "", err
+	}
+	a, err := authn.DefaultKeychain.Resolve(reg)
+	if err != nil {
+		return "", "", err
+	}
+	cfg, err := a.Authorization()
+	if err != nil {
+		return "", "", err
+	}
+	if cfg.IdentityToken != "" {
+		return "", cfg.IdentityToken, nil
+	}
+	return cfg.Username, cfg.Password, nil
+}
+
+// registryHosts returns the pull hosts of a registry, mirrors first, each
+// with a client that authorizes its requests.
+func (r *Resolver) registryHosts(registry string) ([]docker.RegistryHost, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if hs, ok := r.hosts[registry]; ok {
+		return hs, nil
+	}
+	all, err := r.configure(registry)
+	if err != nil {
+		return nil, fmt.Errorf("hosts of %s: %w", registry, err)
+	}
+	var hs []docker.RegistryHost
+	for _, h := range all {
+		if !h.Capabilities.Has(docker.HostCapabilityPull) {
+			continue
+		}
+		c := *h.Client
+		c.Transport = &authTransport{inner: h.Client.Transport, auth: h.Authorizer}
+		h.Client = &c
+		hs = append(hs, h)
+	}
+	if len(hs) == 0 {
+		return nil, fmt.Errorf("no pull host configured for %s: %w", registry, errdefs.ErrNotFound)
+	}
+	r.hosts[registry] = hs
+	return hs, nil
+}
+
+func (r *Resolver) state(host string) *hostState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.states[host]
+	if !ok {
+		s = &hostState{}
+		r.states[host] = s
+	}
+	return s
+}
+
+// Open resolves blob dgst of image ref (e.g. "registry.example/lib/img:tag"
+// or "...@sha256:...") and returns it with its last min(tail, size) bytes.
+// Size and tail come from one suffix range request (after authentication);
+// no HEAD, no manifest. Hosts are tried in hosts.toml order, mirrors first.
+// A registry that rejects suffix ranges costs two requests instead.
+func (r *Resolver) Open(ctx context.Context, ref string, dgst digest.Digest, tail int64) (*Blob, []byte, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("blob digest %q: %w: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	if tail < 0 {
+		return nil, nil, fmt.Errorf("tail %d: %w", tail, errdefs.ErrInvalidArgument)
+	}
+	spec, err := reference.Parse(ref)
+	if err != nil {
+		return nil, nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	registry := spec.Hostname()
+	hosts, err := r.registryHosts(registry)
+	if err != nil {
+		return nil, nil, err
+	}
+	b := &Blob{
+		r:        r,
+		ref:      ref,
+		spec:     spec,
+		registry: registry,
+		repo:     strings.TrimPrefix(spec.Locator, registry+"/"),
+		dgst:     dgst,
+		size:     -1,
+		hosts:    hosts,
+		direct:   make([]string, len(hosts)),
+	}
+	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"ref": ref, "digest": dgst}))
+	data, err := b.open(ctx, tail)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, data, nil
+}
+
+// open learns the size and reads the tail.
+func (b *Blob) open(ctx context.Context, tail int64) ([]byte, error) {
+	n := max(tail, 1) // "bytes=-0" is unsatisfiable
+	if !b.r.state(b.hosts[0].Host).noSuffix.Load() {
+		data, err := b.readSuffix(ctx, n)
+		if err == nil {
+			return data[int64(len(data))-min(tail, int64(len(data))):], nil
+		}
+		var e *Error
+		if !errors.As(err, &e) || (e.Status != http.StatusBadRequest && e.Status != http.StatusRequestedRangeNotSatisfiable) {
+			return nil, err
+		}
+		if b.r.state(e.Host).noSuffix.CompareAndSwap(false, true) {
+			log.G(ctx).WithField("host", e.Host).Info("registry rejects suffix ranges; opening blobs takes two requests there")
+		}
+	}
+	if err := b.probeSize(ctx); err != nil {
+		return nil, err
+	}
+	t := min(tail, b.size)
+	buf := make([]byte, t)
+	if t == 0 {
+		return buf, nil
+	}
+	if _, err := b.ReadAt(ctx, buf, b.size-t); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}

@@ -1,0 +1,198 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// The behaviour of every request is built from small http.RoundTrippers,
+// outermost first: auth (per registry host), user agent, retry, timeout,
+// then the transport that containerd's hosts.toml support configured (TLS,
+// dial timeout, plain HTTP). Token requests of the authorizer use the same
+// stack minus auth, so they get the timeout and retries too.
+
+// wrapTransport installs the user agent, retry and timeout layers.
+func (o *options) wrapTransport(base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	var rt http.RoundTripper = &timeoutTransport{inner: base, timeout: o.timeout}
+	rt = &retryTransport{inner: rt, retries: o.retries, base: o.backoffBase, max: o.backoffMax}
+	return &userAgentTransport{inner: rt, ua: o.userAgent}
+}
+
+type userAgentTransport struct {
+	inner http.RoundTripper
+	ua    string
+}
+
+func (t *userAgentTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.ua == "" || req.Header.Get("User-Agent") != "" {
+		return t.inner.RoundTrip(req)
+	}
+	r := req.Clone(req.Context())
+	r.Header.Set("User-Agent", t.ua)
+	return t.inner.RoundTrip(r)
+}
+
+// timeoutTransport bounds one request, reading its body included: the body
+// is cut off when the time is up, and closing it releases the timer.
+type timeoutTransport struct {
+	inner   http.RoundTripper
+	timeout time.Duration
+}
+
+func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithTimeoutCause(req.Context(), t.timeout, errRequestTimeout)
+	resp, err := t.inner.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		err = timeoutCause(ctx, err)
+		cancel()
+		return nil, err
+	}
+	resp.Body = &timeoutBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel}
+	return resp, nil
+}
+
+// timeoutCause marks err as our own timeout when that is why it failed.
+func timeoutCause(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), errRequestTimeout) && !errors.Is(err, errRequestTimeout) {
+		return errors.Join(errRequestTimeout, err)
+	}
+	return err
+}
+
+type timeoutBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (b *timeoutBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = timeoutCause(b.ctx, err)
+	}
+	return n, err
+}
+
+func (b *timeoutBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+type noRetryKey struct{}
+
+// withoutRetries makes requests on ctx single attempts: used for a host
+// that is not the last one to try, so that failing over is fast.
+func withoutRetries(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noRetryKey{}, true)
+}
+
+// retryTransport retries temporary failures (network errors, 408, 429,
+// 5xx) with exponential backoff and full jitter, honouring Retry-After up
+// to the maximum backoff.
+type retryTransport struct {
+	inner     http.RoundTripper
+	retries   int
+	base, max time.Duration
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	retries := t.retries
+	if ctx.Value(noRetryKey{}) != nil {
+		retries = 0
+	}
+	for attempt := 0; ; attempt++ {
+		resp, err := t.inner.RoundTrip(req)
+		if attempt >= retries || ctx.Err() != nil || !retryable(resp, err) || req.Body != nil {
+			return resp, err
+		}
+		wait := t.delay(attempt, resp)
+		fields := log.Fields{"host": req.URL.Host, "attempt": attempt + 1, "wait": wait}
+		if resp != nil {
+			fields["status"] = resp.StatusCode
+			drain(resp.Body)
+		}
+		log.G(ctx).WithFields(fields).WithError(err).Debug("temporary failure, retrying")
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-timer.C:
+		}
+	}
+}
+
+func retryable(resp *http.Response, err error) bool {
+	if err != nil {
+		return temporaryNetError(err)
+	}
+	return classifyStatus(resp.StatusCode).temporary
+}
+
+func (t *retryTransport) delay(attempt int, resp *http.Response) time.Duration {
+	if resp != nil {
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+			return min(time.Duration(s)*time.Second, t.max)
+		}
+	}
+	d := t.max
+	if attempt < 30 {
+		d = min(t.base<<attempt, t.max)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// drain reads a little of an unwanted body so the connection can be reused,
+// then closes it.
+func drain(body io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, 4<<10))
+	_ = body.Close()
+}
+
+// authTransport authorizes requests with containerd's docker authorizer
+// (bearer tokens and basic auth, credentials from the resolver's
+// credentials function) and, on a 401 with a challenge it understands,
+// tries once more with the new authorization.
+type authTransport struct {
+	inner http.RoundTripper
+	auth  docker.Authorizer
+}
+
+func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	resp, err := t.try(req)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		return resp, err
+	}
+	if err := t.auth.AddResponses(ctx, []*http.Response{resp}); err != nil {
+		if !errdefs.IsNotImplemented(err) {
+			log.G(ctx).WithError(err).WithField("host", req.URL.Host).Warn("cannot answer the authentication challenge")
+		}
+		return resp, nil // the 401 speaks for itself
+	}
+	drain(resp.Body)
+	return t.try(req)
+}
+
+func (t *authTransport) try(req *http.Request) (*http.Response, error) {
+	r := req.Clone(req.Context())
+	if err := t.auth.Authorize(req.Context(), r); err != nil {
+		return nil, fmt.Errorf("authorize: %w", err)
+	}
+	return t.inner.RoundTrip(r)
+}

@@ -1,0 +1,91 @@
+// Package snapshotter is lazypull's containerd snapshotter: an overlayfs
+// snapshotter (containerd's snapshots.Snapshotter, served to containerd over
+// its snapshots gRPC API by the daemon) whose committed layers may be remote
+// layers, mounted read-only by a FileSystem instead of being downloaded and
+// applied by containerd.
+//
+// # Local snapshots
+//
+// Every snapshot has a numeric id from the metadata store
+// (containerd's core/snapshots/storage, a bolt file under the root) and a
+// directory <root>/snapshots/<id> holding "fs" (the layer's files, the
+// overlay upperdir of an active snapshot) and "work" (the overlay workdir).
+// A snapshot without parents is mounted as a bind mount (read-only for a
+// view); otherwise as overlayfs with the parents' "fs" directories as
+// lowerdirs, nearest parent first. A view of a single parent is a read-only
+// bind mount of that parent. Removed snapshots' directories are deleted at
+// once; Cleanup deletes directories no snapshot refers to.
+//
+// # Remote snapshots
+//
+// The remote-snapshot protocol is containerd's (core/unpack and
+// core/metadata): to unpack layer N of an image, containerd calls
+//
+//	Prepare(ctx, "extract-<random> <chainID>", <parent chainID>, WithLabels(labels))
+//
+// where labels carry LabelSnapshotRef ("containerd.io/snapshot.ref") set to
+// the target chainID and the layer's "containerd.io/snapshot/*" annotations.
+// When the snapshotter has a FileSystem (WithFileSystem) and the labels also
+// carry the image reference and layer digest annotations
+// (snapshotters.TargetRefLabel, snapshotters.TargetLayerDigestLabel), Prepare:
+//
+//  1. returns an error wrapping errdefs.ErrAlreadyExists if a committed
+//     snapshot named <chainID> with the same parent and ref label exists;
+//  2. otherwise creates the active snapshot, asks FileSystem.Mount to serve
+//     the layer read-only at the snapshot's "fs" directory, commits the
+//     snapshot under the name <chainID> with the requested parent, keeps all
+//     Prepare labels (LabelSnapshotRef included) and adds LabelRemote=true,
+//     and returns an error wrapping errdefs.ErrAlreadyExists. containerd then
+//     finds the snapshot with
+//     Walk(fn, `labels."containerd.io/snapshot.ref"==<chainID>,parent==<parent>`)
+//     and skips downloading and applying the layer.
+//
+// If the layer cannot be served lazily (Mount fails, the annotations are
+// missing, or <chainID> exists with another parent), Prepare falls back: it
+// returns the ordinary mounts of the active snapshot so that containerd
+// applies the layer itself, logs why, and labels the active snapshot with
+// LabelFallback=<reason>. Commit carries that label over to the committed
+// snapshot, so `ctr snapshots info <chainID>` tells an operator why a layer
+// was not lazy.
+//
+// A remote snapshot's "fs" directory is its mountpoint, so the mounts of any
+// snapshot above it name the mountpoint as a lowerdir. The labels a layer was
+// mounted with are kept in <root>/snapshots/<id>/remote.json, which marks the
+// snapshot as remote independently of later label updates. Remote layers are
+// unmounted by Remove, by Cleanup (for directories no snapshot refers to)
+// and by Close (unless WithKeepMountsOnClose). When New opens an existing
+// root, it re-mounts in the background, with bounded parallelism, every remote
+// layer whose mount is gone or fails FileSystem.Check. Until that attempt
+// ends, Mounts, Prepare and View of snapshots above the layer wait for it; if
+// it failed, they return an error wrapping errdefs.ErrUnavailable that names
+// the layer.
+//
+// Errors carry their errdefs class where they arise; the gRPC service maps
+// the classes to status codes and containerd's proxy maps them back.
+package snapshotter
+
+import "context"
+
+// Labels set by this package. Both are "containerd.io/snapshot/" labels, so
+// containerd copies them into its own metadata and shows them with the
+// snapshot's info.
+const (
+	// LabelRemote is "true" on a committed snapshot whose layer is served
+	// by the FileSystem rather than stored locally.
+	LabelRemote = "containerd.io/snapshot/lazypull.remote"
+	// LabelFallback holds the reason a layer that was offered for lazy
+	// pulling was not served lazily. It is set on the active snapshot
+	// Prepare returned mounts for and carried over to the snapshot Commit
+	// creates from it.
+	LabelFallback = "containerd.io/snapshot/lazypull.fallback"
+)
+
+// FileSystem mounts remote layers. Implemented outside this package.
+type FileSystem interface {
+	// Mount makes the layer described by labels (the containerd.io/snapshot/* labels of the Prepare) available read-only at mountpoint (an existing empty dir). An error means the layer cannot be served lazily; its message is the reason.
+	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
+	// Check reports whether the layer mounted at mountpoint is still being served.
+	Check(ctx context.Context, mountpoint string, labels map[string]string) error
+	// Unmount unmounts mountpoint.
+	Unmount(ctx context.Context, mountpoint string) error
+}
