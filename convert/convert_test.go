@@ -29,10 +29,11 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-var prioritized = []string{"usr/bin/app", "/etc/config", "missing/file"}
+var prioritized = []string{"usr/bin/app", "/etc/config", "missing/file", "opt/tool"}
 
 // fixtureTars are three layers: the first holds both prioritized files, the
-// second one of them, the third none.
+// second one of them, the third none (its opt/tool has no opt/ entry, so
+// it cannot be moved).
 func fixtureTars(t *testing.T) [][]byte {
 	secure := reg("etc/secure", "s3cret")
 	secure.mode, secure.uid, secure.gid = 0o600, 1000, 1001
@@ -53,7 +54,7 @@ func fixtureTars(t *testing.T) [][]byte {
 			dir("usr/"), file{name: "usr/.wh..wh..opq", typ: tar.TypeReg},
 			file{name: "var/", typ: tar.TypeDir, mode: 0o1777},
 		),
-		makeTar(t, dir("data/"), reg("data/big", strings.Repeat("z", 1<<20))),
+		makeTar(t, dir("data/"), reg("data/big", strings.Repeat("z", 1<<20)), reg("opt/tool", "x")),
 	}
 }
 
@@ -418,7 +419,11 @@ func checkOrder(t *testing.T, i int, entries map[string]entry, order []string) {
 	t.Helper()
 	var present []string
 	for _, p := range prioritized {
-		if _, ok := entries[cleanPath(p)]; ok {
+		ok := true
+		for q := cleanPath(p); ok && q != "."; q = path.Dir(q) {
+			_, ok = entries[q]
+		}
+		if ok {
 			present = append(present, cleanPath(p))
 		}
 	}

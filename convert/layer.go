@@ -226,11 +226,14 @@ func (c *converter) build(ctx context.Context, in *os.File, ev Progress) (_ *bui
 	}, nil
 }
 
-// presentPaths returns the entries of want that name an entry of the tar in
-// sr, in the order of want, so that a layer holding none of them gets the
-// no-prefetch landmark instead of an empty prefetch section.
+// presentPaths returns the entries of want that estargz can move to the
+// front of the tar in sr, in the order of want: those naming an entry whose
+// parent directories have entries too (estargz moves a file together with
+// its parents, and adding missing ones would change the layer). A layer
+// holding none of them gets the no-prefetch landmark instead of an empty
+// prefetch section.
 func presentPaths(sr *io.SectionReader, want []string) ([]string, error) {
-	names := map[string]bool{}
+	names := map[string]bool{"": true}
 	tr := tar.NewReader(io.NewSectionReader(sr, 0, sr.Size()))
 	for {
 		h, err := tr.Next()
@@ -244,7 +247,11 @@ func presentPaths(sr *io.SectionReader, want []string) ([]string, error) {
 	}
 	var present []string
 	for _, w := range want {
-		if names[cleanPath(w)] {
+		ok := true
+		for p := cleanPath(w); ok && p != ""; p = cleanPath(path.Dir(p)) {
+			ok = names[p]
+		}
+		if ok {
 			present = append(present, w)
 		}
 	}

@@ -35,8 +35,10 @@ type Opt func(*config) error
 // WithPrioritizedFiles lists paths (relative to the root of the image, as
 // in the tar; a leading "/" is allowed) to place first in every layer that
 // holds them, followed by a .prefetch.landmark entry: the files a workload
-// reads at start-up, which a lazy puller prefetches. Layers holding none of
-// them, and every layer when the list is empty, get .no.prefetch.landmark.
+// reads at start-up, which a lazy puller prefetches. A file is moved with
+// its parent directories, so it counts as held by a layer only if the layer
+// has entries for those too. Layers holding none of the files, and every
+// layer when the list is empty, get .no.prefetch.landmark.
 func WithPrioritizedFiles(paths []string) Opt {
 	return func(c *config) error {
 		c.prioritized = append([]string(nil), paths...)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -260,9 +261,7 @@ func newFS(t testing.TB, o Opener, opts ...Option) *FileSystem {
 		for _, mp := range mps {
 			if isMounted(t, mp) {
 				t.Errorf("%s still mounted after Close", mp)
-				if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
-					t.Errorf("unmount %s: %v", mp, err)
-				}
+				unmountDetach(t, mp)
 			}
 		}
 	})
@@ -305,4 +304,18 @@ func mountLayer(t testing.TB, f *FileSystem, l *testLayer) string {
 		t.Fatalf("Mount: %v", err)
 	}
 	return mp
+}
+
+func unmountDetach(t testing.TB, mp string) {
+	t.Helper()
+	if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
+		t.Errorf("unmount %s: %v", mp, err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	if err := log.SetLevel("warn"); err != nil {
+		panic(err)
+	}
+	os.Exit(m.Run())
 }

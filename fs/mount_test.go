@@ -323,6 +323,13 @@ func TestCloseUnmounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	mp1, mp2 := mountpoint(t), mountpoint(t)
+	t.Cleanup(func() {
+		for _, mp := range []string{mp1, mp2} {
+			if isMounted(t, mp) {
+				unmountDetach(t, mp)
+			}
+		}
+	})
 	for _, mp := range []string{mp1, mp2} {
 		if err := f.Mount(context.Background(), mp, l.labels()); err != nil {
 			t.Fatal(err)

@@ -186,6 +186,7 @@ func (b *Blob) fetch(ctx context.Context, rng string) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", b.ref, err, errdefs.ErrInvalidArgument)
 	}
+	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"ref": b.ref, "digest": b.dgst}))
 	b.mu.Lock()
 	start := b.cur
 	b.mu.Unlock()

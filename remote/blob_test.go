@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -236,5 +238,40 @@ func TestCallbackErrorStopsReadRanges(t *testing.T) {
 	})
 	if err != stop || calls != 1 {
 		t.Errorf("err = %v after %d calls, want stop after 1", err, calls)
+	}
+}
+
+// When a host answers multi-range requests badly, ranges go as parallel
+// single-range requests, never more at once than WithParallelism allows.
+func TestReadRangesParallelBound(t *testing.T) {
+	reg := newRegistry(t, 100_000)
+	first := serveFirstRange(reg.blob, 0)
+	var inflight, peak atomic.Int32
+	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+		n := inflight.Add(1)
+		defer inflight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		time.Sleep(10 * time.Millisecond)
+		first(w, r)
+	}
+	b, _ := mustOpen(t, newTestResolver(t, reg, WithParallelism(2)), reg, 10)
+	var rs []Range
+	for i := range 10 {
+		rs = append(rs, Range{int64(i) * 5000, 100})
+	}
+	got, err := collect(t, b, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, reg.blob, rs, got)
+	if p := peak.Load(); p != 2 {
+		t.Errorf("peak of %d concurrent requests, want 2", p)
+	}
+	// A canceled context stops the reads.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.ReadRanges(ctx, rs, func(Range, []byte) error { return nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("ReadRanges with a canceled context: %v", err)
 	}
 }

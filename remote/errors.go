@@ -106,7 +106,8 @@ func classifyStatus(status int) statusClass {
 
 // errRequestTimeout marks a request that ran out of its own time budget, as
 // opposed to one whose caller's context ended.
-var errRequestTimeout = errors.New("request timed out")
+// It wraps context.DeadlineExceeded.
+var errRequestTimeout = fmt.Errorf("request timed out: %w", context.DeadlineExceeded)
 
 // temporaryNetError reports whether a transport error may go away on retry.
 func temporaryNetError(err error) bool {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -25,6 +26,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	os.Setenv("DOCKER_CONFIG", dir)
+	// Tests assert on state, not on log lines.
+	_ = log.SetLevel("error")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -50,10 +53,10 @@ type registry struct {
 	serve func(w http.ResponseWriter, r *http.Request)
 	srv   *httptest.Server
 
-	mu     sync.Mutex
+	mu      sync.Mutex
 	ranges  []string // Range header of each blob request
 	queries []string // query of each blob request
-	other  int      // requests that were not blob GETs
+	other   int      // requests that were not blob GETs
 }
 
 func newRegistry(t *testing.T, size int) *registry {
@@ -221,4 +224,3 @@ func checkRanges(t *testing.T, blob []byte, rs []Range, got map[Range][]byte) {
 		t.Errorf("got %d ranges, want %d", len(got), len(rs))
 	}
 }
-

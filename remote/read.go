@@ -41,7 +41,8 @@ func (b *Blob) readSuffix(ctx context.Context, n int64) ([]byte, error) {
 	}
 	v := resp.Header.Get("Content-Range")
 	cr, err := parseContentRange(v)
-	if err != nil || cr.size < 0 || cr.last != cr.size-1 || cr.first != cr.size-min(n, cr.size) {
+	if err != nil || cr.size < 0 || cr.last != cr.size-1 || cr.first != cr.size-min(n, cr.size) ||
+		(resp.ContentLength >= 0 && resp.ContentLength != cr.last-cr.first+1) {
 		return nil, b.mismatch(host, rng, v)
 	}
 	b.size = cr.size
@@ -118,7 +119,7 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		if err := b.stream(resp.Body, 0, spans, host, rng, deliver); err != nil {
 			return nil, err
 		}
-	case multi && mediaType == "multipart/byteranges":
+	case mediaType == "multipart/byteranges":
 		if err := b.readParts(multipart.NewReader(resp.Body, params["boundary"]), spans, host, rng, deliver); err != nil {
 			return nil, err
 		}
@@ -127,6 +128,10 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		first, in, err := b.checkPart(v, spans, host, rng)
 		if err != nil {
 			return nil, err
+		}
+		if want := in[len(in)-1].end - first; resp.ContentLength >= 0 && resp.ContentLength != want {
+			return nil, b.contentError(host, rng, errdefs.ErrDataLoss, false,
+				"Content-Length %d does not match Content-Range %q", resp.ContentLength, v)
 		}
 		if err := b.stream(resp.Body, first, in, host, rng, deliver); err != nil {
 			return nil, err

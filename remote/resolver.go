@@ -54,8 +54,8 @@ type options struct {
 type Option func(*options) error
 
 // WithHostsDir sets the containerd hosts.toml directory (containerd's
-// config_path; default DefaultHostsDir). A registry without a directory
-// there, or a missing directory, gets the defaults: HTTPS only. Plain HTTP,
+// config_path; default DefaultHostsDir; "" for none). A registry without a
+// directory there, or a missing directory, gets the defaults: HTTPS only. Plain HTTP,
 // mirrors, CAs, client certificates and headers come only from hosts.toml.
 func WithHostsDir(dir string) Option {
 	return func(o *options) error {
@@ -160,8 +160,12 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		}
 	}
 	r := &Resolver{opts: o, hosts: map[string][]docker.RegistryHost{}, states: map[string]*hostState{}}
+	var hostDir func(string) (string, error)
+	if o.hostsDir != "" {
+		hostDir = config.HostDirFromRoot(o.hostsDir)
+	}
 	r.configure = config.ConfigureHosts(context.Background(), config.HostOptions{
-		HostDir:       config.HostDirFromRoot(o.hostsDir),
+		HostDir:       hostDir,
 		Credentials:   o.credentials,
 		DefaultScheme: "https",
 		UpdateClient: func(c *http.Client) error {

@@ -60,6 +60,11 @@
 // it failed, they return an error wrapping errdefs.ErrUnavailable that names
 // the layer.
 //
+// A remote snapshot is bound to its parent, so the snapshotter does not
+// offer containerd's "rebase" capability (parallel unpack, which prepares
+// every layer without a parent). Remote snapshots report zero usage: their
+// content is not stored under the root.
+//
 // Errors carry their errdefs class where they arise; the gRPC service maps
 // the classes to status codes and containerd's proxy maps them back.
 package snapshotter

@@ -62,12 +62,13 @@ func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 		return nil, err
 	}
 	mp := s.upperPath(sn.ID)
-	if err := s.fs.Mount(ctx, mp, labels); err != nil {
-		s.logFallback(ctx, key, target, err.Error())
+	if mountErr := s.fs.Mount(ctx, mp, labels); mountErr != nil {
+		reason := mountErr.Error()
+		s.logFallback(ctx, key, target, reason)
 		if err := mount.UnmountAll(mp, 0); err != nil {
 			log.G(ctx).WithError(err).WithField("path", mp).Warn("failed to clear mountpoint after failed mount")
 		}
-		if err := s.markFallback(ctx, key, err.Error()); err != nil {
+		if err := s.markFallback(ctx, key, reason); err != nil {
 			log.G(ctx).WithError(err).WithField("key", key).Warn("failed to label fallback snapshot")
 		}
 		return s.finishCreate(ctx, key, sn)

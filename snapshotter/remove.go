@@ -10,10 +10,14 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
+
+// containerd's snapshot service offers Cleanup to snapshotters that have it.
+var _ snapshots.Cleaner = (*snapshotter)(nil)
 
 // Remove removes the snapshot key and deletes its directory, unmounting its
 // remote layer first. Once the snapshot is gone from the metadata store,

@@ -194,7 +194,17 @@ func (s *snapshotter) Usage(ctx context.Context, key string) (usage snapshots.Us
 
 func (s *snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
 	return s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		return storage.WalkInfo(ctx, fn, filters...)
+		var fnErr error
+		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			fnErr = fn(ctx, info)
+			return fnErr
+		}, filters...)
+		if err != nil && fnErr == nil && errdefs.IsNotFound(err) {
+			// The store creates its buckets with the first snapshot: an
+			// empty store has nothing to walk, which is not an error.
+			return nil
+		}
+		return err
 	})
 }
 

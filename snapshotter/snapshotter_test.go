@@ -90,3 +90,21 @@ func serveGRPC(path string, sn snapshots.Snapshotter) (snapshots.Snapshotter, fu
 	}
 	return proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "lazypull"), stop, nil
 }
+
+// containerd and `lazypull` walk a snapshotter that may hold no snapshot yet:
+// that is an empty walk, not an error.
+func TestWalkEmptyStore(t *testing.T) {
+	sn, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	n := 0
+	if err := sn.Walk(context.Background(), func(context.Context, snapshots.Info) error { n++; return nil },
+		`labels."containerd.io/snapshot.ref"==x`); err != nil {
+		t.Fatalf("Walk on an empty store: %v", err)
+	}
+	if n != 0 {
+		t.Fatalf("Walk on an empty store found %d snapshots", n)
+	}
+}

@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -78,7 +79,14 @@ func pullAction(c *cli.Context) error {
 		platformOpts = append(platformOpts, containerd.WithPlatformMatcher(matcher))
 	}
 
-	client, err := containerd.New(c.String("address"))
+	address := c.String("address")
+	if !strings.Contains(address, "://") {
+		// Otherwise a missing socket shows as a dial timeout 10s later.
+		if _, err := os.Stat(address); err != nil {
+			return fmt.Errorf("containerd socket: %w", err)
+		}
+	}
+	client, err := containerd.New(address)
 	if err != nil {
 		return fmt.Errorf("connect to containerd: %w", err)
 	}
@@ -180,7 +188,7 @@ func layerStatuses(ctx context.Context, sn statter, layers []ocispec.Descriptor,
 		st := layerStatus{Digest: l.Digest, ChainID: chainIDs[i]}
 		info, err := sn.Stat(ctx, chainIDs[i].String())
 		switch {
-		case errors.Is(err, errdefs.ErrNotFound):
+		case errdefs.IsNotFound(err):
 			st.Reason = "no snapshot with this chain ID in the snapshotter"
 		case err != nil:
 			return nil, fmt.Errorf("stat snapshot %s of layer %s: %w", chainIDs[i], l.Digest, err)

@@ -20,8 +20,10 @@ import (
 // SnapshotterName is the name lazypulld is registered under in containerd.
 const SnapshotterName = "lazypull"
 
-// DefaultNamespace is the containerd namespace Ctr and Client use.
-const DefaultNamespace = "lazypull-test"
+// NamespacePrefix starts the name of the containerd namespace each
+// Containerd uses by default; a unique suffix keeps the cgroups (/<ns>/<id>)
+// of concurrent test beds apart.
+const NamespacePrefix = "lazypull-test-"
 
 // ContainerdOptions configures StartContainerd.
 type ContainerdOptions struct {
@@ -30,7 +32,7 @@ type ContainerdOptions struct {
 	// plugin SnapshotterName; LazypullRoot is exported as its root (2.x).
 	LazypullSocket string
 	LazypullRoot   string
-	// Namespace defaults to DefaultNamespace.
+	// Namespace defaults to NamespacePrefix plus a unique suffix.
 	Namespace string
 }
 
@@ -72,7 +74,7 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 		Namespace:  opts.Namespace,
 	}
 	if c.Namespace == "" {
-		c.Namespace = DefaultNamespace
+		c.Namespace = NamespacePrefix + strings.TrimPrefix(filepath.Base(dir), "lp-ctrd-")
 	}
 	if err := writeFile(c.ConfigPath, c.config(opts)); err != nil {
 		t.Fatal(err)
@@ -163,7 +165,8 @@ func (c *Containerd) Pull(ctx context.Context, snapshotter, ref string) error {
 // arguments (replacing entrypoint and command), removes the container when
 // it exits and returns the process's stdout.
 func (c *Containerd) Run(ctx context.Context, snapshotter, ref, id string, args ...string) (string, error) {
-	full := append([]string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot, ref, id}, args...)
+	full := append([]string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot,
+		"--fifo-dir", filepath.Join(c.Dir, "fifo"), ref, id}, args...)
 	return c.Ctr(ctx, full...)
 }
 
@@ -205,6 +208,9 @@ func (c *Containerd) teardown() []error {
 		errs = append(errs, err)
 	} else if n > 0 {
 		errs = append(errs, fmt.Errorf("killed %d leftover shim or container processes", n))
+	}
+	if err := removeCgroups(c.Namespace); err != nil {
+		errs = append(errs, err)
 	}
 	return errs
 }

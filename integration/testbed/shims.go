@@ -117,3 +117,17 @@ func runcDeleteAll(root string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// removeCgroups removes the (by now empty) parent cgroup /<namespace> that
+// runc creates in every hierarchy for the containers of a namespace.
+func removeCgroups(namespace string) error {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", namespace))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", namespace)) // cgroup v2 only
+	var errs []error
+	for _, d := range dirs {
+		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}

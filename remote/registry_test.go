@@ -1,0 +1,77 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// End to end against go-containerregistry's in-process registry, which
+// rejects suffix ranges (416) and answers only the first range of a
+// multi-range request.
+func TestRegistryEndToEnd(t *testing.T) {
+	var blobGets atomic.Int32
+	h := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			blobGets.Add(1)
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	blob, dgst := testBlob(3 << 20)
+	host := hostOf(srv.URL)
+	resp, err := http.Post(fmt.Sprintf("%s/v2/%s/blobs/uploads/?digest=%s", srv.URL, testRepo, dgst), "application/octet-stream", bytes.NewReader(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %s", resp.Status)
+	}
+
+	dir := hostsDir(t, host, fmt.Sprintf("server = %q\n", srv.URL))
+	r, err := NewResolver(WithHostsDir(dir), WithCredentials(noCredentials))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/" + testRepo + ":latest"
+	ctx := context.Background()
+	for i := range 2 {
+		before := blobGets.Load()
+		b, tail, err := r.Open(ctx, ref, dgst, 51)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		if b.Size() != int64(len(blob)) || !bytes.Equal(tail, blob[len(blob)-51:]) {
+			t.Fatalf("Open: size %d, wrong tail", b.Size())
+		}
+		// Suffix rejected once, then remembered: size probe plus tail.
+		if n, want := blobGets.Load()-before, []int32{3, 2}[i]; n != want {
+			t.Errorf("Open #%d took %d requests, want %d", i+1, n, want)
+		}
+		p := make([]byte, 64<<10)
+		if _, err := b.ReadAt(ctx, p, 1<<20); err != nil || !bytes.Equal(p, blob[1<<20:1<<20+len(p)]) {
+			t.Fatalf("ReadAt: %v", err)
+		}
+		rs := []Range{{0, 512}, {2 << 20, 4096}, {1000, 100}, {3<<20 - 10, 10}}
+		got, err := collect(t, b, rs)
+		if err != nil {
+			t.Fatalf("ReadRanges: %v", err)
+		}
+		checkRanges(t, blob, rs, got)
+	}
+	if _, _, err := r.Open(ctx, ref, digest.FromString("missing"), 51); !errdefs.IsNotFound(err) {
+		t.Errorf("Open of a missing blob: %v, want not found", err)
+	}
+}
