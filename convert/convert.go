@@ -52,7 +52,6 @@ type Skipped struct {
 type converter struct {
 	cfg      *config
 	dst      name.Reference
-	ropts    []remote.Option
 	pusher   *remote.Pusher
 	tmp      string
 	abort    context.CancelFunc
@@ -115,7 +114,7 @@ func Convert(ctx context.Context, src, dst string, opts ...Opt) (*Result, error)
 	}
 	ropts = append(ropts, remote.Reuse(puller), remote.Reuse(pusher))
 	c := &converter{
-		cfg: cfg, dst: dstRef, ropts: ropts, pusher: pusher, tmp: tmp, abort: cancel,
+		cfg: cfg, dst: dstRef, pusher: pusher, tmp: tmp, abort: cancel,
 		sem: make(chan struct{}, cfg.jobs), jobs: map[v1.Hash]*layerJob{},
 	}
 

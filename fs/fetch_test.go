@@ -241,8 +241,11 @@ func TestCacheRemount(t *testing.T) {
 	mp = mountLayer(t, f, l)
 	checkContent(t, filepath.Join(mp, "big"), l.entries[7].data)
 	checkContent(t, filepath.Join(mp, "a/small"), l.entries[1].data)
-	if _, reads, _ := o.counts(); reads != 0 || c.hits == 0 {
-		t.Errorf("remount: %d reads, %d cache hits; want no read", reads, c.hits)
+	c.mu.Lock()
+	hits := c.hits
+	c.mu.Unlock()
+	if _, reads, _ := o.counts(); reads != 0 || hits == 0 {
+		t.Errorf("remount: %d reads, %d cache hits; want no read", reads, hits)
 	}
 
 	c.mu.Lock()

@@ -130,9 +130,9 @@ type testOpener struct {
 	mu     sync.Mutex
 	blobs  map[digest.Digest][]byte
 	opens  map[digest.Digest]int
-	reads  int   // Blob.ReadAt calls
-	bytes  int64 // bytes returned by ReadAt, tails excluded
-	tails  int64 // bytes returned as tails
+	reads  int                    // Blob.ReadAt calls
+	bytes  int64                  // bytes returned by ReadAt, tails excluded
+	tails  int64                  // bytes returned as tails
 	gate   chan struct{}          // if set, ReadAt waits for it to close
 	stuck  map[digest.Digest]bool // Open of these waits for ctx
 	failOn map[digest.Digest]error

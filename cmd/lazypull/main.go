@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/containerd/log"
 	"github.com/urfave/cli/v2"
 )
 
@@ -28,7 +29,11 @@ const exitUsage = 2
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// containerd's client logs through containerd/log; keep its info
+	// messages out of the tool's output unless asked for.
+	log.L.Logger.SetOutput(stderr)
 	app := newApp(stdout, stderr)
+	app.Before = func(c *cli.Context) error { return log.SetLevel(c.String("log-level")) }
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return 0
@@ -60,6 +65,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands:        cmds,
 		OnUsageError:    usageErr,
 		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "`LEVEL` of the log messages of containerd's client library (debug, info, warn, error)"},
+		},
 		// run turns errors into exit statuses; cli must not call os.Exit.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}

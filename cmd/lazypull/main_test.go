@@ -96,7 +96,7 @@ func TestConvertCommand(t *testing.T) {
 		t.Errorf("stdout %q does not name the pushed digest", stdout)
 	}
 	// Not a terminal: plain lines, one per phase, and a summary.
-	for _, want := range []string{"linux/amd64 layer 1/1 sha256:", " fetching ", " pushing ", " done ", "converted 1 layers of 1 image(s)"} {
+	for _, want := range []string{"linux/amd64 layer 1/1 sha256:", " fetching\n", " pushing ", " done ", "converted 1 layers of 1 image(s)"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}

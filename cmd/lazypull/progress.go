@@ -57,7 +57,7 @@ func (v *progressView) update(p convert.Progress) {
 	r.p = p
 	if !v.tty {
 		if changed && p.Phase != convert.PhaseQueued {
-			fmt.Fprintln(v.w, line(p))
+			fmt.Fprintln(v.w, line(p, false))
 		}
 		return
 	}
@@ -88,13 +88,13 @@ func (v *progressView) draw() {
 		switch r.p.Phase {
 		case convert.PhaseDone, convert.PhaseSkipped, convert.PhaseFailed:
 			if !r.printed {
-				b.WriteString(line(r.p) + "\n")
+				b.WriteString(line(r.p, true) + "\n")
 				r.printed = true
 			}
 		case convert.PhaseQueued:
 			queued++
 		default:
-			active = append(active, line(r.p))
+			active = append(active, line(r.p, true))
 		}
 	}
 	for _, l := range active {
@@ -110,8 +110,10 @@ func (v *progressView) draw() {
 }
 
 // line describes one event, e.g.
-// "linux/amd64 layer 2/5 sha256:0123456789ab pushing 3.0 MiB/10.1 MiB".
-func line(p convert.Progress) string {
+// "linux/amd64 layer 2/5 sha256:0123456789ab pushing 3.0 MiB/10.1 MiB";
+// without counters (for lines printed once, at the start of a phase) it
+// leaves out the bytes done so far.
+func line(p convert.Progress, counters bool) string {
 	what := "manifest"
 	if p.Layer >= 0 {
 		what = fmt.Sprintf("layer %d/%d", p.Layer+1, p.Layers)
@@ -120,18 +122,20 @@ func line(p convert.Progress) string {
 		what = p.Platform + " " + what
 	}
 	s := fmt.Sprintf("%s %s %s", what, short(p.Source.String()), p.Phase)
-	switch p.Phase {
-	case convert.PhaseFetching:
+	switch {
+	case p.Phase == convert.PhaseFetching && counters:
 		s += " " + human(p.Bytes)
-	case convert.PhaseConverting:
+	case p.Phase == convert.PhaseConverting && counters:
 		s += " " + human(p.Bytes) + " written"
-	case convert.PhasePushing:
+	case p.Phase == convert.PhasePushing && counters:
 		s += fmt.Sprintf(" %s/%s", human(p.Bytes), human(p.Total))
-	case convert.PhaseDone:
+	case p.Phase == convert.PhasePushing:
 		s += " " + human(p.Total)
-	case convert.PhaseSkipped:
+	case p.Phase == convert.PhaseDone:
+		s += " " + human(p.Total)
+	case p.Phase == convert.PhaseSkipped:
 		s += ": " + p.Reason
-	case convert.PhaseFailed:
+	case p.Phase == convert.PhaseFailed:
 		s += fmt.Sprintf(": %v", p.Err)
 	}
 	return s
