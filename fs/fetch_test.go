@@ -133,7 +133,7 @@ func TestConcurrentReaders(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond) // let every reader claim or join its chunks
+	time.Sleep(300 * time.Millisecond) // let every reader claim or join its chunks
 	close(gate)
 	wg.Wait()
 	cs, _ := lay.chunks(e, 0, 4*testChunkSize)

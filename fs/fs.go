@@ -102,8 +102,9 @@ type mount struct {
 	server *fuse.Server
 }
 
-// New returns a FileSystem that keeps its state under root (created if
-// missing) and reads blobs through opener.
+// New returns a FileSystem that reads blobs through opener. root is the
+// directory reserved for its state, created if missing; nothing is stored
+// there yet (TOCs and mount records that outlive a restart will be).
 func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	if opener == nil {
 		return nil, fmt.Errorf("fs: nil opener: %w", errdefs.ErrInvalidArgument)
@@ -170,8 +171,15 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		return fmt.Errorf("layer %s: mount %s: %w", dgst, mountpoint, err)
 	}
 	f.mu.Lock()
-	f.mounts[mountpoint] = &mount{layer: l, server: server}
+	closed := f.closed
+	if !closed {
+		f.mounts[mountpoint] = &mount{layer: l, server: server}
+	}
 	f.mu.Unlock()
+	if closed {
+		// Close ran while this mount was set up and could not see it.
+		return errors.Join(fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable), server.Unmount())
+	}
 	log.G(ctx).WithFields(log.Fields{"layer": dgst, "mountpoint": mountpoint, "verified": l.verified}).Info("layer mounted")
 	return nil
 }

@@ -74,6 +74,9 @@ func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
 		AttrTimeout:     &attr,
 		NegativeTimeout: &entry,
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+		// Node IDs are the TOC-derived inode numbers, so that any process
+		// holding the TOC can answer the kernel about nodes it already knows.
+		ExternalNodeID: true,
 	}
 	return gofs.Mount(mountpoint, &dirNode{node{l: l, e: root, ino: 1}}, opts)
 }

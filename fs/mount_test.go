@@ -3,6 +3,7 @@ package fs
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -50,8 +52,22 @@ func fullEntries() []tarEntry {
 	}
 }
 
+var (
+	fullOnce sync.Once
+	full     *testLayer
+)
+
+// fullLayer returns the layer of fullEntries, built once per test binary.
+// Tests must not modify it.
 func fullLayer(t testing.TB) *testLayer {
-	return buildLayer(t, fullEntries(), estargz.WithChunkSize(testChunkSize))
+	t.Helper()
+	fullOnce.Do(func() {
+		full = buildLayer(t, fullEntries(), estargz.WithChunkSize(testChunkSize), estargz.WithCompressionLevel(gzip.BestSpeed))
+	})
+	if full == nil {
+		t.Fatal("building the full layer failed")
+	}
+	return full
 }
 
 // TestTree checks that the mounted tree, attributes, xattrs and contents are
@@ -344,4 +360,28 @@ func TestCloseUnmounts(t *testing.T) {
 	if err := f.Mount(context.Background(), mp1, l.labels()); !errdefs.IsUnavailable(err) {
 		t.Errorf("Mount after Close: %v", err)
 	}
+}
+
+// TestPrefetchLandmarkHidden checks that the landmark of a layer with
+// prioritized files is not part of the tree.
+func TestPrefetchLandmarkHidden(t *testing.T) {
+	l := buildLayer(t, []tarEntry{file("first", 0o644, []byte("1")), file("second", 0o644, []byte("2"))},
+		estargz.WithPrioritizedFiles([]string{"second"}))
+	f := newFS(t, newOpener(l))
+	mp := mountLayer(t, f, l)
+	entries, err := os.ReadDir(mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"first", "second"}) {
+		t.Errorf("root = %q, want the files without landmark", names)
+	}
+	if _, err := os.Lstat(filepath.Join(mp, estargz.PrefetchLandmark)); !os.IsNotExist(err) {
+		t.Errorf("landmark: %v", err)
+	}
+	checkContent(t, filepath.Join(mp, "second"), []byte("2"))
 }

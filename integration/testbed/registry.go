@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -106,4 +108,51 @@ http:
 // Ref returns the image reference "<host>/<repoTag>".
 func (r *Registry) Ref(repoTag string) string {
 	return r.Host + "/" + repoTag
+}
+
+// Request is one request the registry answered, from its access log.
+type Request struct {
+	Method string
+	Path   string // request URI, query included
+	Status int
+	Bytes  int64 // response body size
+	Agent  string
+}
+
+// Requests returns the requests the registry has answered so far, oldest
+// first, parsed from the access log lines (common log format) in its log.
+// The registry logs a request right after answering it, so a client may
+// see its response a moment before the request shows up here.
+func (r *Registry) Requests() ([]Request, error) {
+	b, err := os.ReadFile(r.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	var reqs []Request
+	for _, line := range strings.Split(string(b), "\n") {
+		if req, ok := parseAccessLine(line); ok {
+			reqs = append(reqs, req)
+		}
+	}
+	return reqs, nil
+}
+
+// parseAccessLine parses
+// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "referer" "agent"`.
+func parseAccessLine(line string) (Request, bool) {
+	parts := strings.Split(line, `"`)
+	if len(parts) < 7 || !strings.Contains(parts[0], "] ") {
+		return Request{}, false
+	}
+	reqLine := strings.Fields(parts[1])
+	status := strings.Fields(parts[2])
+	if len(reqLine) != 3 || len(status) != 2 {
+		return Request{}, false
+	}
+	code, err := strconv.Atoi(status[0])
+	if err != nil {
+		return Request{}, false
+	}
+	size, _ := strconv.ParseInt(status[1], 10, 64)
+	return Request{Method: reqLine[0], Path: reqLine[1], Status: code, Bytes: size, Agent: parts[5]}, true
 }

@@ -52,6 +52,19 @@ func TestBedWithOverlayfs(t *testing.T) {
 			if err := bed.Containerd.Pull(ctx, "overlayfs", ref); err != nil {
 				t.Fatal(err)
 			}
+			reqs, err := bed.Registry.Requests()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var manifestGets int
+			for _, r := range reqs {
+				if r.Method == "GET" && strings.Contains(r.Path, "/manifests/") && r.Status == 200 && strings.HasPrefix(r.Agent, "containerd") {
+					manifestGets++
+				}
+			}
+			if manifestGets == 0 {
+				t.Errorf("the registry's access log shows no manifest GET by containerd: %+v", reqs)
+			}
 			out, err := bed.Containerd.Run(ctx, "overlayfs", ref, "smoke", "/entry", "/hello")
 			if err != nil {
 				t.Fatal(err)
