@@ -7,9 +7,7 @@
 // package only describes settings; turning them into options of the packages
 // that use them is the job of cmd/lazypulld.
 //
-// Sections ([remote], [fs], [cache]) will be added as tables of Config when
-// the daemon wires them; every key documented here is in example.toml, with
-// its default value.
+// Every key documented here is in example.toml, with its default value.
 package config
 
 import (
@@ -17,6 +15,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"time"
 )
 
 // Default locations, also used by the command line flags.
@@ -29,6 +28,8 @@ const (
 	DefaultAddress = "/run/lazypull/lazypull.sock"
 	// DefaultLogLevel is the default log level.
 	DefaultLogLevel = "info"
+	// DefaultHostsDir is containerd's default directory of hosts.toml files.
+	DefaultHostsDir = "/etc/containerd/certs.d"
 )
 
 // LogLevels are the values accepted by Config.LogLevel, most verbose first.
@@ -52,6 +53,63 @@ type Config struct {
 	// LogLevel is the least severe level that is logged: one of trace,
 	// debug, info, warn or error.
 	LogLevel string `toml:"log_level"`
+
+	// Remote configures how layer contents are read from registries.
+	Remote Remote `toml:"remote"`
+
+	// FS configures the filesystems that serve lazily pulled layers.
+	FS FS `toml:"fs"`
+}
+
+// Remote is the [remote] table: the registry client.
+type Remote struct {
+	// HostsDir is a directory of containerd hosts.toml files (containerd's
+	// config_path): per registry host, the mirrors to try first, TLS
+	// settings and whether plain HTTP is allowed. Point it at the same
+	// directory containerd uses so both pull from the same places. A
+	// missing directory means HTTPS to the registry itself.
+	HostsDir string `toml:"hosts_dir"`
+
+	// RequestTimeout bounds each HTTP request to a registry, its body
+	// included; a retried request gets a fresh timeout.
+	RequestTimeout Duration `toml:"request_timeout"`
+
+	// Retries is how often a request that failed for a temporary reason
+	// (network error, HTTP 429 or 5xx) is retried, with exponential backoff.
+	Retries int `toml:"retries"`
+
+	// Parallelism bounds the concurrent range requests one read of
+	// several ranges of a blob may make.
+	Parallelism int `toml:"parallelism"`
+}
+
+// FS is the [fs] table: the FUSE filesystems of lazily pulled layers.
+type FS struct {
+	// Disable turns lazy pulling off: every layer is then pulled and
+	// unpacked by containerd, as with the overlayfs snapshotter.
+	Disable bool `toml:"disable"`
+
+	// AllowUnverifiedLayers lets eStargz layers whose manifest carries no
+	// TOC digest annotation be mounted lazily. Their chunks are still
+	// checked against the digests in their own table of contents, but
+	// nothing ties that table to the image. Off by default: such layers
+	// are pulled normally.
+	AllowUnverifiedLayers bool `toml:"allow_unverified_layers"`
+
+	// TailSize is how many bytes are read from the end of a layer when it
+	// is mounted: the footer and, for most layers, the whole table of
+	// contents arrive in that one request. A larger table of contents
+	// costs one more request.
+	TailSize Size `toml:"tail_size"`
+
+	// MemoryCacheSize bounds the decompressed chunks kept in memory for
+	// reads that come back to the same chunk. 0 turns it off.
+	MemoryCacheSize Size `toml:"memory_cache_size"`
+
+	// ResolveConcurrency bounds how many layers of an image are resolved
+	// (opened and their table of contents fetched) at the same time when
+	// the first layer of the image is mounted.
+	ResolveConcurrency int `toml:"resolve_concurrency"`
 }
 
 // Default returns the configuration used when no file is given.
@@ -60,6 +118,17 @@ func Default() *Config {
 		Root:     DefaultRoot,
 		Address:  DefaultAddress,
 		LogLevel: DefaultLogLevel,
+		Remote: Remote{
+			HostsDir:       DefaultHostsDir,
+			RequestTimeout: Duration{30 * time.Second},
+			Retries:        3,
+			Parallelism:    4,
+		},
+		FS: FS{
+			TailSize:           MiB,
+			MemoryCacheSize:    64 * MiB,
+			ResolveConcurrency: 16,
+		},
 	}
 }
 
@@ -75,6 +144,24 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains(LogLevels, c.LogLevel) {
 		errs = append(errs, fmt.Errorf("log_level: %q is not one of %v", c.LogLevel, LogLevels))
+	}
+	if c.Remote.HostsDir != "" && !filepath.IsAbs(c.Remote.HostsDir) {
+		errs = append(errs, fmt.Errorf("remote.hosts_dir: %q is not an absolute path", c.Remote.HostsDir))
+	}
+	if c.Remote.RequestTimeout.Duration <= 0 {
+		errs = append(errs, errors.New("remote.request_timeout: must be greater than 0"))
+	}
+	if c.Remote.Retries < 0 {
+		errs = append(errs, fmt.Errorf("remote.retries: %d is negative", c.Remote.Retries))
+	}
+	if c.Remote.Parallelism < 1 {
+		errs = append(errs, fmt.Errorf("remote.parallelism: %d is less than 1", c.Remote.Parallelism))
+	}
+	if c.FS.TailSize < 64 {
+		errs = append(errs, fmt.Errorf("fs.tail_size: %s is less than 64 bytes", c.FS.TailSize))
+	}
+	if c.FS.ResolveConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("fs.resolve_concurrency: %d is less than 1", c.FS.ResolveConcurrency))
 	}
 	return errors.Join(errs...)
 }

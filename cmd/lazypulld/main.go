@@ -24,6 +24,9 @@ import (
 	"github.com/lazypull/lazypull/config"
 )
 
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
 func main() {
 	os.Exit(run(os.Args, os.Stderr))
 }
@@ -84,6 +87,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	var f flags
 	var root, address, logLevel string
+	var showVersion bool
+	fset.BoolVar(&showVersion, "version", false, "print the version and exit")
 	fset.StringVar(&f.configPath, "config", config.DefaultPath,
 		"configuration `file`; the default file may be missing, a named one may not")
 	fset.StringVar(&root, "root", "", "state `directory` (overrides the file's root; default "+config.DefaultRoot+")")
@@ -94,6 +99,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if fset.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fset.Arg(0))
+	}
+	if showVersion {
+		fmt.Fprintf(stderr, "lazypulld %s\n", version)
+		return nil, flag.ErrHelp
 	}
 	fset.Visit(func(fl *flag.Flag) {
 		switch fl.Name {

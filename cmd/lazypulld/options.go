@@ -1,17 +1,72 @@
 package main
 
 import (
-	"github.com/containerd/containerd/v2/core/snapshots"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/config"
+	"github.com/lazypull/lazypull/fs"
+	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/snapshotter"
 )
 
 // newSnapshotter is the one place where the configuration becomes options
-// of the packages the daemon is built from. Settings for the filesystem and
-// the registry client will be turned into snapshotter.WithFileSystem and its
-// arguments here.
-func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, error) {
-	var opts []snapshotter.Opt
-	return snapshotter.New(cfg.Root, opts...)
+// of the packages the daemon is built from: the registry client feeds the
+// layer filesystems, which the snapshotter mounts lazy layers with. The
+// returned close function closes the snapshotter (which unmounts its
+// layers) and then the filesystems.
+func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, error) {
+	if cfg.FS.Disable {
+		sn, err := snapshotter.New(cfg.Root)
+		if err != nil {
+			return nil, nil, err
+		}
+		return sn, sn.Close, nil
+	}
+	resolver, err := remote.NewResolver(
+		remote.WithHostsDir(cfg.Remote.HostsDir),
+		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithRetries(cfg.Remote.Retries),
+		remote.WithParallelism(cfg.Remote.Parallelism),
+		remote.WithUserAgent("lazypull/"+version),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("registry client: %w", err)
+	}
+	chunks, err := cache.NewDir(filepath.Join(cfg.Root, "cache"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("chunk cache: %w", err)
+	}
+	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
+		fs.WithCache(chunks),
+		fs.WithAllowUnverified(cfg.FS.AllowUnverifiedLayers),
+		fs.WithTailSize(cfg.FS.TailSize.Int64()),
+		fs.WithMemoryCacheSize(cfg.FS.MemoryCacheSize.Int64()),
+		fs.WithResolveConcurrency(cfg.FS.ResolveConcurrency),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("layer filesystem: %w", err)
+	}
+	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(layers))
+	if err != nil {
+		return nil, nil, errors.Join(err, layers.Close())
+	}
+	return sn, func() error { return errors.Join(sn.Close(), layers.Close()) }, nil
+}
+
+// blobOpener adapts the registry client to the blob source fs declares.
+type blobOpener struct{ r *remote.Resolver }
+
+func (o blobOpener) Open(ctx context.Context, ref string, dgst digest.Digest, tail int64) (fs.Blob, []byte, error) {
+	b, t, err := o.r.Open(ctx, ref, dgst, tail)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, t, nil
 }

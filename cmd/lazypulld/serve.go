@@ -35,12 +35,12 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		retErr = errors.Join(retErr, lock.release())
 	}()
 
-	sn, err := newSnapshotter(cfg)
+	sn, closeSnapshotter, err := newSnapshotter(cfg)
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
 	defer func() {
-		if err := sn.Close(); err != nil {
+		if err := closeSnapshotter(); err != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("close snapshotter: %w", err))
 		}
 	}()
