@@ -59,6 +59,10 @@ type Config struct {
 
 	// FS configures the filesystems that serve lazily pulled layers.
 	FS FS `toml:"fs"`
+
+	// Cache configures the node-wide cache of file contents fetched from
+	// registries.
+	Cache Cache `toml:"cache"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -112,6 +116,26 @@ type FS struct {
 	ResolveConcurrency int `toml:"resolve_concurrency"`
 }
 
+// Cache is the [cache] table: the on-disk chunk cache shared by every
+// lazily pulled layer of the node.
+type Cache struct {
+	// Dir is the directory of the cache. Empty means <root>/cache. It must
+	// be an absolute path; it is created (mode 0700) when missing, and only
+	// one daemon may use it at a time. The cache survives restarts: a
+	// restarted daemon serves what it holds without fetching it again.
+	Dir string `toml:"dir"`
+
+	// MaxSize bounds the bytes the cache keeps: beyond it, the least
+	// recently used contents are removed. 0 means no bound other than the
+	// disk; when the disk fills up, the cache shrinks and pauses writing
+	// rather than failing reads.
+	MaxSize Size `toml:"max_size"`
+}
+
+// minCacheSize is the least non-zero cache.max_size accepted: a smaller
+// bound is more likely a missing unit than a wish.
+const minCacheSize = MiB
+
 // Default returns the configuration used when no file is given.
 func Default() *Config {
 	return &Config{
@@ -128,6 +152,9 @@ func Default() *Config {
 			TailSize:           MiB,
 			MemoryCacheSize:    64 * MiB,
 			ResolveConcurrency: 16,
+		},
+		Cache: Cache{
+			MaxSize: 10 * GiB,
 		},
 	}
 }
@@ -162,6 +189,14 @@ func (c *Config) Validate() error {
 	}
 	if c.FS.ResolveConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("fs.resolve_concurrency: %d is less than 1", c.FS.ResolveConcurrency))
+	}
+	if c.Cache.Dir != "" {
+		if err := absPath(c.Cache.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("cache.dir: %w", err))
+		}
+	}
+	if c.Cache.MaxSize != 0 && c.Cache.MaxSize < minCacheSize {
+		errs = append(errs, fmt.Errorf("cache.max_size: %s is less than %s (0 means no bound)", c.Cache.MaxSize, minCacheSize))
 	}
 	return errors.Join(errs...)
 }

@@ -125,6 +125,11 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`: log_level: "verbose" is not one of [trace debug info warn error]`},
 		},
 		{
+			name: "bad cache",
+			doc:  "[cache]\ndir = \"cache\"\nmax_size = \"10\"\n",
+			want: []string{`: cache.dir: "cache" is not an absolute path`, `cache.max_size: 10 is less than 1MiB (0 means no bound)`},
+		},
+		{
 			name: "relative root and address",
 			doc:  "root = \"var/lib/lazypull\"\naddress = \"\"\n",
 			want: []string{`: root: "var/lib/lazypull" is not an absolute path`, "address: must not be empty"},
@@ -193,5 +198,16 @@ func TestDecodeUnitErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("decode(%q) = %v, want an error containing %q", tc.doc, err, tc.want)
 		}
+	}
+}
+
+func TestLoadCache(t *testing.T) {
+	p := writeFile(t, "[cache]\ndir = \"/srv/cache\"\nmax_size = 0\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cache.Dir != "/srv/cache" || cfg.Cache.MaxSize != 0 {
+		t.Errorf("Cache = %+v", cfg.Cache)
 	}
 }

@@ -2,31 +2,52 @@ package fs
 
 import (
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
 
-// load returns the decompressed, verified data of each chunk of file name.
-// Chunks come from memory, then the Cache, then the blob; the chunks the
-// blob must provide are fetched with one read per run of adjacent chunks,
-// and a chunk already being fetched by another reader is waited for.
-func (l *layer) load(ctx context.Context, name string, cs []chunk) ([][]byte, error) {
+// Sizes that shape blob reads.
+const (
+	// mergeGap is the largest run of bytes not wanted that a read fetches
+	// anyway to join two runs of wanted chunks: up to it, one request costs
+	// less than two.
+	mergeGap = 64 << 10
+	// minPart is the smallest piece a large read is split into for parallel
+	// requests: below it the round trip dominates and splitting only adds
+	// requests.
+	minPart = 512 << 10
+	// maxPart is the largest piece of a prefetch, so that a reader that
+	// needs a chunk of a long prefetch waits for one piece, not for all.
+	maxPart = 4 << 20
+)
+
+// load returns the decompressed, verified data of each chunk of cs, the
+// chunks of one read. Chunks come from memory, then the Cache, then the
+// blob; a chunk already being fetched, by another reader, a read-ahead
+// window, a prefetch or the background fetch, is waited for rather than
+// fetched again. A miss also starts fetching the window ahead of it.
+func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 	data := make([][]byte, len(cs))
 	var missing []int
 	for i, c := range cs {
-		if b, ok := l.cached(ctx, name, c); ok {
+		if b, ok := l.cached(ctx, c); ok {
 			data[i] = b
 			continue
 		}
 		missing = append(missing, i)
 	}
 	if len(missing) == 0 {
+		l.readaheadHit(cs)
 		return data, nil
 	}
 	keys := make([]flightKey, len(missing))
@@ -34,25 +55,26 @@ func (l *layer) load(ctx context.Context, name string, cs []chunk) ([][]byte, er
 		keys[j] = flightKey{cs[i].start, cs[i].inner}
 	}
 	calls, owned := l.flights.claim(keys)
-	var run []chunk
-	var runCalls []*flight
-	flush := func() {
-		if len(run) > 0 {
-			l.fetch(ctx, name, run, runCalls)
-			run, runCalls = nil, nil
-		}
-	}
+	var mine []chunk
+	var mineCalls []*flight
 	for j, i := range missing {
-		if !owned[j] {
-			continue
+		if owned[j] {
+			mine = append(mine, cs[i])
+			mineCalls = append(mineCalls, calls[j])
 		}
-		if len(run) > 0 && cs[i].start > run[len(run)-1].end {
-			flush()
-		}
-		run = append(run, cs[i])
-		runCalls = append(runCalls, calls[j])
 	}
-	flush()
+	if len(mine) > 0 {
+		// The window goes out first, so that it travels with the chunks
+		// the read waits for instead of after them.
+		l.readaheadMiss(cs)
+		l.fsys.demand.begin()
+		// The fetch runs in the layer's lifetime, not the request's: other
+		// readers may wait for it, and an interrupted reader must not fail them.
+		l.fetchOwned(l.ctx, mine, mineCalls, true, true)
+		l.fsys.demand.end()
+	} else {
+		l.readaheadHit(cs)
+	}
 	for j, i := range missing {
 		select {
 		case <-calls[j].done:
@@ -68,8 +90,8 @@ func (l *layer) load(ctx context.Context, name string, cs []chunk) ([][]byte, er
 }
 
 // cached returns the chunk from memory or from the Cache, verified.
-func (l *layer) cached(ctx context.Context, name string, c chunk) ([]byte, bool) {
-	mkey := memKey{l.src.dgst, c.start, c.inner}
+func (l *layer) cached(ctx context.Context, c chunk) ([]byte, bool) {
+	mkey := l.memKey(c)
 	if b, ok := l.fsys.mem.get(mkey); ok {
 		return b, true
 	}
@@ -80,52 +102,171 @@ func (l *layer) cached(ctx context.Context, name string, c chunk) ([]byte, bool)
 	b := make([]byte, c.size)
 	n, ok := l.fsys.cfg.cache.Get(key, b)
 	if !ok || int64(n) != c.size {
+		l.src.chunks.setLocal(c.idx, false)
 		return nil, false
 	}
 	if err := l.verify(c, b); err != nil {
-		log.G(ctx).WithError(err).WithFields(log.Fields{"layer": l.src.dgst, "file": name, "key": key}).Warn("discarding corrupt cache entry")
+		log.G(ctx).WithError(err).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name, "key": key}).Warn("discarding corrupt cache entry")
+		l.src.chunks.setLocal(c.idx, false)
 		return nil, false
 	}
+	l.src.chunks.setLocal(c.idx, true)
 	l.fsys.mem.put(mkey, b)
 	return b, true
 }
 
-// fetch reads the adjacent chunks of run with one blob read, then
-// decompresses, verifies and stores each, and completes its flight. A chunk
-// that fails verification fails alone.
-func (l *layer) fetch(ctx context.Context, name string, run []chunk, calls []*flight) {
-	start, end := run[0].start, run[0].end
-	for _, c := range run {
+func (l *layer) memKey(c chunk) memKey { return memKey{l.src.dgst, c.start, c.inner} }
+
+// fetchAhead fetches those of cs (in blob order) that are neither local,
+// nor in memory, nor being fetched by someone else: the path of prefetch
+// and background fetch. keep says whether to keep the chunks in memory as
+// well, for chunks likely to be read soon.
+func (l *layer) fetchAhead(ctx context.Context, cs []chunk, keep bool) {
+	if mine, calls := l.claimAhead(cs); len(mine) > 0 {
+		l.fetchOwned(ctx, mine, calls, false, keep)
+	}
+}
+
+// claimAhead claims those of cs that are neither local, nor in memory, nor
+// being fetched, and returns them with their flights, which the caller
+// must finish.
+func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
+	var want []chunk
+	var keys []flightKey
+	for _, c := range cs {
+		if l.src.chunks.isLocal(c.idx) || l.fsys.mem.has(l.memKey(c)) {
+			continue
+		}
+		want = append(want, c)
+		keys = append(keys, flightKey{c.start, c.inner})
+	}
+	if len(want) == 0 {
+		return nil, nil
+	}
+	calls, owned := l.flights.claim(keys)
+	var mine []chunk
+	var mineCalls []*flight
+	for i, c := range want {
+		if owned[i] {
+			mine = append(mine, c)
+			mineCalls = append(mineCalls, calls[i])
+		}
+	}
+	return mine, mineCalls
+}
+
+// fetchOwned fetches chunks cs, which the caller claimed with calls, and
+// completes their flights. Chunks close together in the blob are fetched
+// with one read; reads that are not adjacent go out concurrently. split
+// allows a long read to be split into concurrent requests.
+func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
+	order := make([]int, len(cs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(cs[a].start, cs[b].start) })
+	var groups [][]int
+	var end int64
+	for _, i := range order {
+		if n := len(groups); n > 0 && cs[i].start <= end+mergeGap {
+			groups[n-1] = append(groups[n-1], i)
+		} else {
+			groups = append(groups, []int{i})
+		}
+		end = max(end, cs[i].end)
+	}
+	read := func(g []int) {
+		gcs, gcalls := make([]chunk, len(g)), make([]*flight, len(g))
+		for j, i := range g {
+			gcs[j], gcalls[j] = cs[i], calls[i]
+		}
+		l.fetchGroup(ctx, gcs, gcalls, split, keep)
+	}
+	if len(groups) == 1 {
+		read(groups[0])
+		return
+	}
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		wg.Go(func() { read(g) })
+	}
+	wg.Wait()
+}
+
+// fetchGroup reads the chunks of cs (in blob order, close together) with
+// one read of the blob, then decompresses, verifies and stores each, and
+// completes its flight as soon as it is verified. A chunk that fails
+// verification fails alone, and is neither served nor cached.
+func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
+	start, end := cs[0].start, cs[0].end
+	for _, c := range cs {
 		end = max(end, c.end)
 	}
-	// The read runs in the FileSystem's lifetime, not the request's: other
-	// readers wait for it, and an interrupted reader must not fail them.
 	buf := make([]byte, end-start)
-	_, err := l.src.blob.ReadAt(l.fsys.life, buf, start)
+	err := l.readBlob(ctx, buf, start, split)
 	if err != nil {
-		err = fmt.Errorf("layer %s: file %s: fetch %d bytes at %d: %w", l.src.dgst, name, len(buf), start, err)
-		log.G(ctx).WithError(err).WithFields(log.Fields{"layer": l.src.dgst, "file": name}).Error("fetch failed")
+		err = fmt.Errorf("layer %s: fetch %d bytes at %d: %w", l.src.dgst, len(buf), start, err)
+		if ctx.Err() == nil {
+			log.G(ctx).WithError(err).WithField("layer", l.src.dgst).Error("fetch failed")
+		}
 	}
-	for i, c := range run {
+	cache := l.fsys.cfg.cache
+	for i, c := range cs {
 		if err != nil {
 			l.flights.finish(calls[i], nil, err)
 			continue
 		}
 		data, cerr := l.decode(c, buf[c.start-start:c.end-start])
 		if cerr != nil {
-			cerr = fmt.Errorf("layer %s: file %s: %w", l.src.dgst, name, cerr)
-			log.G(ctx).WithError(cerr).WithFields(log.Fields{"layer": l.src.dgst, "file": name}).Error("chunk verification failed")
+			cerr = fmt.Errorf("layer %s: file %s: %w", l.src.dgst, c.e.Name, cerr)
+			log.G(ctx).WithError(cerr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Error("chunk verification failed")
 			l.flights.finish(calls[i], nil, cerr)
 			continue
 		}
-		l.fsys.mem.put(memKey{l.src.dgst, c.start, c.inner}, data)
+		if keep || cache == nil {
+			l.fsys.mem.put(l.memKey(c), data)
+		}
 		l.flights.finish(calls[i], data, nil)
-		if key := l.cacheKey(c); key != "" && l.fsys.cfg.cache != nil {
-			if perr := l.fsys.cfg.cache.Put(key, data); perr != nil {
-				log.G(ctx).WithError(perr).WithFields(log.Fields{"layer": l.src.dgst, "file": name}).Warn("cache put failed")
+		if key := l.cacheKey(c); key != "" && cache != nil {
+			if perr := cache.Put(key, data); perr != nil {
+				log.G(ctx).WithError(perr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Warn("cache put failed")
+			} else {
+				l.src.chunks.setLocal(c.idx, true)
 			}
 		}
 	}
+}
+
+// readBlob fills buf from the blob at off. With split, a long read goes out
+// as up to fetchConcurrency concurrent requests of at least minPart bytes,
+// which keeps a long-latency link busy where one request would wait out
+// slow start.
+func (l *layer) readBlob(ctx context.Context, buf []byte, off int64, split bool) error {
+	n := 1
+	if split {
+		n = max(1, min(l.fsys.cfg.fetchConcurrency, len(buf)/minPart))
+	}
+	if n == 1 {
+		return l.blobRead(ctx, buf, off)
+	}
+	part := (len(buf) + n - 1) / n
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		lo, hi := i*part, min((i+1)*part, len(buf))
+		wg.Go(func() { errs[i] = l.blobRead(ctx, buf[lo:hi], off+int64(lo)) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (l *layer) blobRead(ctx context.Context, p []byte, off int64) error {
+	l.fetches.Add(1)
+	if _, err := l.src.blob.ReadAt(ctx, p, off); err != nil {
+		return err
+	}
+	l.fetched.Add(int64(len(p)))
+	return nil
 }
 
 // decode decompresses chunk c from its gzip member and verifies it.
@@ -159,7 +300,8 @@ type flight struct {
 	err  error
 }
 
-// flights de-duplicates concurrent fetches of a layer's chunks.
+// flights de-duplicates concurrent fetches of a layer's chunks, whoever
+// starts them: readers, read-ahead, prefetch or background fetch.
 type flights struct {
 	mu sync.Mutex
 	m  map[flightKey]*flight
@@ -194,4 +336,63 @@ func (fl *flights) finish(f *flight, data []byte, err error) {
 	fl.mu.Unlock()
 	f.data, f.err = data, err
 	close(f.done)
+}
+
+// demand counts the fetches that readers wait for, or soon will (reads,
+// their read-ahead windows, prefetch), across the FileSystem. Background
+// fetch starts a request only when there has been none for a moment, so
+// that it uses the idle link without queueing ahead of a reader.
+type demand struct {
+	mu      sync.Mutex
+	n       int
+	idle    chan struct{} // closed while n == 0
+	lastEnd time.Time
+}
+
+func newDemand() *demand {
+	d := &demand{idle: make(chan struct{})}
+	close(d.idle)
+	return d
+}
+
+func (d *demand) begin() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.n == 0 {
+		d.idle = make(chan struct{})
+	}
+	d.n++
+}
+
+func (d *demand) end() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.n--
+	if d.n == 0 {
+		d.lastEnd = time.Now()
+		close(d.idle)
+	}
+}
+
+// waitQuiet returns when no demand fetch has run for quiet, or ctx ends.
+func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
+	for {
+		d.mu.Lock()
+		busy, idle, left := d.n > 0, d.idle, quiet-time.Since(d.lastEnd)
+		d.mu.Unlock()
+		var wake <-chan time.Time
+		switch {
+		case busy:
+		case left <= 0:
+			return ctx.Err()
+		default:
+			wake, idle = time.After(left), nil
+		}
+		select {
+		case <-idle:
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

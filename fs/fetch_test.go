@@ -44,12 +44,13 @@ func TestMountCost(t *testing.T) {
 	}
 }
 
-// TestReadFetchesOnlyItsChunks checks that reading a small file fetches its
-// chunk and nothing else, and a range of a big file only the chunks under it.
+// TestReadFetchesOnlyItsChunks checks that, without read-ahead, reading a
+// small file fetches its chunk and nothing else, and a range of a big file
+// only the chunks under it.
 func TestReadFetchesOnlyItsChunks(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o)
+	f := newFS(t, o, WithReadahead(0))
 	mp := mountLayer(t, f, l)
 
 	checkContent(t, filepath.Join(mp, "a/text"), []byte("hello, lazy world\n"))
@@ -85,7 +86,7 @@ func TestReadFetchesOnlyItsChunks(t *testing.T) {
 func TestCoalescedRead(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithMemoryCacheSize(0))
+	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0))
 	mp := mountLayer(t, f, l)
 	lay := f.mounts[mp].layer
 	e, _ := lay.src.r.Lookup("big")
@@ -111,7 +112,7 @@ func TestCoalescedRead(t *testing.T) {
 func TestConcurrentReaders(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithMemoryCacheSize(0))
+	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0))
 	mp := mountLayer(t, f, l)
 	lay := f.mounts[mp].layer
 	e, _ := lay.src.r.Lookup("big")
@@ -228,7 +229,7 @@ func TestNotEstargz(t *testing.T) {
 func TestCacheRemount(t *testing.T) {
 	l := fullLayer(t)
 	c := newMapCache()
-	f := newFS(t, newOpener(l), WithCache(c))
+	f := newFS(t, newOpener(l), WithCache(c), WithBackgroundFetch(false))
 	mp := mountLayer(t, f, l)
 	checkContent(t, filepath.Join(mp, "big"), l.entries[7].data)
 	checkContent(t, filepath.Join(mp, "a/small"), l.entries[1].data)
@@ -237,7 +238,7 @@ func TestCacheRemount(t *testing.T) {
 	}
 
 	o := newOpener(l)
-	f = newFS(t, o, WithCache(c))
+	f = newFS(t, o, WithCache(c), WithBackgroundFetch(false))
 	mp = mountLayer(t, f, l)
 	checkContent(t, filepath.Join(mp, "big"), l.entries[7].data)
 	checkContent(t, filepath.Join(mp, "a/small"), l.entries[1].data)

@@ -21,6 +21,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -79,6 +80,7 @@ type FileSystem struct {
 	opener Opener
 	cfg    config
 	mem    *memCache
+	demand *demand
 
 	// life is the daemon-lifetime context of background work and shared
 	// fetches; Close cancels it and waits for wg.
@@ -124,6 +126,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		opener:   opener,
 		cfg:      cfg,
 		mem:      newMemCache(cfg.memCacheSize),
+		demand:   newDemand(),
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),
@@ -166,6 +169,12 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if retErr != nil {
+			l.stop()
+		}
+	}()
+	prefetched := l.start(ctx)
 	server, err := f.serve(mountpoint, l)
 	if err != nil {
 		return fmt.Errorf("layer %s: mount %s: %w", dgst, mountpoint, err)
@@ -181,6 +190,15 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		return errors.Join(fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable), server.Unmount())
 	}
 	log.G(ctx).WithFields(log.Fields{"layer": dgst, "mountpoint": mountpoint, "verified": l.verified}).Info("layer mounted")
+	if w := f.cfg.prefetchWait; w > 0 {
+		t := time.NewTimer(w)
+		defer t.Stop()
+		select {
+		case <-prefetched:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
 	return nil
 }
 
@@ -220,6 +238,7 @@ func (f *FileSystem) Unmount(ctx context.Context, mountpoint string) error {
 	if err := m.server.Unmount(); err != nil {
 		return fmt.Errorf("unmount %s: %w", mountpoint, err)
 	}
+	m.layer.stop()
 	f.mu.Lock()
 	delete(f.mounts, mountpoint)
 	f.forgetLocked(m.layer.src.dgst)

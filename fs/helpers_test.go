@@ -127,13 +127,15 @@ func (l *testLayer) span(t testing.TB, name string) (start, end int64) {
 
 // testOpener serves blobs from memory and counts what is asked of it.
 type testOpener struct {
-	mu     sync.Mutex
-	blobs  map[digest.Digest][]byte
-	opens  map[digest.Digest]int
-	reads  int                    // Blob.ReadAt calls
-	bytes  int64                  // bytes returned by ReadAt, tails excluded
-	tails  int64                  // bytes returned as tails
-	gate   chan struct{}          // if set, ReadAt waits for it to close
+	mu    sync.Mutex
+	blobs map[digest.Digest][]byte
+	opens map[digest.Digest]int
+	reads int           // Blob.ReadAt calls
+	bytes int64         // bytes returned by ReadAt, tails excluded
+	tails int64         // bytes returned as tails
+	gate  chan struct{} // if set, ReadAt waits for it to close
+	// link, if set, makes ReadAt take the time the link would.
+	link   *netLink
 	stuck  map[digest.Digest]bool // Open of these waits for ctx
 	failOn map[digest.Digest]error
 }
@@ -194,7 +196,7 @@ func (b *testBlob) Size() int64 { return int64(len(b.data)) }
 func (b *testBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	b.o.mu.Lock()
 	b.o.reads++
-	gate := b.o.gate
+	gate, lk := b.o.gate, b.o.link
 	b.o.mu.Unlock()
 	if gate != nil {
 		select {
@@ -202,6 +204,9 @@ func (b *testBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
+	}
+	if err := lk.transfer(ctx, len(p)); err != nil {
+		return 0, err
 	}
 	if off < 0 || off+int64(len(p)) > int64(len(b.data)) {
 		return 0, io.ErrUnexpectedEOF
@@ -318,4 +323,98 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	os.Exit(m.Run())
+}
+
+// netLink models a network path: each request waits one round trip for its
+// first byte, then its bytes cross a link of the given rate that requests
+// share first come, first served.
+type netLink struct {
+	rtt  time.Duration
+	rate float64 // bytes per second; 0 is unlimited
+
+	mu   sync.Mutex
+	free time.Time // when the link has sent what it was asked so far
+}
+
+func (k *netLink) transfer(ctx context.Context, n int) error {
+	if k == nil {
+		return nil
+	}
+	k.mu.Lock()
+	done := time.Now().Add(k.rtt)
+	if k.free.After(done) {
+		done = k.free
+	}
+	if k.rate > 0 {
+		done = done.Add(time.Duration(float64(n) / k.rate * float64(time.Second)))
+	}
+	k.free = done
+	k.mu.Unlock()
+	t := time.NewTimer(time.Until(done))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// dirCache is a FileCache of one file per entry in a directory.
+type dirCache struct{ dir string }
+
+func newDirCache(t testing.TB) *dirCache { return &dirCache{dir: t.TempDir()} }
+
+func (c *dirCache) path(key digest.Digest) string { return filepath.Join(c.dir, key.Encoded()) }
+
+func (c *dirCache) Get(key digest.Digest, p []byte) (int, bool) {
+	b, err := os.ReadFile(c.path(key))
+	if err != nil || len(b) > len(p) {
+		return 0, false
+	}
+	return copy(p, b), true
+}
+
+func (c *dirCache) Put(key digest.Digest, data []byte) error {
+	tmp, err := os.CreateTemp(c.dir, "tmp")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), c.path(key))
+}
+
+func (c *dirCache) Open(key digest.Digest) (*os.File, error) { return os.Open(c.path(key)) }
+
+// libEntries is a directory of n modules of a few KiB each, in name order,
+// as a starting interpreter reads them.
+func libEntries(n int) []tarEntry {
+	es := []tarEntry{dir("lib/", 0o755)}
+	for i := range n {
+		size := 2<<10 + (i*7919)%(30<<10)
+		es = append(es, file(fmt.Sprintf("lib/m%03d.py", i), 0o644, randomBytes(int64(100+i), size)))
+	}
+	return es
+}
+
+// waitFetches waits for the fetches the layers of f started to end.
+func waitFetches(t testing.TB, f *FileSystem) {
+	t.Helper()
+	f.mu.Lock()
+	var ls []*layer
+	for _, m := range f.mounts {
+		if m.layer != nil {
+			ls = append(ls, m.layer)
+		}
+	}
+	f.mu.Unlock()
+	for _, l := range ls {
+		l.wg.Wait()
+	}
 }

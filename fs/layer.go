@@ -3,6 +3,8 @@ package fs
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -23,6 +25,15 @@ type layer struct {
 	// unverified layer whose TOC lacks chunk digests.
 	verifier estargz.TOCEntryVerifier
 	flights  flights
+	ra       readahead
+
+	// ctx is the lifetime of the layer's fetches, a child of the
+	// FileSystem's; stop cancels it and waits for wg.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	reads, fetches, fetched atomic.Int64 // FUSE reads served, blob reads, bytes
 }
 
 // newLayer checks src's TOC against tocDgst (when given) and returns the
@@ -30,6 +41,7 @@ type layer struct {
 // Mount fetches it again.
 func (f *FileSystem) newLayer(ctx context.Context, src *source, tocDgst digest.Digest) (*layer, error) {
 	l := &layer{src: src, fsys: f, tocDigest: tocDgst}
+	l.ctx, l.cancel = context.WithCancel(f.life)
 	if tocDgst == "" {
 		v, err := src.r.Verifiers()
 		if err != nil {
@@ -44,10 +56,12 @@ func (f *FileSystem) newLayer(ctx context.Context, src *source, tocDgst digest.D
 			f.forgetLocked(src.dgst)
 		}
 		f.mu.Unlock()
+		l.cancel()
 		return nil, fmt.Errorf("layer %s: TOC digest %s does not match label %s: %w", src.dgst, got, tocDgst, errdefs.ErrDataLoss)
 	}
 	v, err := src.r.VerifyTOC(tocDgst)
 	if err != nil {
+		l.cancel()
 		return nil, fmt.Errorf("layer %s: TOC cannot verify chunks: %v: %w", src.dgst, err, errdefs.ErrFailedPrecondition)
 	}
 	l.verifier, l.verified = v, true
@@ -74,6 +88,9 @@ func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
 		AttrTimeout:     &attr,
 		NegativeTimeout: &entry,
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+		// A mode of 0000 is what the layer says, not a missing value that
+		// go-fuse should replace with 0644/0755.
+		NullPermissions: true,
 		// Node IDs are the TOC-derived inode numbers, so that any process
 		// holding the TOC can answer the kernel about nodes it already knows.
 		ExternalNodeID: true,
@@ -83,12 +100,13 @@ func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
 
 // chunk is one compressed piece of a file: ChunkSize bytes at ChunkOffset of
 // the file, decompressed from the gzip member at [start, end) of the blob
-// after skipping inner bytes.
+// after skipping inner bytes. idx is its place in the layer's chunkTable.
 type chunk struct {
 	e          *estargz.TOCEntry
 	off, size  int64
 	start, end int64
 	inner      int64
+	idx        int
 }
 
 // chunks returns the chunks of e covering [off, end) of the file.
@@ -102,6 +120,7 @@ func (l *layer) chunks(e *estargz.TOCEntry, off, end int64) ([]chunk, error) {
 		c := chunk{
 			e: ce, off: ce.ChunkOffset, size: ce.ChunkSize,
 			start: ce.Offset, end: min(ce.NextOffset(), l.src.payloadEnd), inner: ce.InnerOffset,
+			idx: l.src.chunks.index(ce),
 		}
 		if c.end <= c.start || c.off > off {
 			return nil, fmt.Errorf("malformed chunk at offset %d: %w", off, errdefs.ErrDataLoss)
@@ -122,7 +141,7 @@ func (l *layer) readAt(ctx context.Context, e *estargz.TOCEntry, p []byte, off i
 	if err != nil {
 		return 0, err
 	}
-	data, err := l.load(ctx, e.Name, cs)
+	data, err := l.load(ctx, cs)
 	if err != nil {
 		return 0, err
 	}

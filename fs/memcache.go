@@ -46,6 +46,14 @@ func (c *memCache) get(k memKey) ([]byte, bool) {
 	return el.Value.(*memEntry).data, true
 }
 
+// has reports whether the chunk is kept, without making it more recent.
+func (c *memCache) has(k memKey) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.m[k]
+	return ok
+}
+
 // put adds a chunk, which must not be modified afterwards.
 func (c *memCache) put(k memKey, data []byte) {
 	n := int64(len(data))

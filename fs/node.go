@@ -35,7 +35,10 @@ type node struct {
 // devices, fifos and whiteouts are plain nodes.
 type (
 	dirNode  struct{ node }
-	fileNode struct{ node }
+	fileNode struct {
+		node
+		opens opens // of handles that may be served by passthrough
+	}
 	linkNode struct{ node }
 )
 
@@ -247,12 +250,16 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	if key := f.l.passthroughKey(f.e); key != "" {
+		return f.openHandle(key), fuse.FOPEN_KEEP_CACHE, 0
+	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 var _ = (gofs.NodeReader)((*fileNode)(nil))
 
 func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.l.reads.Add(1)
 	n, err := f.l.readAt(ctx, f.e, dest, off)
 	if err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"layer": f.l.src.dgst, "file": f.e.Name}).Debug("read failed")

@@ -18,6 +18,14 @@ type config struct {
 	attrTimeout        time.Duration
 	resolveConcurrency int
 	memCacheSize       int64
+
+	readahead             int64
+	fetchConcurrency      int
+	prefetchWait          time.Duration
+	background            bool
+	backgroundDelay       time.Duration
+	backgroundConcurrency int
+	passthrough           bool
 }
 
 // Defaults of the options.
@@ -35,6 +43,19 @@ const (
 	// which spare a chunk that the kernel reads in several requests from being
 	// fetched or loaded from the Cache again for each request.
 	DefaultMemoryCacheSize = 64 << 20
+	// DefaultReadahead is the compressed size of the window fetched after
+	// the chunks of a read that misses: about one bandwidth-delay product of
+	// a 40 ms, 200 Mbit/s link, so that the window costs the read little
+	// and holds the files next to the one read.
+	DefaultReadahead = 2 << 20
+	// DefaultFetchConcurrency bounds the concurrent requests one large
+	// read, read-ahead window or prefetch is split into.
+	DefaultFetchConcurrency = 4
+	// DefaultBackgroundDelay is how long after Mount background fetch starts.
+	DefaultBackgroundDelay = 500 * time.Millisecond
+	// DefaultBackgroundConcurrency bounds the requests of one layer's
+	// background fetch: a few, to fill a long-latency link.
+	DefaultBackgroundConcurrency = 4
 )
 
 func defaultConfig() config {
@@ -44,6 +65,13 @@ func defaultConfig() config {
 		attrTimeout:        DefaultTimeout,
 		resolveConcurrency: DefaultResolveConcurrency,
 		memCacheSize:       DefaultMemoryCacheSize,
+
+		readahead:             DefaultReadahead,
+		fetchConcurrency:      DefaultFetchConcurrency,
+		background:            true,
+		backgroundDelay:       DefaultBackgroundDelay,
+		backgroundConcurrency: DefaultBackgroundConcurrency,
+		passthrough:           true,
 	}
 }
 
@@ -123,6 +151,96 @@ func WithMemoryCacheSize(n int64) Option {
 			return fmt.Errorf("memory cache size %d: %w", n, errdefs.ErrInvalidArgument)
 		}
 		c.memCacheSize = n
+		return nil
+	}
+}
+
+// WithReadahead sets the compressed size of the window of following chunks,
+// in blob order, that a read that misses fetches along with its own
+// (default DefaultReadahead); 0 turns read-ahead off. For a reader that
+// keeps reading on in blob order the window doubles, up to 8 times n.
+func WithReadahead(n int64) Option {
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("readahead size %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.readahead = n
+		return nil
+	}
+}
+
+// WithFetchConcurrency bounds the concurrent requests that one large read,
+// read-ahead window or prefetch is split into (default
+// DefaultFetchConcurrency); 1 fetches each as one request.
+func WithFetchConcurrency(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("fetch concurrency %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.fetchConcurrency = n
+		return nil
+	}
+}
+
+// WithPrefetchWait sets how long Mount waits for the prefetch of a layer
+// with a prefetch landmark: the files the image's builder marked as read at
+// start-up, which are fetched from the moment the layer is mounted. 0 (the
+// default) returns at once; a read of a file being prefetched waits for its
+// part of the prefetch only.
+func WithPrefetchWait(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("prefetch wait %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		c.prefetchWait = d
+		return nil
+	}
+}
+
+// WithBackgroundFetch turns the background fetch of whole layers on (the
+// default) or off. A mounted layer's chunks that are not in the Cache are
+// then fetched in blob order, starting after the background fetch delay,
+// whenever no reader has been waiting for a fetch for a moment, until the
+// layer is fully local or unmounted. It needs a Cache.
+func WithBackgroundFetch(on bool) Option {
+	return func(c *config) error {
+		c.background = on
+		return nil
+	}
+}
+
+// WithBackgroundFetchDelay sets how long after Mount the background fetch
+// starts (default DefaultBackgroundDelay).
+func WithBackgroundFetchDelay(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("background fetch delay %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		c.backgroundDelay = d
+		return nil
+	}
+}
+
+// WithBackgroundFetchConcurrency bounds the concurrent requests of one
+// layer's background fetch (default DefaultBackgroundConcurrency).
+func WithBackgroundFetchConcurrency(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("background fetch concurrency %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.backgroundConcurrency = n
+		return nil
+	}
+}
+
+// WithPassthrough turns FUSE passthrough on (the default) or off. With it,
+// a file whose content is one chunk found in a FileCache is read by the
+// kernel straight from the cache entry, verified once at open, without a
+// round trip through the FileSystem. Where the kernel does not support
+// passthrough, reads go through the FileSystem as without it.
+func WithPassthrough(on bool) Option {
+	return func(c *config) error {
+		c.passthrough = on
 		return nil
 	}
 }

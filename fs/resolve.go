@@ -25,6 +25,7 @@ type source struct {
 	// payloadEnd is where the TOC starts: no chunk extends past it.
 	payloadEnd int64
 	index
+	chunks *chunkTable
 }
 
 // index gives every entry of the tree a stable inode number: its position in
@@ -138,6 +139,7 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	if err := src.buildIndex(); err != nil {
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
+	src.buildChunks()
 	return src, nil
 }
 

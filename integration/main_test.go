@@ -3,7 +3,8 @@
 // integration/testbed and the image of integration/testimage.
 //
 // The tests need root. TestMain builds lazypulld (with -race when the tests
-// are built with -race) and the test image's entrypoint once.
+// are built with -race), the lazypull tool and the test image's entrypoint
+// once.
 package integration
 
 import (
@@ -22,8 +23,9 @@ var (
 	skipReason string
 	// flavours are the containerd installations every test runs against.
 	flavours []testbed.Flavour
-	// lazypulldBin and entrypointBin are built by TestMain.
+	// lazypulldBin, lazypullBin and entrypointBin are built by TestMain.
 	lazypulldBin  string
+	lazypullBin   string
 	entrypointBin string
 )
 
@@ -52,6 +54,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	lazypulldBin = filepath.Join(dir, "lazypulld")
+	lazypullBin = filepath.Join(dir, "lazypull")
 	entrypointBin = filepath.Join(dir, "hashfiles")
 	var daemonFlags []string
 	if raceEnabled {
@@ -59,6 +62,12 @@ func testMain(m *testing.M) int {
 	}
 	if err := goBuild(lazypulldBin, "../cmd/lazypulld", nil, daemonFlags...); err != nil {
 		fmt.Fprintf(os.Stderr, "integration: build lazypulld: %v\n", err)
+		return 1
+	}
+	// The tool is not what these tests check for races; built without
+	// -race it converts images several times faster.
+	if err := goBuild(lazypullBin, "../cmd/lazypull", nil); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: build lazypull: %v\n", err)
 		return 1
 	}
 	if err := goBuild(entrypointBin, "./cmd/hashfiles", []string{"CGO_ENABLED=0"}, "-trimpath", "-ldflags=-s -w"); err != nil {

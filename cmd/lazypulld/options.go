@@ -20,7 +20,7 @@ import (
 // of the packages the daemon is built from: the registry client feeds the
 // layer filesystems, which the snapshotter mounts lazy layers with. The
 // returned close function closes the snapshotter (which unmounts its
-// layers) and then the filesystems.
+// layers), then the filesystems, then the chunk cache.
 func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, error) {
 	if cfg.FS.Disable {
 		sn, err := snapshotter.New(cfg.Root)
@@ -39,9 +39,9 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry client: %w", err)
 	}
-	chunks, err := cache.NewDir(filepath.Join(cfg.Root, "cache"))
+	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("chunk cache: %w", err)
+		return nil, nil, err
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -51,13 +51,26 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		fs.WithResolveConcurrency(cfg.FS.ResolveConcurrency),
 	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("layer filesystem: %w", err)
+		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
 	}
 	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(layers))
 	if err != nil {
-		return nil, nil, errors.Join(err, layers.Close())
+		return nil, nil, errors.Join(err, layers.Close(), chunks.Close())
 	}
-	return sn, func() error { return errors.Join(sn.Close(), layers.Close()) }, nil
+	return sn, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close()) }, nil
+}
+
+// newCache opens the node-wide chunk cache that [cache] describes.
+func newCache(cfg *config.Config) (*cache.Dir, error) {
+	dir := cfg.Cache.Dir
+	if dir == "" {
+		dir = filepath.Join(cfg.Root, "cache")
+	}
+	c, err := cache.NewDir(dir, cache.WithMaxSize(cfg.Cache.MaxSize.Int64()))
+	if err != nil {
+		return nil, fmt.Errorf("chunk cache: %w", err)
+	}
+	return c, nil
 }
 
 // blobOpener adapts the registry client to the blob source fs declares.

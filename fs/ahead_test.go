@@ -1,0 +1,356 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	digest "github.com/opencontainers/go-digest"
+)
+
+func reads(o *testOpener) int {
+	_, n, _ := o.counts()
+	return n
+}
+
+// TestReadaheadFetchesNeighbours checks that the first read of a directory
+// of small files brings the files after it in the blob along, verified and
+// cached, so that reading them costs no fetch.
+func TestReadaheadFetchesNeighbours(t *testing.T) {
+	l := buildLayer(t, libEntries(40))
+	o := newOpener(l)
+	c := newMapCache()
+	f := newFS(t, o, WithCache(c), WithBackgroundFetch(false), WithMemoryCacheSize(0))
+	mp := mountLayer(t, f, l)
+
+	checkContent(t, filepath.Join(mp, "lib/m000.py"), l.entries[1].data)
+	waitFetches(t, f)
+	before := reads(o)
+	for _, e := range l.entries[2:] {
+		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+	}
+	if n := reads(o) - before; n != 0 {
+		t.Errorf("reading the neighbours of the first file cost %d fetches, want 0", n)
+	}
+	c.mu.Lock()
+	entries := len(c.m)
+	c.mu.Unlock()
+	if entries != 40 {
+		t.Errorf("cache holds %d chunks, want the 40 files", entries)
+	}
+	if before > 1+DefaultFetchConcurrency {
+		t.Errorf("the first read and its window cost %d fetches", before)
+	}
+}
+
+// TestReadaheadOff checks that without read-ahead each file costs a fetch,
+// the baseline the read-ahead is measured against.
+func TestReadaheadOff(t *testing.T) {
+	l := buildLayer(t, libEntries(10))
+	o := newOpener(l)
+	f := newFS(t, o, WithReadahead(0), WithBackgroundFetch(false))
+	mp := mountLayer(t, f, l)
+	for _, e := range l.entries[1:] {
+		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+	}
+	if n := reads(o); n != 10 {
+		t.Errorf("10 files cost %d fetches, want 10", n)
+	}
+}
+
+// TestReadaheadCorruptNeighbour checks that a chunk of a window that does
+// not match its digest is neither served nor cached, and does not fail the
+// read that fetched the window nor the other chunks of the window.
+func TestReadaheadCorruptNeighbour(t *testing.T) {
+	l := buildLayer(t, libEntries(10))
+	start, _ := l.span(t, "lib/m001.py")
+	bad := bytes.Clone(l.blob)
+	bad[start+100] ^= 0x40
+	o := newOpener(l)
+	o.blobs[l.dgst] = bad
+	c := newMapCache()
+	f := newFS(t, o, WithCache(c), WithBackgroundFetch(false), WithMemoryCacheSize(0))
+	mp := mountLayer(t, f, l)
+
+	checkContent(t, filepath.Join(mp, "lib/m000.py"), l.entries[1].data)
+	waitFetches(t, f)
+	before := reads(o)
+	for _, e := range l.entries[3:] {
+		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+	}
+	if n := reads(o) - before; n != 0 {
+		t.Errorf("reading the good neighbours cost %d fetches, want 0", n)
+	}
+	if _, err := os.ReadFile(filepath.Join(mp, "lib/m001.py")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("reading the corrupt neighbour: %v, want EIO", err)
+	}
+	c.mu.Lock()
+	_, cached := c.m[digest.FromBytes(l.entries[2].data)]
+	c.mu.Unlock()
+	if cached {
+		t.Error("the corrupt chunk was cached")
+	}
+}
+
+// TestReadaheadSequentialGrows checks that reading a big file sequentially
+// costs far fewer fetches than it has chunks, and that a reader that keeps
+// up never waits for a fetch it could have started earlier.
+func TestReadaheadSequentialGrows(t *testing.T) {
+	l := fullLayer(t)
+	o := newOpener(l)
+	f := newFS(t, o, WithReadahead(256<<10), WithFetchConcurrency(1), WithBackgroundFetch(false))
+	mp := mountLayer(t, f, l)
+	checkContent(t, filepath.Join(mp, "big"), l.entries[7].data)
+	// 40 chunks of 256 KiB; windows grow 256K, 512K, 1M, 2M, 2M...
+	t.Logf("%d fetches", reads(o))
+	if n := reads(o); n > 10 {
+		t.Errorf("reading 40 chunks cost %d fetches", n)
+	}
+}
+
+// TestPrefetchAtMount checks that the files before the prefetch landmark
+// are fetched from the moment of Mount, which may wait for them, and that
+// reading them then costs nothing.
+func TestPrefetchAtMount(t *testing.T) {
+	es := libEntries(20)
+	var prio []string
+	for _, e := range es[10:] {
+		prio = append(prio, e.hdr.Name)
+	}
+	l := buildLayer(t, es, estargz.WithPrioritizedFiles(prio))
+	o := newOpener(l)
+	f := newFS(t, o, WithReadahead(0), WithBackgroundFetch(false), WithPrefetchWait(10*time.Second), WithMemoryCacheSize(0), WithCache(newMapCache()))
+	mp := mountLayer(t, f, l)
+	_, n, fetched := o.counts()
+	lmStart, _ := l.span(t, estargz.PrefetchLandmark)
+	first, _ := l.span(t, prio[0])
+	if n == 0 || fetched < lmStart-first || fetched > lmStart {
+		t.Errorf("prefetch fetched %d bytes in %d reads; the prioritized files span %d", fetched, n, lmStart-first)
+	}
+	for _, e := range es[10:] {
+		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+	}
+	if m := reads(o); m != n {
+		t.Errorf("reading the prefetched files cost %d fetches", m-n)
+	}
+	checkContent(t, filepath.Join(mp, es[1].hdr.Name), es[1].data)
+	if m := reads(o); m != n+1 {
+		t.Errorf("reading a file not prefetched cost %d fetches, want 1", m-n)
+	}
+}
+
+// TestBackgroundFetch checks that background fetch makes a layer fully
+// local, says when, and that reads then cost no fetch.
+func TestBackgroundFetch(t *testing.T) {
+	l := fullLayer(t)
+	o := newOpener(l)
+	c := newMapCache()
+	f := newFS(t, o, WithCache(c), WithBackgroundFetchDelay(0), WithMemoryCacheSize(0))
+	mp := mountLayer(t, f, l)
+	st := waitFullyLocal(t, f)
+	if st.LocalBytes != st.TotalBytes || st.LocalChunks != st.Chunks || st.Chunks < 40 {
+		t.Errorf("stats %+v: want every chunk local", st)
+	}
+	before := reads(o)
+	if before > st.Chunks/2 {
+		t.Errorf("background fetch of %d chunks cost %d fetches", st.Chunks, before)
+	}
+	for _, e := range l.entries {
+		if e.hdr.Typeflag == '0' && !strings.Contains(e.hdr.Name, ".wh.") {
+			checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+		}
+	}
+	if n := reads(o) - before; n != 0 {
+		t.Errorf("reads of a fully local layer cost %d fetches", n)
+	}
+}
+
+func waitFullyLocal(t *testing.T, f *FileSystem) LayerStats {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := f.Stats()
+		if len(st) != 1 {
+			t.Fatalf("stats of %d layers, want 1", len(st))
+		}
+		if !st[0].FullyLocal.IsZero() {
+			return st[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("layer not fully local: %+v", st[0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestBackgroundFetchStopsOnUnmount checks that Unmount stops a background
+// fetch that is waiting for the registry, and that nothing is fetched after.
+func TestBackgroundFetchStopsOnUnmount(t *testing.T) {
+	l := fullLayer(t)
+	o := newOpener(l)
+	o.gate = make(chan struct{}) // never opens: every fetch hangs
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetchDelay(0), WithBackgroundFetchConcurrency(2))
+	mp := mountLayer(t, f, l)
+	deadline := time.Now().Add(10 * time.Second)
+	for reads(o) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := reads(o); n != 2 {
+		t.Fatalf("%d background fetches under way, want 2", n)
+	}
+	lay := f.mounts[mp].layer
+	done := make(chan error)
+	go func() { done <- f.Unmount(context.Background(), mp) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Unmount did not stop the background fetch")
+	}
+	lay.wg.Wait() // Unmount did; this is for the race detector
+	time.Sleep(50 * time.Millisecond)
+	if n := reads(o); n != 2 {
+		t.Errorf("%d fetches after Unmount, want none", n-2)
+	}
+}
+
+// TestOnDemandNotStarved checks that reads one after another during a
+// background fetch over a slow link wait, all together, for about one round
+// of background requests, not for one round each, let alone for the
+// background fetch.
+func TestOnDemandNotStarved(t *testing.T) {
+	var es []tarEntry
+	for i := range 32 {
+		es = append(es, file(fmt.Sprintf("blob%02d", i), 0o644, randomBytes(int64(300+i), 1<<20)))
+	}
+	const files = 8
+	for i := range files {
+		es = append(es, file(fmt.Sprintf("zz%d", i), 0o644, []byte(fmt.Sprintf("file %d that a reader wants", i))))
+	}
+	l := buildLayer(t, es, estargz.WithChunkSize(1<<20))
+	o := newOpener(l)
+	const rate = 16 << 20 // the layer takes 2 s
+	o.link = &netLink{rtt: 20 * time.Millisecond, rate: rate}
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetchDelay(0), WithReadahead(0))
+	mp := mountLayer(t, f, l)
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	for _, e := range es[32:] {
+		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+	}
+	took := time.Since(start)
+	// Background requests in flight: DefaultBackgroundConcurrency of 1 MiB.
+	round := time.Duration(float64(DefaultBackgroundConcurrency*(1<<20)) / rate * float64(time.Second))
+	bound := round + files*2*o.link.rtt + 200*time.Millisecond
+	if took > bound {
+		t.Errorf("%d reads during background fetch took %v, want at most %v", files, took, bound)
+	}
+	if st := f.Stats()[0]; !st.FullyLocal.IsZero() {
+		t.Errorf("background fetch done before the reads (%+v): the test measured nothing", st)
+	}
+}
+
+// TestPassthrough checks that a file that is one cached chunk is served by
+// passthrough, with the same bytes, that the FileSystem serves it without
+// passthrough when it is off or the entry is corrupt, and that opens with
+// and without passthrough can overlap.
+func TestPassthrough(t *testing.T) {
+	l := buildLayer(t, []tarEntry{
+		file("one", 0o644, randomBytes(7, 300<<10)),
+		file("two", 0o644, randomBytes(8, 5000)),
+	})
+	c := newDirCache(t)
+	warm := newFS(t, newOpener(l), WithCache(c), WithBackgroundFetch(false))
+	mp := mountLayer(t, warm, l)
+	if warm.mounts[mp].server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		t.Skip("kernel without FUSE passthrough")
+	}
+	// One open before the file is cached and one after, at once.
+	fh, err := os.Open(filepath.Join(mp, "one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, filepath.Join(mp, "one"), l.entries[0].data)
+	checkContent(t, filepath.Join(mp, "one"), l.entries[0].data)
+	fh.Close()
+	checkContent(t, filepath.Join(mp, "two"), l.entries[1].data)
+
+	for _, tc := range []struct {
+		name        string
+		opts        []Option
+		passthrough bool
+	}{
+		{"on", nil, true},
+		{"off", []Option{WithPassthrough(false)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newOpener(l)
+			f := newFS(t, o, append(tc.opts, WithCache(c), WithBackgroundFetch(false))...)
+			mp := mountLayer(t, f, l)
+			checkContent(t, filepath.Join(mp, "one"), l.entries[0].data)
+			if n := f.Stats()[0].Reads; (n == 0) != tc.passthrough {
+				t.Errorf("%d reads through the FileSystem; passthrough %v", n, tc.passthrough)
+			}
+			if n := reads(o); n != 0 {
+				t.Errorf("%d fetches, want 0", n)
+			}
+		})
+	}
+
+	t.Run("corrupt entry", func(t *testing.T) {
+		key := digest.FromBytes(l.entries[1].data)
+		evil := bytes.Clone(l.entries[1].data)
+		evil[10] ^= 1
+		if err := c.Put(key, evil); err != nil {
+			t.Fatal(err)
+		}
+		o := newOpener(l)
+		f := newFS(t, o, WithCache(c), WithBackgroundFetch(false))
+		mp := mountLayer(t, f, l)
+		checkContent(t, filepath.Join(mp, "two"), l.entries[1].data)
+		if f.Stats()[0].Reads == 0 || reads(o) != 1 {
+			t.Errorf("corrupt entry: %d reads, %d fetches; want reads and a fetch", f.Stats()[0].Reads, reads(o))
+		}
+	})
+}
+
+// TestCloseLeavesNoGoroutines checks that Close stops read-ahead, prefetch
+// and background fetch, even over a slow link.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	l := fullLayer(t)
+	o := newOpener(l)
+	o.link = &netLink{rtt: 50 * time.Millisecond, rate: 4 << 20}
+	f, err := New(t.TempDir(), o, WithCache(newMapCache()), WithBackgroundFetchDelay(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp := mountpoint(t)
+	if err := f.Mount(context.Background(), mp, l.labels()); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, filepath.Join(mp, "a/text"), []byte("hello, lazy world\n"))
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}

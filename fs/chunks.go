@@ -1,0 +1,115 @@
+package fs
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+)
+
+// chunkTable lists every chunk of a layer's file contents in blob order, so
+// that fetches can look past the chunks a read asked for (read-ahead,
+// prefetch, background fetch), and remembers which chunks are local: stored
+// in the Cache by this process. Local is a hint that lets fetches skip
+// chunks, never a promise: a read still verifies what the Cache returns,
+// and a Cache that lost an entry turns it back into a miss.
+//
+// It is derived from the TOC alone and shared by every mount of the layer.
+type chunkTable struct {
+	cs      []chunk                   // in blob order
+	idx     map[*estargz.TOCEntry]int // chunk entry -> index in cs
+	payload int64                     // compressed bytes of all chunks
+
+	mu         sync.Mutex
+	local      []bool
+	nLocal     int
+	localBytes int64
+	fullAt     time.Time // when every chunk was first local at once
+}
+
+// buildChunks lists the chunks of the regular files of the tree.
+func (s *source) buildChunks() {
+	t := &chunkTable{idx: map[*estargz.TOCEntry]int{}}
+	seen := map[chunkID]bool{}
+	for e := range s.ino {
+		if e.Type != "reg" || e.Size <= 0 {
+			continue
+		}
+		for off := int64(0); off < e.Size; {
+			ce, ok := s.r.ChunkEntryForOffset(e.Name, off)
+			if !ok || ce.ChunkSize <= 0 || ce.ChunkOffset > off {
+				break // malformed: reads of the file fail on their own
+			}
+			c := chunk{
+				e: ce, off: ce.ChunkOffset, size: ce.ChunkSize,
+				start: ce.Offset, end: min(ce.NextOffset(), s.payloadEnd), inner: ce.InnerOffset,
+			}
+			off = c.off + c.size
+			if c.end <= c.start || seen[chunkID{c.start, c.inner}] {
+				continue
+			}
+			seen[chunkID{c.start, c.inner}] = true
+			t.cs = append(t.cs, c)
+		}
+	}
+	slices.SortFunc(t.cs, func(a, b chunk) int {
+		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.inner, b.inner))
+	})
+	for i := range t.cs {
+		t.cs[i].idx = i
+		t.idx[t.cs[i].e] = i
+		t.payload += t.cs[i].end - t.cs[i].start
+	}
+	t.local = make([]bool, len(t.cs))
+	s.chunks = t
+}
+
+// chunkID names a chunk within a blob.
+type chunkID struct{ start, inner int64 }
+
+// index returns the position of chunk entry ce in the table, or -1.
+func (t *chunkTable) index(ce *estargz.TOCEntry) int {
+	if i, ok := t.idx[ce]; ok {
+		return i
+	}
+	return -1
+}
+
+func (t *chunkTable) isLocal(i int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return i >= 0 && t.local[i]
+}
+
+// setLocal records whether chunk i is in the Cache.
+func (t *chunkTable) setLocal(i int, local bool) {
+	if i < 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.local[i] == local {
+		return
+	}
+	t.local[i] = local
+	n := t.cs[i].end - t.cs[i].start
+	if !local {
+		t.nLocal--
+		t.localBytes -= n
+		return
+	}
+	t.nLocal++
+	t.localBytes += n
+	if t.nLocal == len(t.cs) && t.fullAt.IsZero() {
+		t.fullAt = time.Now()
+	}
+}
+
+// state returns how much of the layer is local and when it first all was.
+func (t *chunkTable) state() (chunks, local int, localBytes int64, full time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.cs), t.nLocal, t.localBytes, t.fullAt
+}

@@ -1,0 +1,136 @@
+package fs
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/containerd/errdefs"
+)
+
+// readaheadGrowth bounds how far a window grows for a reader that keeps
+// reading on in blob order: to this many times the configured size.
+const readaheadGrowth = 8
+
+// readahead is a layer's read-ahead state. A read that misses fetches, with
+// its own chunks, a window of the chunks that follow them in the blob: the
+// rest of a file read sequentially, and the files next to it in the tar
+// (the same directory), which a starting program tends to read next. A
+// reader that walks into the second half of the window starts the next
+// window before it needs it, twice as large, so that a sequential reader
+// keeps the link busy and stops waiting for round trips.
+type readahead struct {
+	mu          sync.Mutex
+	size        int64 // of the last window; 0 before the first
+	start, next int   // chunk indices the last window covered: [start, next)
+	mark        int   // a read reaching this chunk starts the next window
+}
+
+// readaheadMiss starts a window after cs, the chunks of a read that missed.
+func (l *layer) readaheadMiss(cs []chunk) {
+	base := l.fsys.cfg.readahead
+	first, last := cs[0].idx, cs[len(cs)-1].idx
+	if base <= 0 || first < 0 || last < 0 {
+		return
+	}
+	ra := &l.ra
+	ra.mu.Lock()
+	size := base
+	if ra.size > 0 && first >= ra.start && first <= ra.next {
+		// The reader came through the last window: it reads on in blob order.
+		size = min(2*ra.size, readaheadGrowth*base)
+	}
+	w := l.window(last+1, size)
+	ra.mu.Unlock()
+	l.startWindow(w)
+}
+
+// readaheadHit starts the next window early when a read that did not miss
+// reaches the mark of the current one.
+func (l *layer) readaheadHit(cs []chunk) {
+	base := l.fsys.cfg.readahead
+	last := cs[len(cs)-1].idx
+	if base <= 0 || last < 0 {
+		return
+	}
+	ra := &l.ra
+	ra.mu.Lock()
+	if ra.size == 0 || last < ra.mark || last >= ra.next {
+		ra.mu.Unlock()
+		return
+	}
+	w := l.window(ra.next, min(2*ra.size, readaheadGrowth*base))
+	ra.mu.Unlock()
+	l.startWindow(w)
+}
+
+// window returns the chunks of about size compressed bytes from chunk from
+// on, and makes them the current window. ra.mu is held.
+func (l *layer) window(from int, size int64) []chunk {
+	cs := l.src.chunks.cs
+	ra := &l.ra
+	ra.size, ra.start, ra.next, ra.mark = size, from, from, from
+	if from >= len(cs) {
+		return nil
+	}
+	base := cs[from].start
+	end := from
+	for end < len(cs) && cs[end].start < base+size {
+		if cs[end].start < base+size/2 {
+			ra.mark = end + 1
+		}
+		end++
+	}
+	ra.next = end
+	ra.mark = min(ra.mark, end-1)
+	return cs[from:end]
+}
+
+// startWindow fetches the chunks of a window in the background, in up to
+// fetchConcurrency parts of at least minPart bytes that go out at once. The
+// chunks are claimed before it returns, so that the reader that started
+// the window, reading on, waits for the window instead of fetching the
+// same chunks again.
+func (l *layer) startWindow(cs []chunk) {
+	if len(cs) == 0 {
+		return
+	}
+	for _, part := range splitParts(cs, l.fsys.cfg.fetchConcurrency, minPart, 0) {
+		mine, calls := l.claimAhead(part)
+		if len(mine) == 0 {
+			continue
+		}
+		l.fsys.demand.begin()
+		if !l.spawn(func() {
+			defer l.fsys.demand.end()
+			l.fetchOwned(l.ctx, mine, calls, false, true)
+		}) {
+			l.fsys.demand.end()
+			for _, fl := range calls {
+				l.flights.finish(fl, nil, fmt.Errorf("layer %s unmounted: %w", l.src.dgst, errdefs.ErrUnavailable))
+			}
+		}
+	}
+}
+
+// splitParts cuts cs (in blob order) at chunk boundaries into at most n
+// parts of about equal compressed size, each at least least bytes and, if
+// most > 0, at most most bytes (a single chunk may be larger).
+func splitParts(cs []chunk, n int, least, most int64) [][]chunk {
+	if len(cs) == 0 {
+		return nil
+	}
+	total := cs[len(cs)-1].end - cs[0].start
+	size := max(least, (total+int64(n)-1)/int64(max(n, 1)))
+	if most > 0 {
+		size = min(size, most)
+	}
+	var parts [][]chunk
+	from := 0
+	for i := range cs {
+		if cs[i].end-cs[from].start >= size || i == len(cs)-1 {
+			parts = append(parts, cs[from:i+1])
+			from = i + 1
+		}
+	}
+	return parts
+}

@@ -1,0 +1,290 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/moby/sys/mountinfo"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/integration/testbed"
+	"github.com/lazypull/lazypull/integration/testimage"
+	"github.com/lazypull/lazypull/snapshotter"
+)
+
+// lazyBed is a test bed whose lazypulld can reach the registry: its
+// [remote] hosts_dir says the registry (and the front, if any) speaks plain
+// HTTP. The same directory serves `lazypull pull --hosts-dir`.
+type lazyBed struct {
+	*testbed.Bed
+	HostsDir string
+	// Front is a counting, optionally corrupting proxy in front of the
+	// registry; nil unless asked for.
+	Front *testbed.Front
+}
+
+// newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
+// checks that no lazypull FUSE mount (and no mount at all) is left under
+// the daemon's directory, whether t passed or failed.
+func newLazyBed(t *testing.T, f testbed.Flavour, withFront bool) *lazyBed {
+	t.Helper()
+	var daemonDir string
+	t.Cleanup(func() { // registered first, so it runs after every teardown
+		if daemonDir == "" {
+			return
+		}
+		if ms, err := testbed.LazyMounts(daemonDir); err != nil || len(ms) > 0 {
+			t.Errorf("lazypull FUSE mounts left after teardown under %s: %v (err %v)", daemonDir, mountPoints(ms), err)
+		}
+		if ms, err := testbed.MountsUnder(daemonDir); err != nil || len(ms) > 0 {
+			t.Errorf("mounts left after teardown under %s: %v (err %v)", daemonDir, ms, err)
+		}
+	})
+	hostsDir := testbed.Dir(t, "hosts")
+	bed := testbed.New(t, testbed.Options{
+		Flavour:         f,
+		LazypulldBinary: lazypulldBin,
+		LazypulldConfig: testbed.LazypulldRemoteConfig(hostsDir),
+	})
+	daemonDir = bed.Lazypulld.Dir
+	lb := &lazyBed{Bed: bed, HostsDir: hostsDir}
+	hosts := []string{bed.Registry.Host}
+	if withFront {
+		lb.Front = testbed.StartFront(t, bed.Registry.Host)
+		hosts = append(hosts, lb.Front.Host)
+	}
+	for _, h := range hosts {
+		if err := testbed.WritePlainHTTPHost(hostsDir, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return lb
+}
+
+// convertImage runs `lazypull convert` from src to dst (both in the test
+// registry) and returns dst.
+func convertImage(t *testing.T, ctx context.Context, src, dst string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, lazypullBin, "convert", "--plain-http", src, dst)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("lazypull convert %s %s: %v\n%s", src, dst, err, stderr.String())
+	}
+	if !strings.HasPrefix(stdout.String(), dst+"@sha256:") {
+		t.Fatalf("lazypull convert printed %q, want %s@<digest>", stdout.String(), dst)
+	}
+	return dst
+}
+
+// pullStatus is one row of `lazypull pull`'s table.
+type pullStatus struct {
+	Layer, ChainID, Lazy, Reason string
+}
+
+// lazypullPull pulls ref into lazypull with `lazypull pull`, which adds
+// the snapshot labels ctr of containerd 1.6 does not, and returns its
+// per-layer table.
+func lazypullPull(t *testing.T, ctx context.Context, lb *lazyBed, ref string) []pullStatus {
+	t.Helper()
+	ctrd := lb.Containerd
+	cmd := exec.CommandContext(ctx, lazypullBin, "pull", "--address", ctrd.Address, "--namespace", ctrd.Namespace,
+		"--snapshotter", testbed.SnapshotterName, "--hosts-dir", lb.HostsDir, ref)
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("lazypull pull %s: %v\nstdout:\n%s\nstderr:\n%s", ref, err, stdout.String(), stderr.String())
+	}
+	var rows []pullStatus
+	lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n")
+	for _, line := range lines {
+		f := strings.Fields(line)
+		if len(f) < 3 || !strings.HasPrefix(f[0], "sha256:") {
+			continue
+		}
+		rows = append(rows, pullStatus{Layer: f[0], ChainID: f[1], Lazy: f[2], Reason: strings.Join(f[3:], " ")})
+	}
+	if len(rows) == 0 {
+		t.Fatalf("lazypull pull printed no layer table:\n%s", stdout.String())
+	}
+	return rows
+}
+
+// pullLazily pulls ref into lazypull the way a user of that containerd
+// would: with `lazypull pull` on 1.6 (whose ctr adds no snapshot labels),
+// with plain `ctr image pull` on 2.x (the transfer service adds them because
+// the proxy plugin exports enable_remote_snapshot_annotations).
+func pullLazily(t *testing.T, ctx context.Context, lb *lazyBed, ref string) {
+	t.Helper()
+	if lb.Containerd.Flavour.ConfigVersion < 3 {
+		lazypullPull(t, ctx, lb, ref)
+		return
+	}
+	if err := lb.Containerd.Pull(ctx, testbed.SnapshotterName, ref); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pulledImage is what containerd recorded of a pulled image.
+type pulledImage struct {
+	Layers   []ocispec.Descriptor
+	ChainIDs []digest.Digest
+}
+
+// layerSize sums the compressed sizes of the layers.
+func (p pulledImage) layerSize() int64 {
+	var n int64
+	for _, l := range p.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+// inspectImage reads ref's manifest and config from containerd.
+func inspectImage(t *testing.T, ctx context.Context, cl *client.Client, ref string) pulledImage {
+	t.Helper()
+	img, err := cl.GetImage(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := images.Manifest(ctx, cl.ContentStore(), img.Target(), platforms.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffIDs, err := img.RootFS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diffIDs) != len(man.Layers) {
+		t.Fatalf("%s: %d layers, %d diff IDs", ref, len(man.Layers), len(diffIDs))
+	}
+	return pulledImage{Layers: man.Layers, ChainIDs: identity.ChainIDs(diffIDs)}
+}
+
+// requireLazy fails t unless every layer of img is a remote snapshot of
+// lazypull (see requireLazyLabels), mounted by its own FUSE filesystem under
+// lazypulld's root, and was never downloaded into containerd's content store.
+func requireLazy(t *testing.T, ctx context.Context, lb *lazyBed, cl *client.Client, img pulledImage) {
+	t.Helper()
+	ctx = namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+	requireLazyLabels(t, ctx, cl, img)
+	ms, err := testbed.LazyMounts(lb.Lazypulld.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sources []string
+	for _, m := range ms {
+		sources = append(sources, m.Source)
+	}
+	for i, l := range img.Layers {
+		if n := count(sources, "lazypull:"+l.Digest.String()); n != 1 {
+			t.Errorf("layer %d (%s): %d FUSE mounts under %s, want 1 (mounts: %v)", i, l.Digest, n, lb.Lazypulld.Root, mountPoints(ms))
+		}
+		if _, err := cl.ContentStore().Info(ctx, l.Digest); !errdefs.IsNotFound(err) {
+			t.Errorf("layer %d (%s): containerd's content store has the blob (err %v): it was downloaded", i, l.Digest, err)
+		}
+	}
+}
+
+func count(list []string, s string) int {
+	n := 0
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
+
+// probeOutput returns what hashfiles prints for paths in tree.
+func probeOutput(t *testing.T, tree testimage.Tree, paths ...string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, p := range paths {
+		n, err := tree.Lookup(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s  %s\n", n.Digest, p)
+	}
+	return b.String()
+}
+
+// runHashfiles runs ref with lazypull as container id, hashing paths.
+func runHashfiles(ctx context.Context, lb *lazyBed, ref, id string, paths ...string) (string, error) {
+	return lb.Containerd.Run(ctx, testbed.SnapshotterName, ref, id, append([]string{"/" + testimage.EntrypointPath}, paths...)...)
+}
+
+// requireOutput fails t unless got equals want, line by line.
+func requireOutput(t *testing.T, got, want string) {
+	t.Helper()
+	if got != want {
+		g := strings.Split(strings.TrimRight(got, "\n"), "\n")
+		w := strings.Split(strings.TrimRight(want, "\n"), "\n")
+		if !slices.Equal(g, w) {
+			t.Errorf("container output differs from the image's files\ngot:\n%s\nwant:\n%s", got, want)
+		}
+	}
+}
+
+func mountPoints(ms []*mountinfo.Info) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Mountpoint+" ("+m.Source+")")
+	}
+	return out
+}
+
+// viewTree mounts a read-only view of snapshot parent of snapshotter sn and
+// reads its tree. ctx must carry a namespace and a lease.
+func viewTree(t *testing.T, ctx context.Context, cl *client.Client, sn, parent string) testimage.Tree {
+	t.Helper()
+	ss := cl.SnapshotService(sn)
+	key := "view-" + sn + "-" + parent
+	ms, err := ss.View(ctx, key, parent)
+	if err != nil {
+		t.Fatalf("%s: view %s: %v", sn, parent, err)
+	}
+	t.Cleanup(func() { // after the unmount, which is registered later
+		if err := ss.Remove(context.WithoutCancel(ctx), key); err != nil {
+			t.Errorf("%s: remove %s: %v", sn, key, err)
+		}
+	})
+	tree, err := testimage.ReadTree(testbed.Mount(t, ms, true))
+	if err != nil {
+		t.Fatalf("%s: %v", sn, err)
+	}
+	return tree
+}
+
+// requireLazyLabels fails t unless the snapshot of every layer of img, as
+// containerd reports it, is labelled remote by lazypull and has no fallback
+// label. ctx must carry the namespace.
+func requireLazyLabels(t *testing.T, ctx context.Context, cl *client.Client, img pulledImage) {
+	t.Helper()
+	ss := cl.SnapshotService(testbed.SnapshotterName)
+	for i, id := range img.ChainIDs {
+		info, err := ss.Stat(ctx, id.String())
+		if err != nil {
+			t.Errorf("layer %d: stat snapshot %s: %v", i, id, err)
+			continue
+		}
+		if info.Labels[snapshotter.LabelRemote] != "true" || info.Labels[snapshotter.LabelFallback] != "" {
+			t.Errorf("layer %d (%s): snapshot %s is not remote: labels %v", i, img.Layers[i].Digest, id, info.Labels)
+		}
+	}
+}
