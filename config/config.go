@@ -114,6 +114,44 @@ type FS struct {
 	// (opened and their table of contents fetched) at the same time when
 	// the first layer of the image is mounted.
 	ResolveConcurrency int `toml:"resolve_concurrency"`
+
+	// ReadaheadSize is how many compressed bytes of the layer that follow a
+	// read that has to fetch are fetched along with it: the rest of the
+	// file and the files next to it in the layer, which a starting program
+	// tends to read next. For a reader that keeps reading on in layer order
+	// the window doubles, up to 8 times this. 0 turns read-ahead off. At
+	// most 256MiB.
+	ReadaheadSize Size `toml:"readahead_size"`
+
+	// FetchConcurrency bounds the concurrent range requests that one large
+	// read, read-ahead window or prefetch is split into, which keeps a
+	// long-latency link busy.
+	FetchConcurrency int `toml:"fetch_concurrency"`
+
+	// PrefetchWait is how long mounting a layer waits for its prefetch: the
+	// files that the image's builder put before the .prefetch.landmark
+	// entry, which are fetched from the moment the layer is mounted. "0s"
+	// does not wait; a read of such a file waits for its part only.
+	PrefetchWait Duration `toml:"prefetch_wait"`
+
+	// BackgroundFetch fetches the rest of every mounted layer into the
+	// chunk cache in the background, using the link while no read waits
+	// for a fetch, until the layer is fully local.
+	BackgroundFetch bool `toml:"background_fetch"`
+
+	// BackgroundFetchDelay is how long after a layer is mounted its
+	// background fetch starts.
+	BackgroundFetchDelay Duration `toml:"background_fetch_delay"`
+
+	// BackgroundFetchConcurrency bounds the concurrent range requests of
+	// one layer's background fetch.
+	BackgroundFetchConcurrency int `toml:"background_fetch_concurrency"`
+
+	// Passthrough lets the kernel read a file whose content is one cached
+	// chunk straight from the chunk cache (FUSE passthrough, Linux 6.9 and
+	// later), verified once when it is opened. Without kernel support,
+	// files are read through lazypulld as when it is off.
+	Passthrough bool `toml:"passthrough"`
 }
 
 // Cache is the [cache] table: the on-disk chunk cache shared by every
@@ -152,6 +190,14 @@ func Default() *Config {
 			TailSize:           MiB,
 			MemoryCacheSize:    64 * MiB,
 			ResolveConcurrency: 16,
+
+			ReadaheadSize:              2 * MiB,
+			FetchConcurrency:           4,
+			PrefetchWait:               Duration{0},
+			BackgroundFetch:            true,
+			BackgroundFetchDelay:       Duration{500 * time.Millisecond},
+			BackgroundFetchConcurrency: 4,
+			Passthrough:                true,
 		},
 		Cache: Cache{
 			MaxSize: 10 * GiB,
@@ -189,6 +235,15 @@ func (c *Config) Validate() error {
 	}
 	if c.FS.ResolveConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("fs.resolve_concurrency: %d is less than 1", c.FS.ResolveConcurrency))
+	}
+	if c.FS.ReadaheadSize > 256*MiB {
+		errs = append(errs, fmt.Errorf("fs.readahead_size: %s is more than 256MiB", c.FS.ReadaheadSize))
+	}
+	if c.FS.FetchConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("fs.fetch_concurrency: %d is less than 1", c.FS.FetchConcurrency))
+	}
+	if c.FS.BackgroundFetchConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("fs.background_fetch_concurrency: %d is less than 1", c.FS.BackgroundFetchConcurrency))
 	}
 	if c.Cache.Dir != "" {
 		if err := absPath(c.Cache.Dir); err != nil {

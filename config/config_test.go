@@ -130,6 +130,16 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`: cache.dir: "cache" is not an absolute path`, `cache.max_size: 10 is less than 1MiB (0 means no bound)`},
 		},
 		{
+			name: "bad fetch settings",
+			doc:  "[fs]\nreadahead_size = \"1GiB\"\nfetch_concurrency = 0\nbackground_fetch_concurrency = -1\n",
+			want: []string{`: fs.readahead_size: 1GiB is more than 256MiB`, "fs.fetch_concurrency: 0 is less than 1", "fs.background_fetch_concurrency: -1 is less than 1"},
+		},
+		{
+			name: "negative prefetch wait",
+			doc:  "[fs]\nprefetch_wait = \"-1s\"\n",
+			want: []string{`:2: key "fs.prefetch_wait"`},
+		},
+		{
 			name: "relative root and address",
 			doc:  "root = \"var/lib/lazypull\"\naddress = \"\"\n",
 			want: []string{`: root: "var/lib/lazypull" is not an absolute path`, "address: must not be empty"},

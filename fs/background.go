@@ -92,7 +92,10 @@ func (l *layer) prefetch(lg *log.Entry, cs []chunk) {
 	parts := splitParts(cs, n, minPart, maxPart)
 	l.fsys.demand.begin()
 	defer l.fsys.demand.end()
-	l.pool(n, parts, func(part []chunk) { l.fetchAhead(l.ctx, part, false) })
+	// Files read at start-up are read soon: keep them in memory too, when
+	// they fit without pushing everything else out.
+	keep := cs[len(cs)-1].end-cs[0].start <= l.fsys.cfg.memCacheSize/4
+	l.pool(n, parts, func(part []chunk) { l.fetchAhead(l.ctx, part, keep) })
 	if l.ctx.Err() == nil {
 		lg.WithFields(log.Fields{"bytes": cs[len(cs)-1].end - cs[0].start, "duration": time.Since(started)}).Debug("prefetch done")
 	}
@@ -195,6 +198,13 @@ func (l *layer) inCache(c chunk, buf *[]byte) bool {
 	key := l.cacheKey(c)
 	if key == "" {
 		return false
+	}
+	if c2, ok := l.fsys.cfg.cache.(interface {
+		Has(digest.Digest) (int64, bool)
+	}); ok {
+		// A look that neither counts as a use nor reads the entry.
+		size, ok := c2.Has(key)
+		return ok && size == c.size
 	}
 	if fc, ok := l.fsys.cfg.cache.(FileCache); ok {
 		f, err := fc.Open(key)

@@ -70,9 +70,14 @@ func readAll(b *testing.B, p string) {
 
 // BenchmarkSequentialRead reads a 10 MiB file sequentially in 128 KiB
 // reads, from a local file and from a mount whose content is all cached,
-// after one warm-up read of each, so that both are served from memory and
-// the FUSE numbers show the cost of the FUSE path alone. The MB/s of each
-// against local/warm is the ratio to compare:
+// after one warm-up read of each. The MB/s of each against local/warm is
+// the ratio to compare.
+//
+// In the read/ group the file is opened once and each iteration reads it
+// from the start (pread), which is the read path alone; in the open+read/
+// group each iteration opens, reads and closes it, which adds the FUSE
+// open (a round trip to the FileSystem, where a local open is a few
+// microseconds) and, for passthrough, the check of the cache entry.
 //
 //	local/warm          the file on local disk, in the page cache
 //	fuse/warm           a 40-chunk file; the kernel serves it from the
@@ -80,10 +85,10 @@ func readAll(b *testing.B, p string) {
 //	fuse/passthrough    a one-chunk file served by passthrough from its
 //	                    cache entry, in the page cache
 //	fuse/daemon         the 40-chunk file with the mount's page cache
-//	                    dropped before each read: every read is a FUSE
+//	                    dropped before each iteration: every read is a FUSE
 //	                    request that the FileSystem answers from memory
 //	local/dropped       the local file with its page cache dropped: read
-//	                    from the disk
+//	                    from the disk (for scale only)
 func BenchmarkSequentialRead(b *testing.B) {
 	data := randomBytes(3, 10<<20)
 	local := filepath.Join(b.TempDir(), "local")
@@ -104,7 +109,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 		}
 		return filepath.Join(mp, "big")
 	}
-	for _, bc := range []struct {
+	cases := []struct {
 		name string
 		path func() string
 		drop bool
@@ -114,28 +119,46 @@ func BenchmarkSequentialRead(b *testing.B) {
 		{"fuse/passthrough", func() string { return mount(single) }, false},
 		{"fuse/daemon", func() string { return mount(multi) }, true},
 		{"local/dropped", func() string { return local }, true},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			p := bc.path()
-			buf := make([]byte, 128<<10)
-			readSeq(b, p, buf, false) // warm-up: fetches and caches the chunks
-			b.SetBytes(int64(len(data)))
-			b.ResetTimer()
-			for range b.N {
-				readSeq(b, p, buf, bc.drop)
-			}
-		})
+	}
+	for _, reopen := range []bool{false, true} {
+		group := "read/"
+		if reopen {
+			group = "open+read/"
+		}
+		for _, bc := range cases {
+			b.Run(group+bc.name, func(b *testing.B) {
+				p := bc.path()
+				buf := make([]byte, 128<<10)
+				fh := openFile(b, p)
+				readSeq(b, fh, buf, false) // warm-up: fetches and caches the chunks
+				fh.Close()
+				fh = openFile(b, p) // the first open with all cached: passthrough
+				defer func() { fh.Close() }()
+				b.SetBytes(int64(len(data)))
+				b.ResetTimer()
+				for range b.N {
+					if reopen {
+						fh.Close()
+						fh = openFile(b, p)
+					}
+					readSeq(b, fh, buf, bc.drop)
+				}
+			})
+		}
 	}
 }
 
-// readSeq reads the 10 MiB file at p in reads of len(buf), first dropping
-// its page cache if drop is set.
-func readSeq(b *testing.B, p string, buf []byte, drop bool) {
+func openFile(b *testing.B, p string) *os.File {
 	fh, err := os.Open(p)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer fh.Close()
+	return fh
+}
+
+// readSeq reads the 10 MiB file fh from its start in reads of len(buf),
+// first dropping its page cache if drop is set.
+func readSeq(b *testing.B, fh *os.File, buf []byte, drop bool) {
 	if drop {
 		b.StopTimer()
 		if err := unix.Fadvise(int(fh.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
@@ -145,7 +168,7 @@ func readSeq(b *testing.B, p string, buf []byte, drop bool) {
 	}
 	var n int64
 	for {
-		m, err := fh.Read(buf)
+		m, err := fh.ReadAt(buf, n)
 		n += int64(m)
 		if err == io.EOF {
 			break

@@ -50,6 +50,26 @@ func (l *layer) passthroughKey(e *estargz.TOCEntry) digest.Digest {
 type opens struct {
 	mu sync.Mutex
 	n  int
+	// verified identifies the cache entry file last verified, so that
+	// opening the same file again does not hash it again.
+	verified fileID
+}
+
+// fileID identifies a file's content as long as nobody writes to it: a
+// write changes the ctime, and the Cache replaces entries by rename, which
+// changes the inode.
+type fileID struct {
+	dev, ino uint64
+	size     int64
+	ctime    syscall.Timespec
+}
+
+func idOf(st os.FileInfo) (fileID, bool) {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, false
+	}
+	return fileID{dev: sys.Dev, ino: sys.Ino, size: st.Size(), ctime: sys.Ctim}, true
 }
 
 // ptHandle is an open file that may be served by passthrough.
@@ -76,25 +96,38 @@ func (n *fileNode) openHandle(key digest.Digest) *ptHandle {
 
 // openEntry returns the cache entry key of n's content, verified, or nil.
 // The kernel reads a passthrough file without asking us, so the entry is
-// verified now, once; the Cache never rewrites an open entry in place.
+// verified now, at open, unless it is the very file verified last time.
 func (n *fileNode) openEntry(key digest.Digest) *os.File {
 	l, e := n.l, n.e
 	f, err := l.fsys.cfg.cache.(FileCache).Open(key)
 	if err != nil {
 		return nil
 	}
-	v := key.Verifier()
 	st, err := f.Stat()
-	if err == nil && st.Size() == e.Size {
-		_, err = io.Copy(v, io.NewSectionReader(f, 0, e.Size))
+	if err != nil || st.Size() != e.Size {
+		f.Close()
+		return nil
 	}
-	if err != nil || st.Size() != e.Size || !v.Verified() {
+	id, ok := idOf(st)
+	n.opens.mu.Lock()
+	known := ok && n.opens.verified == id
+	n.opens.mu.Unlock()
+	if known {
+		return f
+	}
+	v := key.Verifier()
+	if _, err = io.Copy(v, io.NewSectionReader(f, 0, e.Size)); err != nil || !v.Verified() {
 		f.Close()
 		log.L.WithFields(log.Fields{"layer": l.src.dgst, "file": e.Name, "key": key}).Debug("cache entry unusable for passthrough")
 		return nil
 	}
 	if cs, err := l.chunks(e, 0, e.Size); err == nil {
 		l.src.chunks.setLocal(cs[0].idx, true)
+	}
+	if ok {
+		n.opens.mu.Lock()
+		n.opens.verified = id
+		n.opens.mu.Unlock()
 	}
 	return f
 }

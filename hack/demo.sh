@@ -43,23 +43,25 @@ done_() {
 	step=''
 }
 die() {
-	[[ -n $step ]] && printf '\n'
-	printf '%sdemo failed%s%s: %s\n' "$red" "$reset" "${step:+ while: $step}" "$*" >&2
+	[[ -z $step ]] || printf '\n'
+	printf '%sdemo failed%s%s: %s\n' "$red" "$reset" "${step:+ at \"$step\"}" "$*" >&2
+	step=''
 	exit 1
 }
+# tail_of LOG: the end of a log, indented.
+tail_of() { tail -n 15 "$1" | sed 's/^/    /'; }
 now() { printf '%s' "$EPOCHREALTIME"; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
 
-# run LOG CMD...: runs CMD with its output appended to LOG; on failure, dies
-# with the end of that output.
+# run LOG WHAT CMD...: runs CMD with its output appended to LOG; on failure,
+# dies saying WHAT failed, with the end of that output.
 run() {
-	local log=$1
-	shift
-	local rc=0
+	local log=$1 what=$2 rc=0
+	shift 2
 	"$@" >>"$log" 2>&1 || rc=$?
-	((rc == 0)) || die "$(basename "$1") ${2:-} failed (exit $rc); last lines of $log:
-$(tail -n 15 "$log" | sed 's/^/    /')"
+	((rc == 0)) || die "$what failed (exit $rc); last lines of $log:
+$(tail_of "$log")"
 }
 
 # ---- checks ------------------------------------------------------------------
@@ -80,7 +82,7 @@ platform=linux/$(dpkg --print-architecture)
 work=$(mktemp -d /tmp/lp-demo-XXXXXX) # short: unix socket paths are limited to 108 bytes
 logs=$work/logs
 mkdir -p "$logs"
-declare -A pids=() # name -> pid of the daemons started (each in its own process group)
+declare -A pids=() logfile=() # name -> pid and log of the daemons started (each in its own process group)
 failed=1
 
 # alive PID: the daemon runs (bash reaps its children as they exit).
@@ -92,7 +94,7 @@ start() {
 	local name=$1 log=$2
 	shift 2
 	setsid "$@" >>"$log" 2>&1 </dev/null &
-	pids[$name]=$!
+	pids[$name]=$! logfile[$name]=$log
 }
 
 # stop NAME: SIGTERM, up to 20 s to exit, then SIGKILL to its process group.
@@ -122,8 +124,10 @@ wait_until() {
 	local name=$1 deadline=$((SECONDS + $2))
 	shift 2
 	until "$@" >/dev/null 2>&1; do
-		alive "${pids[$name]}" || die "$name exited at start; see its log in $logs"
-		((SECONDS < deadline)) || die "$name not ready after ${deadline}s; see its log in $logs"
+		alive "${pids[$name]}" || die "$name exited at start; last lines of ${logfile[$name]}:
+$(tail_of "${logfile[$name]}")"
+		((SECONDS < deadline)) || die "$name not ready after $2s; last lines of ${logfile[$name]}:
+$(tail_of "${logfile[$name]}")"
 		sleep 0.1
 	done
 }
@@ -329,9 +333,9 @@ measure() {
 	start_daemons "$sn"
 	mark=$(registry_mark)
 	t0=$(now)
-	run "$log" ctrc image pull --hosts-dir "$work/certs.d" --snapshotter "$sn" "$ref"
+	run "$log" "ctr image pull" ctrc image pull --hosts-dir "$work/certs.d" --snapshotter "$sn" "$ref"
 	t1=$(now)
-	run "$log" ctrc run --rm --snapshotter "$sn" --runc-root "$ctrd_dir/runc" --fifo-dir "$ctrd_dir/fifo" \
+	run "$log" "ctr run" ctrc run --rm --snapshotter "$sn" --runc-root "$ctrd_dir/runc" --fifo-dir "$ctrd_dir/fifo" \
 		"$ref" "demo-$sn" "${cmd[@]}"
 	t2=$(now)
 	output=$(tail -n 1 "$log")
@@ -343,7 +347,7 @@ measure() {
 # ---- the demo -----------------------------------------------------------------------
 
 say "${bold}lazypull demo${reset}: ${cmd[*]:0:2} '${cmd[2]}' in a Debian + python3 image, pulled normally, then lazily"
-say "${dim}work dir $work, removed at exit${reset}"
+say "${dim}work dir $work, removed at exit (logs kept on failure)${reset}"
 
 cache=${LAZYPULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lazypull}/rootfs/python3.tar
 if [[ -s $cache ]]; then
@@ -353,7 +357,7 @@ else
 fi
 rootfs=$(hack/rootfs.sh python3 python3 2>>"$logs/rootfs.log") ||
 	die "hack/rootfs.sh failed; last lines of $logs/rootfs.log:
-$(tail -n 15 "$logs/rootfs.log" | sed 's/^/    /')"
+$(tail_of "$logs/rootfs.log")"
 [[ -s $cache ]] && how=cached || how=built
 done_ "$how, $(mib "$(stat -c %s "$rootfs")") ($rootfs)"
 
@@ -365,16 +369,16 @@ printf 'server = "http://%s"\n' "$registry" >"$work/certs.d/$registry/hosts.toml
 done_ "http://$registry"
 
 begin "image: a Debian layer and a python3 layer, gzip"
-run "$logs/mkimage.log" go build -o "$work/mkimage" ./hack/mkimage
+run "$logs/mkimage.log" "go build ./hack/mkimage" go build -o "$work/mkimage" ./hack/mkimage
 gzip_ref=$("$work/mkimage" -tmp-dir "$work" "$rootfs" "$registry/demo/python3:gzip" 2>>"$logs/mkimage.log") ||
 	die "mkimage failed; last lines of $logs/mkimage.log:
-$(tail -n 15 "$logs/mkimage.log" | sed 's/^/    /')"
+$(tail_of "$logs/mkimage.log")"
 done_ "pushed, $(sed -n 's/^mkimage: layers: //p' "$logs/mkimage.log" | tail -n 1)"
 
 begin "eStargz image: lazypull convert"
 esgz_ref=$("$bin/lazypull" convert --plain-http --tmp-dir "$work" "$gzip_ref" "$registry/demo/python3:estargz" 2>>"$logs/convert.log") ||
 	die "lazypull convert failed; last lines of $logs/convert.log:
-$(tail -n 15 "$logs/convert.log" | sed 's/^/    /')"
+$(tail_of "$logs/convert.log")"
 done_ "pushed, $(sed -n 's/^converted .*: .* -> \(.*\) eStargz .*/\1/p' "$logs/convert.log" | tail -n 1)"
 
 begin "overlayfs: cold pull + run"

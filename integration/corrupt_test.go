@@ -29,7 +29,7 @@ func TestLazyCorruptChunk(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		lb := newLazyBed(t, f, true)
+		lb := newLazyBed(t, f, lazyBedOptions{Front: true})
 		orig, img := pushDefaultImage(t, ctx, lb.Registry)
 		converted := convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
 

@@ -31,7 +31,7 @@ func TestLazyFallback(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		lb := newLazyBed(t, f, false)
+		lb := newLazyBed(t, f, lazyBedOptions{})
 		orig, img := pushDefaultImage(t, ctx, lb.Registry)
 		converted := convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
 		ref := lb.Registry.Ref("lazypull/mixed:1")

@@ -36,10 +36,19 @@ type lazyBed struct {
 	Front *testbed.Front
 }
 
+// lazyBedOptions configures newLazyBed.
+type lazyBedOptions struct {
+	// Front puts a testbed.Front before the registry.
+	Front bool
+	// NoBackgroundFetch turns off lazypulld's background fetch of whole
+	// layers, for tests that measure what reads alone fetch.
+	NoBackgroundFetch bool
+}
+
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
 // checks that no lazypull FUSE mount (and no mount at all) is left under
 // the daemon's directory, whether t passed or failed.
-func newLazyBed(t *testing.T, f testbed.Flavour, withFront bool) *lazyBed {
+func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	t.Helper()
 	var daemonDir string
 	t.Cleanup(func() { // registered first, so it runs after every teardown
@@ -54,15 +63,19 @@ func newLazyBed(t *testing.T, f testbed.Flavour, withFront bool) *lazyBed {
 		}
 	})
 	hostsDir := testbed.Dir(t, "hosts")
+	cfg := testbed.LazypulldRemoteConfig(hostsDir)
+	if opts.NoBackgroundFetch {
+		cfg += "\n[fs]\nbackground_fetch = false\n"
+	}
 	bed := testbed.New(t, testbed.Options{
 		Flavour:         f,
 		LazypulldBinary: lazypulldBin,
-		LazypulldConfig: testbed.LazypulldRemoteConfig(hostsDir),
+		LazypulldConfig: cfg,
 	})
 	daemonDir = bed.Lazypulld.Dir
 	lb := &lazyBed{Bed: bed, HostsDir: hostsDir}
 	hosts := []string{bed.Registry.Host}
-	if withFront {
+	if opts.Front {
 		lb.Front = testbed.StartFront(t, bed.Registry.Host)
 		hosts = append(hosts, lb.Front.Host)
 	}

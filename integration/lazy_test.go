@@ -23,7 +23,7 @@ func TestLazyPullAndRun(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		lb := newLazyBed(t, f, false)
+		lb := newLazyBed(t, f, lazyBedOptions{})
 		ctrd := lb.Containerd
 		orig, img := pushDefaultImage(t, ctx, lb.Registry)
 		ref := convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
@@ -78,7 +78,8 @@ func TestLazyPullReadsLittle(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		lb := newLazyBed(t, f, true)
+		// Background fetch would fetch whole layers while the container runs.
+		lb := newLazyBed(t, f, lazyBedOptions{Front: true, NoBackgroundFetch: true})
 		orig, img := pushDefaultImage(t, ctx, lb.Registry)
 		convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
 		ref := lb.Front.Ref("lazypull/testimage:esgz") // counted

@@ -49,6 +49,13 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		fs.WithTailSize(cfg.FS.TailSize.Int64()),
 		fs.WithMemoryCacheSize(cfg.FS.MemoryCacheSize.Int64()),
 		fs.WithResolveConcurrency(cfg.FS.ResolveConcurrency),
+		fs.WithReadahead(cfg.FS.ReadaheadSize.Int64()),
+		fs.WithFetchConcurrency(cfg.FS.FetchConcurrency),
+		fs.WithPrefetchWait(cfg.FS.PrefetchWait.Duration),
+		fs.WithBackgroundFetch(cfg.FS.BackgroundFetch),
+		fs.WithBackgroundFetchDelay(cfg.FS.BackgroundFetchDelay.Duration),
+		fs.WithBackgroundFetchConcurrency(cfg.FS.BackgroundFetchConcurrency),
+		fs.WithPassthrough(cfg.FS.Passthrough),
 	)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())

@@ -133,7 +133,7 @@ func mkimage(ctx context.Context, rootfs, dst string, split *regexp.Regexp, cmd 
 		return err
 	}
 	fmt.Fprintf(stderr, "mkimage: pushed %s@%s\n", ref, dgst)
-	fmt.Fprintf(stderr, "mkimage: layers: base %s + upper %s gzip (%d + %d files, %s of file data)\n",
+	fmt.Fprintf(stderr, "mkimage: layers: base %s + upper %s gzip (%d + %d files, %s uncompressed)\n",
 		human(st.baseSize), human(st.upperSize), st.baseFiles, st.upperFiles, human(st.tarBytes))
 	fmt.Fprintf(stdout, "%s@%s\n", ref.Context().Name(), dgst)
 	return nil

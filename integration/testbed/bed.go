@@ -1,7 +1,5 @@
 package testbed
 
-import "testing"
-
 // Options configures New.
 type Options struct {
 	Flavour Flavour
@@ -21,7 +19,7 @@ type Bed struct {
 
 // New starts a complete test bed for t. Cleanup stops containerd first,
 // then lazypulld, then the registry.
-func New(t testing.TB, opts Options) *Bed {
+func New(t T, opts Options) *Bed {
 	t.Helper()
 	b := &Bed{Registry: StartRegistry(t)}
 	copts := ContainerdOptions{Flavour: opts.Flavour}

@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -56,7 +55,7 @@ type Containerd struct {
 // StartContainerd starts containerd for t; at cleanup it removes every task
 // and container, stops containerd, kills leftover shims and containers of
 // this instance and unmounts and removes its directory.
-func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
+func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	t.Helper()
 	if err := opts.Flavour.check(); err != nil {
 		t.Fatal(err)
@@ -139,13 +138,20 @@ func (c *Containerd) config(opts ContainerdOptions) string {
 	return b.String()
 }
 
-// Ctr runs this containerd's ctr with args in c.Namespace and returns its
-// stdout. The error carries the command line, exit status and stderr.
-func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+// CtrCommand returns the command that runs this containerd's ctr with args
+// in c.Namespace, for a caller that wants its output as it comes.
+func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
 	full := append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)
 	cmd := exec.CommandContext(ctx, c.Flavour.bin("ctr"), full...)
 	cmd.Env = append(os.Environ(), "PATH="+c.Flavour.BinDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
+// Ctr runs this containerd's ctr with args in c.Namespace and returns its
+// stdout. The error carries the command line, exit status and stderr.
+func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+	cmd := c.CtrCommand(ctx, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -165,14 +171,23 @@ func (c *Containerd) Pull(ctx context.Context, snapshotter, ref string) error {
 // arguments (replacing entrypoint and command), removes the container when
 // it exits and returns the process's stdout.
 func (c *Containerd) Run(ctx context.Context, snapshotter, ref, id string, args ...string) (string, error) {
-	full := append([]string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot,
+	return c.Ctr(ctx, c.runArgs(snapshotter, ref, id, args)...)
+}
+
+// RunCommand returns the ctr command that Run runs, for a caller that wants
+// the container's output as it comes.
+func (c *Containerd) RunCommand(ctx context.Context, snapshotter, ref, id string, args ...string) *exec.Cmd {
+	return c.CtrCommand(ctx, c.runArgs(snapshotter, ref, id, args)...)
+}
+
+func (c *Containerd) runArgs(snapshotter, ref, id string, args []string) []string {
+	return append([]string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot,
 		"--fifo-dir", filepath.Join(c.Dir, "fifo"), ref, id}, args...)
-	return c.Ctr(ctx, full...)
 }
 
 // Client returns a containerd Go client for c, with c.Namespace as default
 // namespace, closed at cleanup.
-func (c *Containerd) Client(t testing.TB) *client.Client {
+func (c *Containerd) Client(t T) *client.Client {
 	t.Helper()
 	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -36,7 +35,7 @@ type Front struct {
 
 // StartFront starts a Front for t in front of the registry at backend
 // ("host:port", plain HTTP) and stops it at cleanup.
-func StartFront(t testing.TB, backend string) *Front {
+func StartFront(t T, backend string) *Front {
 	t.Helper()
 	target, err := url.Parse("http://" + backend)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -41,7 +40,7 @@ type Lazypulld struct {
 // StartLazypulld starts lazypulld for t, waits until its socket answers
 // snapshot API calls and stops it at cleanup (the test fails if it does not
 // exit cleanly on SIGTERM).
-func StartLazypulld(t testing.TB, opts LazypulldOptions) *Lazypulld {
+func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 	t.Helper()
 	if err := checkBinary(opts.Binary); err != nil {
 		t.Fatal(err)
@@ -76,7 +75,7 @@ func StartLazypulld(t testing.TB, opts LazypulldOptions) *Lazypulld {
 
 // Start starts the daemon again after Stop, with the same root, socket and
 // configuration; the log file is appended to.
-func (l *Lazypulld) Start(t testing.TB) error {
+func (l *Lazypulld) Start(t T) error {
 	if l.proc != nil && !l.proc.exited() {
 		return fmt.Errorf("lazypulld is already running")
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -68,7 +67,7 @@ func UnmountUnder(dir string) error {
 
 // Mount mounts ms (as returned by a snapshotter's Mounts or View) on a new
 // directory, read-only when readOnly is set, and unmounts it at cleanup.
-func Mount(t testing.TB, ms []mount.Mount, readOnly bool) string {
+func Mount(t T, ms []mount.Mount, readOnly bool) string {
 	t.Helper()
 	target := Dir(t, "mnt")
 	if readOnly {

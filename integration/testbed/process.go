@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -25,7 +24,7 @@ type process struct {
 // startProcess starts bin with args, stdout and stderr going to logPath,
 // in its own process group, killed if the test binary dies. It registers a
 // cleanup that prints the log when t has failed; the caller stops it.
-func startProcess(t testing.TB, name, logPath string, env []string, bin string, args ...string) (*process, error) {
+func startProcess(t T, name, logPath string, env []string, bin string, args ...string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err

@@ -3,12 +3,12 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -25,17 +25,37 @@ type Registry struct {
 	proc    *process
 }
 
+// RegistryOptions configures StartRegistryWith.
+type RegistryOptions struct {
+	// NetNS, when set, is the path of a network namespace (such as
+	// /run/netns/NAME) to run the registry in, through nsenter. Host is
+	// then 127.0.0.1:<port> inside that namespace, which Dial must reach.
+	NetNS string
+	// Dial connects to the registry to check that it is ready; nil means
+	// net.Dialer's. Required with NetNS.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
 // StartRegistry starts a registry for t and stops it at cleanup.
-func StartRegistry(t testing.TB) *Registry {
+func StartRegistry(t T) *Registry {
+	t.Helper()
+	return StartRegistryWith(t, RegistryOptions{})
+}
+
+// StartRegistryWith is StartRegistry with options.
+func StartRegistryWith(t T, opts RegistryOptions) *Registry {
 	t.Helper()
 	if err := checkBinary(RegistryBinary); err != nil {
 		t.Fatal(err)
+	}
+	if opts.NetNS != "" && opts.Dial == nil {
+		t.Fatal("testbed: RegistryOptions.NetNS needs Dial")
 	}
 	dir := Dir(t, "registry")
 	r := &Registry{Dir: dir, LogPath: filepath.Join(dir, "registry.log")}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ { // the free port may be taken meanwhile
-		if err = r.start(t); err == nil {
+		if err = r.start(t, opts); err == nil {
 			return r
 		}
 	}
@@ -43,7 +63,7 @@ func StartRegistry(t testing.TB) *Registry {
 	return nil
 }
 
-func (r *Registry) start(t testing.TB) error {
+func (r *Registry) start(t T, opts RegistryOptions) error {
 	port, err := FreePort()
 	if err != nil {
 		return err
@@ -71,16 +91,25 @@ http:
 `, storage, r.Host)); err != nil {
 		return err
 	}
-	p, err := startProcess(t, "registry", r.LogPath, os.Environ(), RegistryBinary, "serve", cfg)
+	bin, args := RegistryBinary, []string{"serve", cfg}
+	if opts.NetNS != "" {
+		bin, args = "nsenter", append([]string{"--net=" + opts.NetNS, "--", RegistryBinary}, args...)
+	}
+	p, err := startProcess(t, "registry", r.LogPath, os.Environ(), bin, args...)
 	if err != nil {
 		return err
+	}
+	hc := http.DefaultClient
+	if opts.Dial != nil {
+		tr := &http.Transport{DialContext: opts.Dial, DisableKeepAlives: true}
+		hc = &http.Client{Transport: tr}
 	}
 	err = waitFor(context.Background(), p, 20*time.Second, func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.Host+"/v2/", nil)
 		if err != nil {
 			return err
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,24 @@ import (
 	"time"
 )
 
+// T is what the test bed needs of its caller: a *testing.T or *testing.B,
+// or a program's own implementation (the benchmark's). Fatal and Fatalf
+// must not return (testing's call runtime.Goexit); Cleanup functions run
+// last added first once the caller is done, Failed reports whether Errorf,
+// Fatal or Fatalf was called, and Logf is where the bed prints the logs of
+// its processes when the caller has failed.
+type T interface {
+	Helper()
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	Failed() bool
+}
+
+var _ T = (testing.TB)(nil)
+
 // RequireRoot skips t unless the test runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()
@@ -37,7 +55,7 @@ func RequireRoot(t testing.TB) {
 // limited to 108 bytes, so t.TempDir's long names do not fit). At cleanup
 // every mount under it is unmounted and it is removed; an error doing so
 // fails the test.
-func Dir(t testing.TB, prefix string) string {
+func Dir(t T, prefix string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lp-"+prefix+"-")
 	if err != nil {

@@ -1,0 +1,295 @@
+// Command bench is lazypull's end-to-end benchmark (`make bench`, as
+// root): how long containers take to start, and how much they pull, when
+// their image is pulled normally into containerd's overlayfs snapshotter
+// and when it is mounted lazily by lazypulld, over an emulated network link.
+//
+// It builds its images (Debian + python3, Debian + a JDK; hack/rootfs.sh and
+// hack/mkimage, converted with `lazypull convert`), serves them from a
+// distribution registry in a network namespace of its own whose loopback
+// is rate-limited by a token bucket filter, and reaches that registry
+// through a TCP proxy on 127.0.0.1 that adds the round trip time. Then,
+// for each image, workload and mode, it makes -runs cold runs (fresh
+// containerd 2.x and lazypulld, no content, snapshots or chunk cache) and
+// prints the medians, ranges and lazypull/overlayfs ratios, and writes
+// results.json and chart.png to -out.
+//
+// Everything it starts (namespace, processes, mounts) is removed at exit,
+// also on failure and on Ctrl-C.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lazypull/lazypull/integration/testbed"
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// options are the command line flags.
+type options struct {
+	runs      int
+	rtt       time.Duration
+	rate      int64 // bits per second
+	out       string
+	bin       string
+	images    []string
+	workloads []string
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	o := options{}
+	fset := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	fset.IntVar(&o.runs, "runs", 5, "cold runs per image, workload and mode")
+	fset.DurationVar(&o.rtt, "rtt", 40*time.Millisecond, "round trip time of the emulated link")
+	rate := fset.String("rate", "200mbit", "bandwidth of the emulated link (kbit, mbit, gbit)")
+	fset.StringVar(&o.out, "out", "bench-results", "`DIR` for results.json, chart.png and bench.log")
+	fset.StringVar(&o.bin, "bin", "bin", "`DIR` holding lazypulld and lazypull (make build)")
+	imgs := fset.String("images", "python3,java", "images to benchmark, comma separated")
+	wls := fset.String("workloads", "start,"+readAll.Name, "workloads, comma separated: start (the image's program), "+readAll.Name+" (every file)")
+	if err := fset.Parse(args[1:]); err != nil {
+		return o, err
+	}
+	if fset.NArg() != 0 {
+		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fset.Args(), " "))
+	}
+	var err error
+	if o.rate, err = parseRate(*rate); err != nil {
+		return o, err
+	}
+	if o.runs < 1 || o.rtt < 0 {
+		return o, fmt.Errorf("-runs must be at least 1 and -rtt not negative")
+	}
+	o.images, o.workloads = strings.Split(*imgs, ","), strings.Split(*wls, ",")
+	for _, n := range o.images {
+		if specByName(n) == nil {
+			return o, fmt.Errorf("-images: no image %q", n)
+		}
+	}
+	for _, w := range o.workloads {
+		if w != "start" && w != readAll.Name {
+			return o, fmt.Errorf("-workloads: no workload %q", w)
+		}
+	}
+	return o, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(stderr, "bench: run as root (network namespaces, containerd, runc and FUSE need it)")
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b, err := newBench(o, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 1
+	}
+	err = b.top.do(func() error { return b.run(ctx, stdout) })
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "bench: interrupted; cleaning up")
+	}
+	failed := b.top.close()
+	b.logFile.Close()
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "bench: %v\nbench: the log is %s\n", err, b.logFile.Name())
+		return 1
+	case failed || b.teardownFailed:
+		fmt.Fprintf(stderr, "bench: something could not be torn down cleanly; see %s\n", b.logFile.Name())
+		return 1
+	case b.runsFailed > 0:
+		fmt.Fprintf(stderr, "bench: %d runs failed; see %s\n", b.runsFailed, b.logFile.Name())
+		return 1
+	}
+	return 0
+}
+
+// bench is one benchmark: its options, what it started and what it found.
+type bench struct {
+	options
+	stderr  io.Writer
+	logFile *os.File
+	log     io.Writer
+	top     *scope // owns the namespace, registry, link and work dir
+
+	repo     string
+	flavour  testbed.Flavour
+	registry *testbed.Registry
+	link     *link
+	work     string
+	hostsDir string
+
+	runTimeout     time.Duration
+	teardownFailed bool
+	runsFailed     int
+}
+
+func newBench(o options, stderr io.Writer) (*bench, error) {
+	repo, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(repo, "hack", "rootfs.sh")); err != nil {
+		return nil, fmt.Errorf("run from the repository's top directory: %w", err)
+	}
+	if o.bin, err = filepath.Abs(o.bin); err != nil {
+		return nil, err
+	}
+	for _, n := range []string{"lazypulld", "lazypull"} {
+		if _, err := os.Stat(filepath.Join(o.bin, n)); err != nil {
+			return nil, fmt.Errorf("%w: run `make build`", err)
+		}
+	}
+	flavour, err := testbed.Containerd2()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(filepath.Join(o.out, "bench.log"))
+	if err != nil {
+		return nil, err
+	}
+	b := &bench{options: o, stderr: stderr, logFile: logFile, log: logFile, repo: repo, flavour: flavour, runTimeout: 15 * time.Minute}
+	b.top = newScope("bench", logFile)
+	return b, nil
+}
+
+// run sets up the link and the images, makes the runs and reports.
+func (b *bench) run(ctx context.Context, stdout io.Writer) error {
+	started := time.Now()
+	b.progress("link: RTT %v, %s; registry in network namespace lpbench-%d", b.rtt, formatRate(b.rate), os.Getpid())
+	ns := newNetns(b.top)
+	b.registry = testbed.StartRegistryWith(b.top, testbed.RegistryOptions{NetNS: ns.path, Dial: ns.dial})
+	l, err := startLink(b.registry.Host, ns.dial)
+	if err != nil {
+		return err
+	}
+	b.top.Cleanup(func() { l.Close() })
+	b.link = l
+	b.work = testbed.Dir(b.top, "bench")
+	b.hostsDir = filepath.Join(b.work, "certs.d")
+	if err := testbed.WritePlainHTTPHost(b.hostsDir, l.Addr()); err != nil {
+		return err
+	}
+
+	imgs, err := b.buildImages(ctx)
+	if err != nil {
+		return err
+	}
+	// Only now the link gets slow: building and pushing ran at full speed.
+	if err := ns.shape(b.rate); err != nil {
+		return err
+	}
+	l.SetRTT(b.rtt)
+	check, err := checkLink(ctx, l.Addr(), imgs[0].GzipRef)
+	if err != nil {
+		return fmt.Errorf("link check: %w", err)
+	}
+	b.progress("link check: %s", check)
+
+	var results []result
+	for i := 1; i <= b.runs; i++ {
+		for _, img := range imgs {
+			for _, w := range b.workloadsOf(img) {
+				modes := []string{modeOverlay, modeLazy}
+				if i%2 == 0 { // alternate, so that neither mode always runs first
+					modes[0], modes[1] = modes[1], modes[0]
+				}
+				for _, m := range modes {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					r := b.coldRun(ctx, img, w, m, i)
+					b.progress("%s", r.String(b.runs))
+					if r.Error != "" {
+						b.runsFailed++
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
+					}
+					results = append(results, r)
+				}
+			}
+		}
+	}
+	rep := newReport(b, imgs, results, check, time.Since(started))
+	rep.print(stdout)
+	if err := rep.write(b.out); err != nil {
+		return err
+	}
+	b.progress("results in %s (results.json, chart.png, bench.log)", b.out)
+	return nil
+}
+
+func (b *bench) buildImages(ctx context.Context) ([]*image, error) {
+	mk := filepath.Join(b.work, "mkimage")
+	if err := command("go", "build", "-o", mk, "./hack/mkimage"); err != nil {
+		return nil, err
+	}
+	bl := &builder{repo: b.repo, work: b.work, bin: b.bin, host: b.link.Addr(), log: b.log}
+	var imgs []*image
+	for _, n := range b.images {
+		t := time.Now()
+		b.progress("image %s: building (the first build of its root filesystem takes minutes)", n)
+		img, err := bl.build(ctx, *specByName(n))
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", n, err)
+		}
+		b.progress("image %s: %d layers, gzip %s, eStargz %s, %d chunks (%s uncompressed) (%.0fs)", n, img.Layers,
+			mib(img.GzipBytes), mib(img.EstargzBytes), img.Local.Entries, mib(img.Local.Bytes), time.Since(t).Seconds())
+		imgs = append(imgs, img)
+	}
+	return imgs, nil
+}
+
+func (b *bench) workloadsOf(img *image) []workload {
+	var ws []workload
+	for _, n := range b.workloads {
+		if n == readAll.Name {
+			ws = append(ws, readAll)
+		} else {
+			ws = append(ws, img.Spec.Start)
+		}
+	}
+	return ws
+}
+
+// progress prints a line on stderr and in the log.
+func (b *bench) progress(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	fmt.Fprintf(b.stderr, "bench: %s\n", msg)
+	fmt.Fprintf(b.log, "%s bench: %s\n", time.Now().Format("15:04:05.000"), msg)
+}
+
+func specByName(n string) *imageSpec {
+	for i := range images {
+		if images[i].Name == n {
+			return &images[i]
+		}
+	}
+	return nil
+}
