@@ -11,7 +11,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build deps demo test unit integration vet fmt-check clean
+.PHONY: all build deps demo bench test unit integration vet fmt-check clean
 
 all: build
 
@@ -25,6 +25,17 @@ deps:
 
 demo: deps build
 	hack/demo.sh
+
+# End to end, as root: cold starts of python3 and JDK images pulled normally
+# (overlayfs) and lazily, over an emulated link; tables on stdout, results.json
+# and chart.png in bench-results/ (README, "Benchmarks"). Flags of hack/bench
+# go in BENCH_FLAGS, e.g. make bench BENCH_FLAGS='-runs 3 -rtt 80ms -rate 100mbit'.
+# Then the Go micro-benchmarks of fs and cache.
+BENCH_FLAGS ?=
+bench: deps build
+	$(GO) build -o $(BIN)/lazypull-bench ./hack/bench
+	$(BIN)/lazypull-bench -bin $(BIN) $(BENCH_FLAGS)
+	$(GO) test -run '^$$' -bench . ./fs/ ./cache/
 
 test: deps vet fmt-check unit integration
 

@@ -13,6 +13,8 @@
 #   LAZYPULL_CONTAINERD2_DIR  containerd 2.x binaries (default: hack/build-containerd2.sh's)
 #   LAZYPULL_CACHE            where the sample rootfs is cached (see hack/rootfs.sh)
 #   LAZYPULL_DEMO_KEEP_LOGS   set to 1 to keep the logs also when the demo succeeds
+#   LAZYPULL_DEMO_CONFIG      TOML tables appended to lazypulld's configuration, to try
+#                             settings: e.g. $'[fs]\nbackground_fetch = false'
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +24,10 @@ namespace=lazypull-demo
 cmd=(python3 -c 'print("hello")')
 
 # ---- output ----------------------------------------------------------------
+
+# The terminal, for the traps: a signal can arrive while a function runs with
+# its output redirected to a log.
+exec 3>&1 4>&2
 
 if [[ -t 1 ]]; then
 	bold=$'\e[1m' dim=$'\e[2m' red=$'\e[31m' green=$'\e[32m' reset=$'\e[0m'
@@ -36,10 +42,11 @@ begin() {
 	step=$1 started=$(now)
 	printf '%s==>%s %s ...' "$bold" "$reset" "$1"
 }
+# done_ RESULT [notime]: also says how long the step took, unless told not to.
 done_() {
-	local took
-	took=$(secs "$started" "$(now)")
-	printf ' %s%s%s%s\n' "$green" "$1" "$reset" "$(awk -v t="$took" 'BEGIN { if (t >= 1) printf " (%.0fs)", t }')"
+	local took=''
+	[[ -n ${2:-} ]] || took=$(awk -v t="$(secs "$started" "$(now)")" 'BEGIN { if (t >= 1) printf " (%.0fs)", t }')
+	printf ' %s%s%s%s\n' "$green" "$1" "$reset" "$took"
 	step=''
 }
 die() {
@@ -185,8 +192,9 @@ stop_daemons() {
 	stop containerd
 	[[ -z ${ctrd_dir:-} ]] || kill_shims
 	stop lazypulld
-	# The parent cgroup runc made for the namespace (cgroup v1: one per hierarchy).
-	rmdir /sys/fs/cgroup/*/"$namespace" "/sys/fs/cgroup/$namespace" 2>/dev/null || true
+	# The (empty) cgroups runc made for the namespace and its containers
+	# (cgroup v1: in every hierarchy).
+	rmdir /sys/fs/cgroup/{,*/}"$namespace"/*/ /sys/fs/cgroup/{,*/}"$namespace"/ 2>/dev/null || true
 	unmount_under "$work"
 }
 
@@ -194,6 +202,7 @@ cleanup() {
 	local rc=$?
 	set +e
 	trap '' INT TERM
+	exec 1>&3 2>&4
 	((rc == 0)) || failed=1
 	[[ -z $step ]] || printf '\n'
 	stop_daemons || true
@@ -210,7 +219,7 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
-trap 'step=""; printf "\n"; say "demo: interrupted" >&2; exit 130' INT
+trap 'exec 1>&3 2>&4; step=""; printf "\n"; say "demo: interrupted" >&2; exit 130' INT
 trap 'exit 143' TERM
 
 # ---- registry -----------------------------------------------------------------
@@ -254,18 +263,12 @@ start_registry() {
 	die "the registry did not start; see $logs/registry.log"
 }
 
-# registry_mark: how many lines its log has now. registry_since MARK: the
-# requests it answered after MARK, as "COUNT BYTES" (response bodies), from
-# its access log (common log format). The registry logs a request just after
-# answering it, so wait until the log is quiet first.
+# registry_mark: how many lines its log has now. registry_between FROM TO:
+# the requests logged between these two marks, as "COUNT BYTES" (response
+# bodies), from its access log (common log format).
 registry_mark() { wc -l <"$logs/registry.log"; }
-registry_since() {
-	local last=-1 n
-	while n=$(registry_mark) && ((n != last)); do
-		last=$n
-		sleep 0.3
-	done
-	awk -F'"' -v from="$1" 'NR > from && NF >= 7 && $1 ~ /\] $/ {
+registry_between() {
+	awk -F'"' -v from="$1" -v to="$2" 'NR > from && NR <= to && NF >= 7 && $1 ~ /\] $/ {
 		split($3, s, " "); n++; b += s[2] } END { printf "%d %d\n", n, b }' "$logs/registry.log"
 }
 
@@ -287,6 +290,8 @@ start_daemons() {
 
 		[remote]
 		hosts_dir = "$work/certs.d"
+
+		${LAZYPULL_DEMO_CONFIG:-}
 	EOF
 	start lazypulld "$logs/$phase-lazypulld.log" "$bin/lazypulld" --config "$lp/config.toml"
 	wait_until lazypulld 30 test -S "$lp/lazypull.sock"
@@ -326,9 +331,11 @@ start_daemons() {
 }
 
 # measure SNAPSHOTTER REF: from a cold start, pulls REF into SNAPSHOTTER and
-# runs the command; sets pull_s, run_s, requests, bytes and output.
+# runs the command; sets pull_s, run_s, output, and requests and bytes: what
+# the registry served from the start of the pull until the command exited.
+# Sets mark to where the registry log was when the pull started.
 measure() {
-	local sn=$1 ref=$2 mark t0 t1 t2 log=$logs/$1-ctr.log
+	local sn=$1 ref=$2 t0 t1 t2 log=$logs/$1-ctr.log
 	stop_daemons
 	start_daemons "$sn"
 	mark=$(registry_mark)
@@ -337,10 +344,10 @@ measure() {
 	t1=$(now)
 	run "$log" "ctr run" ctrc run --rm --snapshotter "$sn" --runc-root "$ctrd_dir/runc" --fifo-dir "$ctrd_dir/fifo" \
 		"$ref" "demo-$sn" "${cmd[@]}"
-	t2=$(now)
+	t2=$(now) hello_at=$t2
+	read -r requests bytes < <(registry_between "$mark" "$(registry_mark)")
 	output=$(tail -n 1 "$log")
 	[[ $output == hello ]] || die "the container printed '$output', not 'hello'; see $log"
-	read -r requests bytes < <(registry_since "$mark")
 	pull_s=$(secs "$t0" "$t1") run_s=$(secs "$t1" "$t2")
 }
 
@@ -384,7 +391,7 @@ done_ "pushed, $(sed -n 's/^converted .*: .* -> \(.*\) eStargz .*/\1/p' "$logs/c
 begin "overlayfs: cold pull + run"
 measure overlayfs "$gzip_ref"
 normal=("$pull_s" "$run_s" "$requests" "$bytes")
-done_ "$output"
+done_ "$output" notime
 
 begin "lazypull: cold pull + run"
 measure lazypull "$esgz_ref"
@@ -393,7 +400,16 @@ lazy=("$pull_s" "$run_s" "$requests" "$bytes")
 # still run; cleanup stops them).
 layers=$(ctrc snapshots --snapshotter lazypull ls 2>/dev/null | awk 'NR > 1 && $NF == "Committed"' | wc -l)
 fuse=$(awk -v d="$work/lazypulld/root/" '$3 ~ /^fuse/ && index($2, d) == 1' /proc/self/mounts | wc -l)
-done_ "$output ($fuse of $layers layers mounted lazily)"
+done_ "$output ($fuse of $layers layers mounted lazily)" notime
+
+# lazypulld goes on fetching the rest of the layers into its cache in the
+# background ([fs] background_fetch): wait for that too, to show what it
+# adds up to.
+begin "lazypull: background fetch of the rest"
+fully_local() { grep -c 'msg="layer fully local"' "$logs/lazypull-lazypulld.log" || true; }
+for ((i = 0; i < 1200 && $(fully_local) < layers; i++)); do sleep 0.1; done
+read -r _ all_bytes < <(registry_between "$mark" "$(registry_mark)")
+done_ "$(fully_local) of $layers layers local $(secs "$hello_at" "$(now)")s after hello, $(mib "$all_bytes") from the registry in all" notime
 
 total() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a + b }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }

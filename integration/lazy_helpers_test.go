@@ -40,9 +40,10 @@ type lazyBed struct {
 type lazyBedOptions struct {
 	// Front puts a testbed.Front before the registry.
 	Front bool
-	// NoBackgroundFetch turns off lazypulld's background fetch of whole
-	// layers, for tests that measure what reads alone fetch.
-	NoBackgroundFetch bool
+	// OnDemandOnly turns off what lazypulld fetches beyond what is read:
+	// the background fetch of whole layers and the read-ahead window after
+	// a read, for tests that measure what reads alone fetch.
+	OnDemandOnly bool
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -64,8 +65,8 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	})
 	hostsDir := testbed.Dir(t, "hosts")
 	cfg := testbed.LazypulldRemoteConfig(hostsDir)
-	if opts.NoBackgroundFetch {
-		cfg += "\n[fs]\nbackground_fetch = false\n"
+	if opts.OnDemandOnly {
+		cfg += "\n[fs]\nbackground_fetch = false\nreadahead_size = \"0\"\n"
 	}
 	bed := testbed.New(t, testbed.Options{
 		Flavour:         f,

@@ -72,14 +72,16 @@ func TestLazyPullAndRun(t *testing.T) {
 // TestLazyPullReadsLittle runs a container that reads one small file of the
 // lazily pulled test image and requires the registry to have served less
 // than a quarter of the image's compressed layer bytes from the start of
-// the pull until the container's output is back. A pull that downloads the
-// layers (it is not lazy) or a read that fetches whole layers fails it.
+// the pull until the container's output is back, with read-ahead and
+// background fetch off. A pull that downloads the layers (it is not lazy)
+// or a read that fetches whole layers fails it.
 func TestLazyPullReadsLittle(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		// Background fetch would fetch whole layers while the container runs.
-		lb := newLazyBed(t, f, lazyBedOptions{Front: true, NoBackgroundFetch: true})
+		// Background fetch and read-ahead fetch more than is read, by
+		// design; what is measured here is what the reads themselves cost.
+		lb := newLazyBed(t, f, lazyBedOptions{Front: true, OnDemandOnly: true})
 		orig, img := pushDefaultImage(t, ctx, lb.Registry)
 		convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
 		ref := lb.Front.Ref("lazypull/testimage:esgz") // counted

@@ -41,15 +41,17 @@ func (rep *report) chart(path string) error {
 	for _, pn := range panels {
 		p := plot.New()
 		p.Title.Text = pn.title
-		p.Y.Min = 0
 		p.NominalX(groups...)
-		p.Legend.Top = true
+		p.X.Min, p.X.Max = -0.5, float64(len(keys))-0.5
+		p.Legend.Top, p.Legend.Left = true, true
 		width := vg.Points(18)
+		var top float64
 		for i, m := range []string{modeOverlay, modeLazy} {
 			vs := make(plotter.Values, len(keys))
 			for j, k := range keys {
 				if r := rep.row(k.img, k.wl, m); r != nil {
 					vs[j] = r.Stats[pn.metric].Median
+					top = max(top, vs[j])
 				}
 			}
 			bars, err := plotter.NewBarChart(vs, width)
@@ -62,6 +64,7 @@ func (rep *report) chart(path string) error {
 			p.Add(bars)
 			p.Legend.Add(m, bars)
 		}
+		p.Y.Min, p.Y.Max = 0, top*1.25 // room for the legend
 		plots[0] = append(plots[0], p)
 	}
 	img := vgimg.New(vg.Points(900), vg.Points(380))

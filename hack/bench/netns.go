@@ -65,9 +65,12 @@ func (n *netns) shape(rate int64) error {
 }
 
 // dial connects to addr from inside the namespace. The socket is created
-// by a goroutine locked to a thread that entered the namespace; that
-// thread never runs anything else: the goroutine exits still locked, so the
-// runtime ends the thread.
+// by a goroutine locked to a thread that enters the namespace for the
+// dial and then returns to its own. Should it fail to return, the goroutine
+// exits still locked and the runtime ends the thread rather than let it run
+// other goroutines in the wrong namespace. (Threads must not end needlessly:
+// the test bed starts processes with Pdeathsig, which fires when the
+// thread that started them ends.)
 func (n *netns) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
@@ -76,12 +79,23 @@ func (n *netns) dial(ctx context.Context, network, addr string) (net.Conn, error
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("open own network namespace: %w", err)}
+			return
+		}
+		defer unix.Close(own)
 		if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, fmt.Errorf("setns %s: %w", n.path, err)}
 			return
 		}
 		var d net.Dialer
 		c, err := d.DialContext(ctx, network, addr)
+		if unix.Setns(own, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 		ch <- result{c, err}
 	}()
 	r := <-ch
