@@ -63,8 +63,10 @@ func (l *layer) readaheadHit(cs []chunk) {
 	l.startWindow(w)
 }
 
-// window returns the chunks of about size compressed bytes from chunk from
-// on, and makes them the current window. ra.mu is held.
+// window returns the chunks from chunk from on that end within size
+// compressed bytes of it (and the next chunk of the file being read, if the
+// window starts inside one), and makes them the current window. ra.mu is
+// held.
 func (l *layer) window(from int, size int64) []chunk {
 	cs := l.src.chunks.cs
 	ra := &l.ra
@@ -74,7 +76,13 @@ func (l *layer) window(from int, size int64) []chunk {
 	}
 	base := cs[from].start
 	end := from
-	for end < len(cs) && cs[end].start < base+size {
+	if from > 0 && cs[from].e.Name == cs[from-1].e.Name {
+		// A file read on: its next chunk comes whatever its size.
+		end++
+	}
+	// Only whole chunks that end inside the window: one large chunk of an
+	// unrelated file must not turn a small window into megabytes.
+	for end < len(cs) && cs[end].end <= base+size {
 		if cs[end].start < base+size/2 {
 			ra.mark = end + 1
 		}

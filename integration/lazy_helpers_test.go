@@ -40,10 +40,10 @@ type lazyBed struct {
 type lazyBedOptions struct {
 	// Front puts a testbed.Front before the registry.
 	Front bool
-	// OnDemandOnly turns off what lazypulld fetches beyond what is read:
-	// the background fetch of whole layers and the read-ahead window after
-	// a read, for tests that measure what reads alone fetch.
-	OnDemandOnly bool
+	// NoBackgroundFetch turns off the background fetch of whole layers,
+	// for tests that measure what the container's reads (with their
+	// read-ahead) fetch.
+	NoBackgroundFetch bool
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -65,8 +65,8 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	})
 	hostsDir := testbed.Dir(t, "hosts")
 	cfg := testbed.LazypulldRemoteConfig(hostsDir)
-	if opts.OnDemandOnly {
-		cfg += "\n[fs]\nbackground_fetch = false\nreadahead_size = \"0\"\n"
+	if opts.NoBackgroundFetch {
+		cfg += "\n[fs]\nbackground_fetch = false\n"
 	}
 	bed := testbed.New(t, testbed.Options{
 		Flavour:         f,

@@ -81,7 +81,7 @@ func TestLazyPullReadsLittle(t *testing.T) {
 		defer cancel()
 		// Background fetch and read-ahead fetch more than is read, by
 		// design; what is measured here is what the reads themselves cost.
-		lb := newLazyBed(t, f, lazyBedOptions{Front: true, OnDemandOnly: true})
+		lb := newLazyBed(t, f, lazyBedOptions{Front: true, NoBackgroundFetch: true})
 		orig, img := pushDefaultImage(t, ctx, lb.Registry)
 		convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
 		ref := lb.Front.Ref("lazypull/testimage:esgz") // counted

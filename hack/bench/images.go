@@ -65,6 +65,11 @@ type image struct {
 	Name       string    `json:"name"`
 	GzipRef    string    `json:"gzip_ref"`
 	EstargzRef string    `json:"estargz_ref"`
+	// PrioRef is the eStargz image converted with the files that the start
+	// workload reads (PrioFiles of them) first in each layer; empty
+	// without -prioritized.
+	PrioRef   string `json:"prioritized_ref,omitempty"`
+	PrioFiles int    `json:"prioritized_files,omitempty"`
 	// Layers and the compressed sizes of the two variants.
 	Layers       int   `json:"layers"`
 	GzipBytes    int64 `json:"gzip_bytes"`
@@ -72,6 +77,8 @@ type image struct {
 	// Local is what lazypulld's chunk cache holds once every chunk of
 	// the eStargz image is local.
 	Local cacheTarget `json:"local"`
+
+	rootfs string // the root filesystem tar
 }
 
 // builder builds the benchmark images: it runs the repository's scripts
@@ -98,12 +105,11 @@ func (b *builder) build(ctx context.Context, spec imageSpec) (*image, error) {
 			return nil, fmt.Errorf("add files: %w", err)
 		}
 	}
-	esgzRef, err := b.output(ctx, filepath.Join(b.bin, "lazypull"), "convert", "--plain-http", "--tmp-dir", b.work,
-		gzipRef, b.host+"/bench/"+spec.Name+":estargz")
+	esgzRef, err := b.convert(ctx, gzipRef, spec.Name+":estargz")
 	if err != nil {
-		return nil, fmt.Errorf("lazypull convert: %w", err)
+		return nil, err
 	}
-	img := &image{Spec: spec, Name: spec.Name, GzipRef: gzipRef, EstargzRef: esgzRef}
+	img := &image{Spec: spec, Name: spec.Name, GzipRef: gzipRef, EstargzRef: esgzRef, rootfs: rootfs}
 	if img.Layers, img.GzipBytes, err = layerSizes(ctx, gzipRef); err != nil {
 		return nil, err
 	}
@@ -114,6 +120,17 @@ func (b *builder) build(ctx context.Context, spec imageSpec) (*image, error) {
 		return nil, fmt.Errorf("%s: %w", esgzRef, err)
 	}
 	return img, nil
+}
+
+// convert converts the image src with `lazypull convert` and pushes it as
+// bench/<dst> (NAME:TAG); args go before src.
+func (b *builder) convert(ctx context.Context, src, dst string, args ...string) (string, error) {
+	args = append(append([]string{"convert", "--plain-http", "--tmp-dir", b.work}, args...), src, b.host+"/bench/"+dst)
+	ref, err := b.output(ctx, filepath.Join(b.bin, "lazypull"), args...)
+	if err != nil {
+		return "", fmt.Errorf("lazypull convert: %w", err)
+	}
+	return ref, nil
 }
 
 // output runs a command, logging its stderr, and returns the last line of

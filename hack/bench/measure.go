@@ -17,7 +17,13 @@ import (
 const (
 	modeOverlay = "overlayfs" // the gzip image, pulled and unpacked by containerd
 	modeLazy    = "lazypull"  // the eStargz image, mounted lazily by lazypulld
+	// modeLazyPrio is modeLazy with the image whose layers start with the
+	// files the start workload reads, which lazypulld prefetches.
+	modeLazyPrio = "lazypull-prio"
 )
+
+// modes lists the modes in the order they are reported.
+var modes = []string{modeOverlay, modeLazy, modeLazyPrio}
 
 // result is one cold run: an image pulled into a fresh containerd and
 // lazypulld (no content, snapshots, images or chunk cache) and run twice.
@@ -83,9 +89,13 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 	})
 	c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour, LazypullSocket: ld.Socket, LazypullRoot: ld.Root})
 	ref, sn := img.GzipRef, "overlayfs"
-	if res.Mode == modeLazy {
+	switch res.Mode {
+	case modeLazy:
 		ref, sn = img.EstargzRef, testbed.SnapshotterName
+	case modeLazyPrio:
+		ref, sn = img.PrioRef, testbed.SnapshotterName
 	}
+	lazy := sn == testbed.SnapshotterName
 	bytes0, reqs0, err := b.served()
 	if err != nil {
 		return err
@@ -106,7 +116,7 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 		return err
 	}
 
-	if res.Mode == modeLazy {
+	if lazy {
 		mounts, err := testbed.LazyMounts(ld.Root)
 		if err != nil {
 			return err
@@ -123,7 +133,7 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 	res.Warm = first.Sub(warmStart).Seconds()
 
 	local := pulled
-	if res.Mode == modeLazy {
+	if lazy {
 		wctx, cancel := context.WithTimeout(ctx, b.localTimeout(img))
 		local, err = waitLocal(wctx, filepath.Join(ld.Root, "cache"), img.Local.Entries, 100*time.Millisecond)
 		cancel()
