@@ -20,7 +20,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath -m "${BIN:-bin}")
 registry_bin=/usr/bin/docker-registry
-namespace=lazypull-demo
 cmd=(python3 -c 'print("hello")')
 
 # ---- output ----------------------------------------------------------------
@@ -73,24 +72,35 @@ $(tail_of "$log")"
 
 # ---- checks ------------------------------------------------------------------
 
-[[ $(id -u) -eq 0 ]] || die "run as root (containerd, runc and FUSE need it)"
-for b in "$bin/lazypulld" "$bin/lazypull"; do
-	[[ -x $b ]] || die "$b is missing: run \`make build\` (or \`make demo\`)"
-done
-for b in "$registry_bin" runc fusermount3 ss; do
-	command -v "$b" >/dev/null || die "$b is missing: run \`make deps\` (hack/install-deps.sh)"
-done
-ctrd_bin=$(hack/build-containerd2.sh) || die "no containerd 2.x: run \`make deps\`"
-ctr=$ctrd_bin/ctr
-platform=linux/$(dpkg --print-architecture)
+check_requirements() {
+	[[ $(id -u) -eq 0 ]] || die "run as root (containerd, runc and FUSE need it)"
+	local b
+	for b in "$bin/lazypulld" "$bin/lazypull"; do
+		[[ -x $b ]] || die "$b is missing: run \`make build\` (or \`make demo\`)"
+	done
+	for b in "$registry_bin" runc fusermount3 ss; do
+		command -v "$b" >/dev/null || die "$b is missing: run \`make deps\` (hack/install-deps.sh)"
+	done
+	ctrd_bin=$(hack/build-containerd2.sh) || die "no containerd 2.x: run \`make deps\`"
+	ctr=$ctrd_bin/ctr
+	platform=linux/$(dpkg --print-architecture)
+}
 
 # ---- the work directory and everything started in it -------------------------
 
-work=$(mktemp -d /tmp/lp-demo-XXXXXX) # short: unix socket paths are limited to 108 bytes
-logs=$work/logs
-mkdir -p "$logs"
 declare -A pids=() logfile=() # name -> pid and log of the daemons started (each in its own process group)
 failed=1
+
+# make_work: the work directory, and the traps that clean it up.
+make_work() {
+	work=$(mktemp -d /tmp/lp-demo-XXXXXX) # short: unix socket paths are limited to 108 bytes
+	logs=$work/logs
+	mkdir -p "$logs"
+	namespace=lazypull-demo-${work##*-} # also names runc's cgroups: unique, should demos overlap
+	trap cleanup EXIT
+	trap 'exec 1>&3 2>&4; step=""; printf "\n"; say "demo: interrupted" >&2; exit 130' INT
+	trap 'exit 143' TERM
+}
 
 # alive PID: the daemon runs (bash reaps its children as they exit).
 alive() { kill -0 "$1" 2>/dev/null; }
@@ -170,6 +180,7 @@ kill_shims() {
 	while ((${#pids_[@]})); do
 		p=${pids_[0]}
 		pids_=("${pids_[@]:1}")
+		# shellcheck disable=SC2013 # space-separated pids
 		for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do pids_+=("$c"); done
 		kill -KILL "$p" 2>/dev/null || true
 	done
@@ -198,6 +209,7 @@ stop_daemons() {
 	unmount_under "$work"
 }
 
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
 	local rc=$?
 	set +e
@@ -218,10 +230,6 @@ cleanup() {
 		say "demo: left $work in place because something is still mounted there" >&2
 	fi
 }
-trap cleanup EXIT
-trap 'exec 1>&3 2>&4; step=""; printf "\n"; say "demo: interrupted" >&2; exit 130' INT
-trap 'exit 143' TERM
-
 # ---- registry -----------------------------------------------------------------
 
 registry_ready() { # GET /v2/ answers 200
@@ -233,7 +241,7 @@ registry_ready() { # GET /v2/ answers 200
 }
 
 start_registry() {
-	local port try
+	local port try i
 	mkdir -p "$work/registry"
 	for try in 1 2 3; do # the port may be taken between the check and the start
 		port=$((20000 + RANDOM % 40000))
@@ -353,79 +361,112 @@ measure() {
 
 # ---- the demo -----------------------------------------------------------------------
 
-say "${bold}lazypull demo${reset}: ${cmd[*]:0:2} '${cmd[2]}' in a Debian + python3 image, pulled normally, then lazily"
-say "${dim}work dir $work, removed at exit (logs kept on failure)${reset}"
-
-cache=${LAZYPULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lazypull}/rootfs/python3.tar
-if [[ -s $cache ]]; then
-	begin "root filesystem: Debian + python3"
-else
-	begin "root filesystem: Debian + python3, debootstrap (takes a few minutes, once)"
-fi
-rootfs=$(hack/rootfs.sh python3 python3 2>>"$logs/rootfs.log") ||
-	die "hack/rootfs.sh failed; last lines of $logs/rootfs.log:
+# build_images: the gzip image and its eStargz conversion in a new registry;
+# sets gzip_ref and esgz_ref.
+build_images() {
+	local cache how
+	cache=${LAZYPULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lazypull}/rootfs/python3.tar
+	if [[ -s $cache ]]; then
+		how=cached
+		begin "root filesystem: Debian + python3"
+	else
+		how=built
+		begin "root filesystem: Debian + python3, debootstrap (takes a few minutes, once)"
+	fi
+	rootfs=$(hack/rootfs.sh python3 python3 2>>"$logs/rootfs.log") ||
+		die "hack/rootfs.sh failed; last lines of $logs/rootfs.log:
 $(tail_of "$logs/rootfs.log")"
-[[ -s $cache ]] && how=cached || how=built
-done_ "$how, $(mib "$(stat -c %s "$rootfs")") ($rootfs)"
+	done_ "$how, $(mib "$(stat -c %s "$rootfs")") ($rootfs)"
 
-begin "registry"
-start_registry
-mkdir -p "$work/certs.d/$registry"
-# Plain HTTP to the demo registry, for ctr and lazypulld alike.
-printf 'server = "http://%s"\n' "$registry" >"$work/certs.d/$registry/hosts.toml"
-done_ "http://$registry"
+	begin "registry"
+	start_registry
+	mkdir -p "$work/certs.d/$registry"
+	# Plain HTTP to the demo registry, for ctr and lazypulld alike.
+	printf 'server = "http://%s"\n' "$registry" >"$work/certs.d/$registry/hosts.toml"
+	done_ "http://$registry"
 
-begin "image: a Debian layer and a python3 layer, gzip"
-run "$logs/mkimage.log" "go build ./hack/mkimage" go build -o "$work/mkimage" ./hack/mkimage
-gzip_ref=$("$work/mkimage" -tmp-dir "$work" "$rootfs" "$registry/demo/python3:gzip" 2>>"$logs/mkimage.log") ||
-	die "mkimage failed; last lines of $logs/mkimage.log:
+	begin "image: a Debian layer and a python3 layer, gzip"
+	run "$logs/mkimage.log" "go build ./hack/mkimage" go build -o "$work/mkimage" ./hack/mkimage
+	gzip_ref=$("$work/mkimage" -tmp-dir "$work" "$rootfs" "$registry/demo/python3:gzip" 2>>"$logs/mkimage.log") ||
+		die "mkimage failed; last lines of $logs/mkimage.log:
 $(tail_of "$logs/mkimage.log")"
-done_ "pushed, $(sed -n 's/^mkimage: layers: //p' "$logs/mkimage.log" | tail -n 1)"
+	done_ "pushed, $(sed -n 's/^mkimage: layers: //p' "$logs/mkimage.log" | tail -n 1)"
 
-begin "eStargz image: lazypull convert"
-esgz_ref=$("$bin/lazypull" convert --plain-http --tmp-dir "$work" "$gzip_ref" "$registry/demo/python3:estargz" 2>>"$logs/convert.log") ||
-	die "lazypull convert failed; last lines of $logs/convert.log:
+	begin "eStargz image: lazypull convert"
+	esgz_ref=$("$bin/lazypull" convert --plain-http --tmp-dir "$work" "$gzip_ref" "$registry/demo/python3:estargz" 2>>"$logs/convert.log") ||
+		die "lazypull convert failed; last lines of $logs/convert.log:
 $(tail_of "$logs/convert.log")"
-done_ "pushed, $(sed -n 's/^converted .*: .* -> \(.*\) eStargz .*/\1/p' "$logs/convert.log" | tail -n 1)"
+	done_ "pushed, $(sed -n 's/^converted .*: .* -> \(.*\) eStargz .*/\1/p' "$logs/convert.log" | tail -n 1)"
+}
 
-begin "overlayfs: cold pull + run"
-measure overlayfs "$gzip_ref"
-normal=("$pull_s" "$run_s" "$requests" "$bytes")
-done_ "$output" notime
+# compare: the cold pull + run with each snapshotter; sets normal, lazy,
+# layers, fuse and all_bytes.
+compare() {
+	begin "overlayfs: cold pull + run"
+	measure overlayfs "$gzip_ref"
+	normal=("$pull_s" "$run_s" "$requests" "$bytes")
+	done_ "$output" notime
 
-begin "lazypull: cold pull + run"
-measure lazypull "$esgz_ref"
-lazy=("$pull_s" "$run_s" "$requests" "$bytes")
-# Was it lazy? Every layer should be a FUSE mount of lazypulld (the daemons
-# still run; cleanup stops them).
-layers=$(ctrc snapshots --snapshotter lazypull ls 2>/dev/null | awk 'NR > 1 && $NF == "Committed"' | wc -l)
-fuse=$(awk -v d="$work/lazypulld/root/" '$3 ~ /^fuse/ && index($2, d) == 1' /proc/self/mounts | wc -l)
-done_ "$output ($fuse of $layers layers mounted lazily)" notime
+	begin "lazypull: cold pull + run"
+	measure lazypull "$esgz_ref"
+	lazy=("$pull_s" "$run_s" "$requests" "$bytes")
+	# Was it lazy? Every layer should be a FUSE mount of lazypulld (the
+	# daemons still run; cleanup stops them).
+	layers=$(ctrc snapshots --snapshotter lazypull ls 2>/dev/null | awk 'NR > 1 && $NF == "Committed"' | wc -l)
+	fuse=$(awk -v d="$work/lazypulld/root/" '$3 ~ /^fuse/ && index($2, d) == 1' /proc/self/mounts | wc -l)
+	done_ "$output ($fuse of $layers layers mounted lazily)" notime
 
-# lazypulld goes on fetching the rest of the layers into its cache in the
-# background ([fs] background_fetch): wait for that too, to show what it
-# adds up to.
-begin "lazypull: background fetch of the rest"
+	# lazypulld goes on fetching the rest of the layers into its cache in
+	# the background ([fs] background_fetch): wait for that too, to show
+	# what it adds up to. Until every layer is local, or the registry has
+	# served nothing for 3 s (background fetch off), or 2 minutes passed.
+	begin "lazypull: background fetch of the rest"
+	local i n quiet=0 seen
+	seen=$(registry_mark)
+	for ((i = 0; i < 1200 && quiet < 30 && $(fully_local) < layers; i++)); do
+		sleep 0.1
+		n=$(registry_mark)
+		((n == seen)) && quiet=$((quiet + 1)) || quiet=0
+		seen=$n
+	done
+	read -r _ all_bytes < <(registry_between "$mark" "$(registry_mark)")
+	done_ "$(fully_local) of $layers layers local $(secs "$hello_at" "$(now)")s after hello, $(mib "$all_bytes") from the registry in all" notime
+}
 fully_local() { grep -c 'msg="layer fully local"' "$logs/lazypull-lazypulld.log" || true; }
-for ((i = 0; i < 1200 && $(fully_local) < layers; i++)); do sleep 0.1; done
-read -r _ all_bytes < <(registry_between "$mark" "$(registry_mark)")
-done_ "$(fully_local) of $layers layers local $(secs "$hello_at" "$(now)")s after hello, $(mib "$all_bytes") from the registry in all" notime
 
 total() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a + b }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 row() { printf '%-21s %9s %9s %9s %15s %9s\n' "$@"; }
-normal_total=$(total "${normal[0]}" "${normal[1]}") lazy_total=$(total "${lazy[0]}" "${lazy[1]}")
-say
-printf '%s' "$bold"
-row "" pull run total "from registry" requests
-printf '%s' "$reset"
-row "overlayfs (gzip)" "${normal[0]}s" "${normal[1]}s" "${normal_total}s" "$(mib "${normal[3]}")" "${normal[2]}"
-row "lazypull (eStargz)" "${lazy[0]}s" "${lazy[1]}s" "${lazy_total}s" "$(mib "${lazy[3]}")" "${lazy[2]}"
-row "lazypull/overlayfs" "$(ratio "${lazy[0]}" "${normal[0]}")" "$(ratio "${lazy[1]}" "${normal[1]}")" \
-	"$(ratio "$lazy_total" "$normal_total")" "$(ratio "${lazy[3]}" "${normal[3]}")" "$(ratio "${lazy[2]}" "${normal[2]}")"
-say
-((fuse > 0 && fuse == layers)) ||
-	die "only $fuse of the image's $layers layers were mounted lazily; see $logs/lazypull-lazypulld.log"
-say "With lazypull, python3 said hello $(awk -v a="$normal_total" -v b="$lazy_total" 'BEGIN { printf "%.1f", a / b }')x sooner," \
-	"after reading $(awk -v a="${lazy[3]}" -v b="${normal[3]}" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the bytes from the registry."
-failed=0
+
+report() {
+	local normal_total lazy_total
+	normal_total=$(total "${normal[0]}" "${normal[1]}") lazy_total=$(total "${lazy[0]}" "${lazy[1]}")
+	say
+	printf '%s' "$bold"
+	row "" pull run total "from registry" requests
+	printf '%s' "$reset"
+	row "overlayfs (gzip)" "${normal[0]}s" "${normal[1]}s" "${normal_total}s" "$(mib "${normal[3]}")" "${normal[2]}"
+	row "lazypull (eStargz)" "${lazy[0]}s" "${lazy[1]}s" "${lazy_total}s" "$(mib "${lazy[3]}")" "${lazy[2]}"
+	row "lazypull/overlayfs" "$(ratio "${lazy[0]}" "${normal[0]}")" "$(ratio "${lazy[1]}" "${normal[1]}")" \
+		"$(ratio "$lazy_total" "$normal_total")" "$(ratio "${lazy[3]}" "${normal[3]}")" "$(ratio "${lazy[2]}" "${normal[2]}")"
+	say
+	((fuse > 0 && fuse == layers)) ||
+		die "only $fuse of the image's $layers layers were mounted lazily; see $logs/lazypull-lazypulld.log"
+	say "With lazypull, python3 said hello $(awk -v a="$normal_total" -v b="$lazy_total" 'BEGIN { printf "%.1f", a / b }')x sooner," \
+		"after reading $(awk -v a="${lazy[3]}" -v b="${normal[3]}" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the bytes from the registry."
+}
+
+main() {
+	check_requirements
+	make_work
+	say "${bold}lazypull demo${reset}: ${cmd[*]:0:2} '${cmd[2]}' in a Debian + python3 image, pulled normally, then lazily"
+	say "${dim}work dir $work, removed at exit (logs kept on failure)${reset}"
+	build_images
+	compare
+	report
+	failed=0
+}
+
+# All of the script is read before main runs: editing it meanwhile (a git
+# checkout) cannot change a running demo.
+main "$@"; exit

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image/color"
 	"os"
+	"slices"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -14,8 +15,9 @@ import (
 )
 
 var modeColors = map[string]color.Color{
-	modeOverlay: color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff},
-	modeLazy:    color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	modeOverlay:  color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff},
+	modeLazy:     color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	modeLazyPrio: color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
 }
 
 // chart draws, side by side, the median cold start (pull + run until the
@@ -46,7 +48,15 @@ func (rep *report) chart(path string) error {
 		p.Legend.Top, p.Legend.Left = true, true
 		width := vg.Points(18)
 		var top float64
-		for i, m := range []string{modeOverlay, modeLazy} {
+		var shown []string // modes with results
+		for _, m := range modes {
+			for _, r := range rep.Rows {
+				if r.Mode == m && !slices.Contains(shown, m) {
+					shown = append(shown, m)
+				}
+			}
+		}
+		for i, m := range shown {
 			vs := make(plotter.Values, len(keys))
 			for j, k := range keys {
 				if r := rep.row(k.img, k.wl, m); r != nil {
@@ -60,7 +70,7 @@ func (rep *report) chart(path string) error {
 			}
 			bars.Color = modeColors[m]
 			bars.LineStyle.Width = 0
-			bars.Offset = width * vg.Length(2*i-1) / 2
+			bars.Offset = width * (vg.Length(i) - vg.Length(len(shown)-1)/2)
 			p.Add(bars)
 			p.Legend.Add(m, bars)
 		}

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +47,7 @@ type options struct {
 	bin       string
 	images    []string
 	workloads []string
+	prio      bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -57,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	rate := fset.String("rate", "200mbit", "bandwidth of the emulated link (kbit, mbit, gbit)")
 	fset.StringVar(&o.out, "out", "bench-results", "`DIR` for results.json, chart.png and bench.log")
 	fset.StringVar(&o.bin, "bin", "bin", "`DIR` holding lazypulld and lazypull (make build)")
+	fset.BoolVar(&o.prio, "prioritized", true, "also benchmark the start workload with an eStargz image whose layers start with the files it reads (recorded by running it once), which lazypulld prefetches")
 	imgs := fset.String("images", "python3,java", "images to benchmark, comma separated")
 	wls := fset.String("workloads", "start,"+readAll.Name, "workloads, comma separated: start (the image's program), "+readAll.Name+" (every file)")
 	if err := fset.Parse(args[1:]); err != nil {
@@ -215,11 +218,9 @@ func (b *bench) run(ctx context.Context, stdout io.Writer) error {
 	for i := 1; i <= b.runs; i++ {
 		for _, img := range imgs {
 			for _, w := range b.workloadsOf(img) {
-				modes := []string{modeOverlay, modeLazy}
-				if i%2 == 0 { // alternate, so that neither mode always runs first
-					modes[0], modes[1] = modes[1], modes[0]
-				}
-				for _, m := range modes {
+				ms := b.modesOf(img, w)
+				ms = append(ms[i%len(ms):], ms[:i%len(ms)]...) // rotate: no mode always runs first
+				for _, m := range ms {
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}
@@ -261,6 +262,23 @@ func (b *bench) buildImages(ctx context.Context) ([]*image, error) {
 		}
 		b.progress("image %s: %d layers, gzip %s, eStargz %s, %d chunks (%s uncompressed) (%.0fs)", n, img.Layers,
 			mib(img.GzipBytes), mib(img.EstargzBytes), img.Local.Entries, mib(img.Local.Bytes), time.Since(t).Seconds())
+		if b.prio && slices.Contains(b.workloads, img.Spec.Start.Name) {
+			t = time.Now()
+			files, err := b.recordStart(ctx, img)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: record the files %s reads: %w", n, img.Spec.Start.Name, err)
+			}
+			list := filepath.Join(b.out, n+".prioritized")
+			if err := writeList(list, fmt.Sprintf("files read by %s in %s, recorded by hack/bench", strings.Join(img.Spec.Start.Args, " "), n), files); err != nil {
+				return nil, err
+			}
+			if img.PrioRef, err = bl.convert(ctx, img.GzipRef, n+":estargz-prio", "--prioritize", list); err != nil {
+				return nil, fmt.Errorf("image %s: %w", n, err)
+			}
+			img.PrioFiles = len(files)
+			b.progress("image %s: %d files read by %s first in the layers of %s (%.0fs)", n, len(files),
+				strings.Join(img.Spec.Start.Args, " "), img.PrioRef, time.Since(t).Seconds())
+		}
 		imgs = append(imgs, img)
 	}
 	return imgs, nil
@@ -276,6 +294,14 @@ func (b *bench) workloadsOf(img *image) []workload {
 		}
 	}
 	return ws
+}
+
+// modesOf lists the modes that w runs in on img.
+func (b *bench) modesOf(img *image, w workload) []string {
+	if img.PrioRef != "" && w.Name == img.Spec.Start.Name {
+		return slices.Clone(modes)
+	}
+	return []string{modeOverlay, modeLazy}
 }
 
 // progress prints a line on stderr and in the log.

@@ -47,8 +47,10 @@ func (b *bench) recordStart(ctx context.Context, img *image) ([]string, error) {
 		}
 		c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour})
 		started := time.Now()
+		// No image, so no image config: set what mkimage puts in it.
 		out, err := c.Ctr(ctx, append([]string{"run", "--rm", "--rootfs", "--runc-root", c.RuncRoot,
-			"--fifo-dir", filepath.Join(c.Dir, "fifo"), dir, "record"}, img.Spec.Start.Args...)...)
+			"--fifo-dir", filepath.Join(c.Dir, "fifo"), "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+			"--env", "LANG=C.UTF-8", dir, "record"}, img.Spec.Start.Args...)...)
 		if err != nil {
 			return err
 		}

@@ -88,7 +88,7 @@ func newReport(b *bench, imgs []*image, results []result, check linkCheck, wall 
 		LinkCheck: check, RunsPerRow: b.runs, WallS: wall.Seconds(), Images: imgs, Results: results}
 	for _, img := range imgs {
 		for _, w := range b.workloadsOf(img) {
-			for _, m := range []string{modeOverlay, modeLazy} {
+			for _, m := range b.modesOf(img, w) {
 				rw := row{Image: img.Name, Workload: w.Name, Mode: m, Stats: map[string]stat{}}
 				var ok []result
 				for _, r := range results {
@@ -136,8 +136,12 @@ func (rep *report) print(w io.Writer) {
 	fmt.Fprintln(w, "pull: ctr image pull; run→output: ctr run until the first output; total: both; warm run: a second ctr run;")
 	fmt.Fprintln(w, "fully local: from the pull until every layer is on the node; MiB and requests: served by the registry.")
 	for _, img := range rep.Images {
-		fmt.Fprintf(w, "\n%s: %d layers, gzip %s, eStargz %s (%d chunks, %s uncompressed)\n",
+		fmt.Fprintf(w, "\n%s: %d layers, gzip %s, eStargz %s (%d chunks, %s uncompressed)",
 			img.Name, img.Layers, mib(img.GzipBytes), mib(img.EstargzBytes), img.Local.Entries, mib(img.Local.Bytes))
+		if img.PrioRef != "" {
+			fmt.Fprintf(w, "; lazypull-prio: the %d files %s reads first in each layer", img.PrioFiles, img.Spec.Start.Name)
+		}
+		fmt.Fprintln(w)
 		for _, metrics := range [][]metric{timeMetrics, dataMetrics} {
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			fmt.Fprint(tw, "workload\tmode")
@@ -146,8 +150,8 @@ func (rep *report) print(w io.Writer) {
 			}
 			fmt.Fprintln(tw)
 			for _, wl := range rep.workloads(img.Name) {
-				ov, lz := rep.row(img.Name, wl, modeOverlay), rep.row(img.Name, wl, modeLazy)
-				for _, r := range []*row{ov, lz} {
+				rows := rep.rowsOf(img.Name, wl)
+				for _, r := range rows {
 					fmt.Fprintf(tw, "%s\t%s", wl, r.Mode)
 					for _, m := range metrics {
 						fmt.Fprintf(tw, "\t%s", r.cell(m))
@@ -157,11 +161,17 @@ func (rep *report) print(w io.Writer) {
 					}
 					fmt.Fprintln(tw)
 				}
-				fmt.Fprintf(tw, "%s\tlazypull/overlayfs", wl)
-				for _, m := range metrics {
-					fmt.Fprintf(tw, "\t%s", ratio(lz.Stats[m.Key], ov.Stats[m.Key]))
+				ov := rep.row(img.Name, wl, modeOverlay)
+				for _, r := range rows {
+					if r == ov || ov == nil {
+						continue
+					}
+					fmt.Fprintf(tw, "%s\t%s/%s", wl, r.Mode, ov.Mode)
+					for _, m := range metrics {
+						fmt.Fprintf(tw, "\t%s", ratio(r.Stats[m.Key], ov.Stats[m.Key]))
+					}
+					fmt.Fprintln(tw)
 				}
-				fmt.Fprintln(tw)
 			}
 			tw.Flush()
 			fmt.Fprintln(w)
@@ -172,6 +182,17 @@ func (rep *report) print(w io.Writer) {
 			fmt.Fprintf(w, "note: %s/%s/%s #%d: %s\n", r.Image, r.Workload, r.Mode, r.Run, r.Note)
 		}
 	}
+}
+
+// rowsOf returns the rows of an image and workload, in the order of modes.
+func (rep *report) rowsOf(img, wl string) []*row {
+	var rows []*row
+	for _, m := range modes {
+		if r := rep.row(img, wl, m); r != nil {
+			rows = append(rows, r)
+		}
+	}
+	return rows
 }
 
 func (rep *report) workloads(img string) []string {
