@@ -144,7 +144,8 @@ type FS struct {
 	BackgroundFetchDelay Duration `toml:"background_fetch_delay"`
 
 	// BackgroundFetchConcurrency bounds the concurrent range requests of
-	// one layer's background fetch.
+	// the background fetch, all layers together: they share the node's
+	// link.
 	BackgroundFetchConcurrency int `toml:"background_fetch_concurrency"`
 
 	// Passthrough lets the kernel read a file whose content is one cached

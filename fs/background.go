@@ -19,8 +19,9 @@ const (
 	backgroundPart = 1 << 20
 	// backgroundQuiet is how long background fetch waits after the last
 	// demand fetch ended before it starts a request, so that it does not
-	// slip in between the reads of a starting program.
-	backgroundQuiet = 20 * time.Millisecond
+	// slip in between the reads of a starting program, which computes for
+	// a few milliseconds between one file and the next.
+	backgroundQuiet = 100 * time.Millisecond
 	// backgroundPasses bounds the sweeps over a layer: a chunk that fails
 	// (a network error, a chunk that does not match its digest) is tried
 	// again on the next sweep, and then left to readers.
@@ -172,10 +173,11 @@ func (l *layer) background(lg *log.Entry) {
 		for range cfg.backgroundConcurrency {
 			wg.Go(func() {
 				for part := range parts {
-					if l.fsys.demand.waitQuiet(l.ctx, backgroundQuiet) != nil {
+					if !l.backgroundSlot() {
 						continue // drain: the producer stops on ctx too
 					}
 					l.fetchAhead(l.ctx, part, false)
+					<-l.fsys.bg
 				}
 			})
 		}
@@ -190,6 +192,22 @@ func (l *layer) background(lg *log.Entry) {
 	}
 	n, local, _, _ := t.state()
 	lg.WithFields(log.Fields{"chunks": n, "local": local}).Warn("background fetch left chunks behind")
+}
+
+// backgroundSlot waits for one of the FileSystem's background request
+// slots and for readers to be quiet. It returns false, holding no slot,
+// when the layer stops first.
+func (l *layer) backgroundSlot() bool {
+	select {
+	case l.fsys.bg <- struct{}{}:
+	case <-l.ctx.Done():
+		return false
+	}
+	if l.fsys.demand.waitQuiet(l.ctx, backgroundQuiet) != nil {
+		<-l.fsys.bg
+		return false
+	}
+	return true
 }
 
 // inCache reports whether the Cache holds an entry of c's size under c's

@@ -88,6 +88,7 @@ type FileSystem struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	sem    chan struct{} // bounds background resolutions
+	bg     chan struct{} // bounds background fetch requests, all layers together
 
 	resolving singleflight.Group
 
@@ -130,6 +131,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),
+		bg:       make(chan struct{}, cfg.backgroundConcurrency),
 		resolved: map[digest.Digest]*source{},
 		pending:  map[digest.Digest]struct{}{},
 		mounts:   map[string]*mount{},

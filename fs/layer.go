@@ -141,6 +141,7 @@ func (l *layer) readAt(ctx context.Context, e *estargz.TOCEntry, p []byte, off i
 	if err != nil {
 		return 0, err
 	}
+	l.src.chunks.markUsed(cs)
 	data, err := l.load(ctx, cs)
 	if err != nil {
 		return 0, err

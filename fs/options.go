@@ -221,8 +221,9 @@ func WithBackgroundFetchDelay(d time.Duration) Option {
 	}
 }
 
-// WithBackgroundFetchConcurrency bounds the concurrent requests of one
-// layer's background fetch (default DefaultBackgroundConcurrency).
+// WithBackgroundFetchConcurrency bounds the concurrent requests of the
+// background fetch, all layers together (default
+// DefaultBackgroundConcurrency): the node's link is what they share.
 func WithBackgroundFetchConcurrency(n int) Option {
 	return func(c *config) error {
 		if n < 1 {

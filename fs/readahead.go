@@ -15,9 +15,10 @@ const readaheadGrowth = 8
 // its own chunks, a window of the chunks that follow them in the blob: the
 // rest of a file read sequentially, and the files next to it in the tar
 // (the same directory), which a starting program tends to read next. A
-// reader of a large file that walks into the second half of the window
-// starts the next window before it needs it, twice as large, so that a
-// sequential reader keeps the link busy and stops waiting for round trips.
+// sequential reader (of a large file, or of most files in blob order) that
+// walks into the second half of the window starts the next window before
+// it needs it, twice as large, so that it keeps the link busy and stops
+// waiting for round trips.
 type readahead struct {
 	mu          sync.Mutex
 	size        int64 // of the last window; 0 before the first
@@ -35,9 +36,10 @@ func (l *layer) readaheadMiss(cs []chunk) {
 	ra := &l.ra
 	ra.mu.Lock()
 	size := base
-	if ra.size > 0 && first >= ra.start && first <= ra.next && l.readsOn(first) {
+	if ra.size > 0 && first >= ra.start && first <= ra.next &&
+		(l.readsOn(first) || l.src.chunks.wellUsed(ra.start, ra.next)) {
 		// The reader came through the last window and reads on in the
-		// same file: a sequential read of a large file.
+		// same file, or read most of the window: it reads in blob order.
 		size = min(2*ra.size, readaheadGrowth*base)
 	}
 	w := l.window(last+1, size)
@@ -60,7 +62,7 @@ func (l *layer) readaheadHit(cs []chunk) {
 		return
 	}
 	size := base
-	if l.readsOn(ra.next) {
+	if l.readsOn(ra.next) || l.src.chunks.wellUsed(ra.start, last+1) {
 		size = min(2*ra.size, readaheadGrowth*base)
 	}
 	w := l.window(ra.next, size)
@@ -68,11 +70,12 @@ func (l *layer) readaheadHit(cs []chunk) {
 	l.startWindow(w)
 }
 
-// readsOn reports whether chunk i continues the file of chunk i-1. Only
-// such reads grow the window: a program that opens file after file of a
-// directory reads in blob order too, but it reads a few of them, not the
-// whole directory, and a growing window would fetch megabytes it never
-// reads.
+// readsOn reports whether chunk i continues the file of chunk i-1. Such
+// reads grow the window; so do reads that used most of the last window
+// (a reader of every file of a directory). A program that opens a few files
+// of a directory reads in blob order too, but leaves most of each window
+// unread: its window stays small, or a growing window would fetch
+// megabytes it never reads.
 func (l *layer) readsOn(i int) bool {
 	cs := l.src.chunks.cs
 	return i > 0 && i < len(cs) && cs[i].e.Name == cs[i-1].e.Name
