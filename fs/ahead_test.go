@@ -24,9 +24,10 @@ func reads(o *testOpener) int {
 	return n
 }
 
-// TestReadaheadFetchesNeighbours checks that the first read of a directory
-// of small files brings the files after it in the blob along, verified and
-// cached, so that reading them costs no fetch.
+// TestReadaheadFetchesNeighbours checks that a reader of a directory of
+// small files in blob order, once it has read two in a row, gets the files
+// after them brought along, verified and cached, so that reading them costs
+// no fetch.
 func TestReadaheadFetchesNeighbours(t *testing.T) {
 	l := buildLayer(t, libEntries(40))
 	o := newOpener(l)
@@ -35,9 +36,10 @@ func TestReadaheadFetchesNeighbours(t *testing.T) {
 	mp := mountLayer(t, f, l)
 
 	checkContent(t, filepath.Join(mp, "lib/m000.py"), l.entries[1].data)
+	checkContent(t, filepath.Join(mp, "lib/m001.py"), l.entries[2].data)
 	waitFetches(t, f)
 	before := reads(o)
-	for _, e := range l.entries[2:] {
+	for _, e := range l.entries[3:] {
 		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
 	}
 	if n := reads(o) - before; n != 0 {
@@ -49,8 +51,29 @@ func TestReadaheadFetchesNeighbours(t *testing.T) {
 	if entries != 40 {
 		t.Errorf("cache holds %d chunks, want the 40 files", entries)
 	}
-	if before > 1+DefaultFetchConcurrency {
-		t.Errorf("the first read and its window cost %d fetches", before)
+	if before > 2+DefaultFetchConcurrency {
+		t.Errorf("the first two reads and the window cost %d fetches", before)
+	}
+}
+
+// TestReadaheadNotForJumps checks that a reader jumping around the blob, as
+// a starting program opening its libraries and modules does, gets no
+// window: each read fetches its own chunks and nothing more.
+func TestReadaheadNotForJumps(t *testing.T) {
+	l := buildLayer(t, libEntries(40))
+	o := newOpener(l)
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithMemoryCacheSize(0))
+	mp := mountLayer(t, f, l)
+	var want int64
+	for _, i := range []int{30, 5, 17, 2} {
+		e := l.entries[1+i]
+		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+		start, end := l.span(t, e.hdr.Name)
+		want += end - start
+	}
+	waitFetches(t, f)
+	if _, n, fetched := o.counts(); n != 4 || fetched != want {
+		t.Errorf("4 reads far apart cost %d fetches of %d bytes, want 4 of %d", n, fetched, want)
 	}
 }
 
@@ -74,7 +97,7 @@ func TestReadaheadOff(t *testing.T) {
 // read that fetched the window nor the other chunks of the window.
 func TestReadaheadCorruptNeighbour(t *testing.T) {
 	l := buildLayer(t, libEntries(10))
-	start, _ := l.span(t, "lib/m001.py")
+	start, _ := l.span(t, "lib/m003.py")
 	bad := bytes.Clone(l.blob)
 	bad[start+100] ^= 0x40
 	o := newOpener(l)
@@ -84,19 +107,20 @@ func TestReadaheadCorruptNeighbour(t *testing.T) {
 	mp := mountLayer(t, f, l)
 
 	checkContent(t, filepath.Join(mp, "lib/m000.py"), l.entries[1].data)
+	checkContent(t, filepath.Join(mp, "lib/m001.py"), l.entries[2].data)
 	waitFetches(t, f)
 	before := reads(o)
-	for _, e := range l.entries[3:] {
+	for _, e := range append(l.entries[3:4:4], l.entries[5:]...) {
 		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
 	}
 	if n := reads(o) - before; n != 0 {
 		t.Errorf("reading the good neighbours cost %d fetches, want 0", n)
 	}
-	if _, err := os.ReadFile(filepath.Join(mp, "lib/m001.py")); !errors.Is(err, syscall.EIO) {
+	if _, err := os.ReadFile(filepath.Join(mp, "lib/m003.py")); !errors.Is(err, syscall.EIO) {
 		t.Errorf("reading the corrupt neighbour: %v, want EIO", err)
 	}
 	c.mu.Lock()
-	_, cached := c.m[digest.FromBytes(l.entries[2].data)]
+	_, cached := c.m[digest.FromBytes(l.entries[4].data)]
 	c.mu.Unlock()
 	if cached {
 		t.Error("the corrupt chunk was cached")

@@ -203,7 +203,12 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 		end = max(end, c.end)
 	}
 	buf := make([]byte, end-start)
+	began := time.Now()
 	err := l.readBlob(ctx, buf, start, split)
+	log.G(ctx).WithFields(log.Fields{
+		"layer": l.src.dgst, "offset": start, "bytes": len(buf), "chunks": len(cs),
+		"file": cs[0].e.Name, "demand": split, "duration": time.Since(began),
+	}).Debug("fetched")
 	if err != nil {
 		err = fmt.Errorf("layer %s: fetch %d bytes at %d: %w", l.src.dgst, len(buf), start, err)
 		if ctx.Err() == nil {

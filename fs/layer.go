@@ -40,7 +40,7 @@ type layer struct {
 // layer to serve. A TOC that does not match drops src, so that the next
 // Mount fetches it again.
 func (f *FileSystem) newLayer(ctx context.Context, src *source, tocDgst digest.Digest) (*layer, error) {
-	l := &layer{src: src, fsys: f, tocDigest: tocDgst}
+	l := &layer{src: src, fsys: f, tocDigest: tocDgst, ra: readahead{last: -1}}
 	l.ctx, l.cancel = context.WithCancel(f.life)
 	if tocDgst == "" {
 		v, err := src.r.Verifiers()

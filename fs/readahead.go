@@ -11,19 +11,23 @@ import (
 // reading on in blob order: to this many times the configured size.
 const readaheadGrowth = 8
 
-// readahead is a layer's read-ahead state. A read that misses fetches, with
-// its own chunks, a window of the chunks that follow them in the blob: the
-// rest of a file read sequentially, and the files next to it in the tar
-// (the same directory), which a starting program tends to read next. A
-// sequential reader (of a large file, or of most files in blob order) that
-// walks into the second half of the window starts the next window before
-// it needs it, twice as large, so that it keeps the link busy and stops
-// waiting for round trips.
+// readahead is a layer's read-ahead state. A reader that reads in blob
+// order (the chunks of a read follow those of the read before it: a large
+// file read from start to end, or file after file of a directory as the
+// tar holds them) gets, with the chunks of a read that missed, a window of
+// the chunks that follow them. A reader that jumps around the blob (a
+// starting program opening its libraries and modules one by one) gets no
+// window: on a link with a long round trip, every byte of a window it does
+// not read delays the reads it waits for. A sequential reader (of a large
+// file, or of most files of a window) that walks into the second half of
+// the window starts the next window before it needs it, twice as large,
+// so that it keeps the link busy and stops waiting for round trips.
 type readahead struct {
 	mu          sync.Mutex
 	size        int64 // of the last window; 0 before the first
 	start, next int   // chunk indices the last window covered: [start, next)
 	mark        int   // a read reaching this chunk starts the next window
+	last        int   // the last chunk of the last read, -1 before the first
 }
 
 // readaheadMiss starts a window after cs, the chunks of a read that missed.
@@ -35,9 +39,15 @@ func (l *layer) readaheadMiss(cs []chunk) {
 	}
 	ra := &l.ra
 	ra.mu.Lock()
+	through := ra.size > 0 && first >= ra.start && first <= ra.next
+	sequential := through || (ra.last >= 0 && first == ra.last+1)
+	ra.last = last
+	if !sequential {
+		ra.mu.Unlock()
+		return
+	}
 	size := base
-	if ra.size > 0 && first >= ra.start && first <= ra.next &&
-		(l.readsOn(first) || l.src.chunks.wellUsed(ra.start, ra.next)) {
+	if through && (l.readsOn(first) || l.src.chunks.wellUsed(ra.start, ra.next)) {
 		// The reader came through the last window and reads on in the
 		// same file, or read most of the window: it reads in blob order.
 		size = min(2*ra.size, readaheadGrowth*base)
@@ -57,6 +67,7 @@ func (l *layer) readaheadHit(cs []chunk) {
 	}
 	ra := &l.ra
 	ra.mu.Lock()
+	ra.last = last
 	if ra.size == 0 || last < ra.mark || last >= ra.next {
 		ra.mu.Unlock()
 		return

@@ -48,6 +48,7 @@ type options struct {
 	images    []string
 	workloads []string
 	prio      bool
+	fsConfig  string // TOML keys of lazypulld's [fs] table
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -60,6 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fset.StringVar(&o.out, "out", "bench-results", "`DIR` for results.json, chart.png and bench.log")
 	fset.StringVar(&o.bin, "bin", "bin", "`DIR` holding lazypulld and lazypull (make build)")
 	fset.BoolVar(&o.prio, "prioritized", true, "also benchmark the start workload with an eStargz image whose layers start with the files it reads (recorded by running it once), which lazypulld prefetches")
+	fset.StringVar(&o.fsConfig, "fs-config", "", "`TOML` keys for lazypulld's [fs] table, e.g. 'readahead_size = \"512KiB\"', to compare settings")
 	imgs := fset.String("images", "python3,java", "images to benchmark, comma separated")
 	wls := fset.String("workloads", "start,"+readAll.Name, "workloads, comma separated: start (the image's program), "+readAll.Name+" (every file)")
 	if err := fset.Parse(args[1:]); err != nil {

@@ -85,7 +85,7 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 	defer cancel()
 	ld := testbed.StartLazypulld(s, testbed.LazypulldOptions{
 		Binary: filepath.Join(b.bin, "lazypulld"), LogLevel: "info",
-		Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n", b.hostsDir),
+		Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n", b.hostsDir, b.fsConfig),
 	})
 	c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour, LazypullSocket: ld.Socket, LazypullRoot: ld.Root})
 	ref, sn := img.GzipRef, "overlayfs"
