@@ -407,3 +407,27 @@ func TestReadaheadSkipsLargeChunk(t *testing.T) {
 	data := randomBytes(11, 2<<20)
 	checkContent(t, filepath.Join(mp, "big"), data)
 }
+
+// TestBackgroundServesBulkReader checks that a reader that keeps the link
+// busy, reading file after file in an order of its own (no read-ahead
+// helps it), does not hold the background fetch off for good: after a
+// while the background fetch goes on and fetches the rest of the layer in
+// large requests, so the reader's later files cost no fetch of their own.
+func TestBackgroundServesBulkReader(t *testing.T) {
+	const n = 200
+	es := libEntries(n)
+	l := buildLayer(t, es)
+	o := newOpener(l)
+	o.link = &netLink{rtt: 20 * time.Millisecond} // n reads one by one: 4 s
+	// The reader starts before the background fetch, and keeps it waiting.
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetchDelay(200*time.Millisecond), WithReadahead(0), WithMemoryCacheSize(0))
+	mp := mountLayer(t, f, l)
+	for i := n; i >= 1; i-- { // against blob order
+		checkContent(t, filepath.Join(mp, es[i].hdr.Name), es[i].data)
+	}
+	_, reads, _ := o.counts()
+	t.Logf("%d files cost %d fetches", n, reads)
+	if reads >= n {
+		t.Errorf("reading %d files one by one cost %d fetches: the background fetch never helped", n, reads)
+	}
+}

@@ -22,6 +22,12 @@ const (
 	// slip in between the reads of a starting program, which computes for
 	// a few milliseconds between one file and the next.
 	backgroundQuiet = 100 * time.Millisecond
+	// backgroundBulk is how long readers may keep fetching without a
+	// pause of backgroundQuiet before background fetch goes on anyway: a
+	// reader that busy reads in bulk (every file, a large data set, in
+	// an order of its own), and the background fetch, in large requests
+	// in blob order, serves it sooner than its reads one by one.
+	backgroundBulk = 2 * time.Second
 	// backgroundPasses bounds the sweeps over a layer: a chunk that fails
 	// (a network error, a chunk that does not match its digest) is tried
 	// again on the next sweep, and then left to readers.
@@ -203,7 +209,7 @@ func (l *layer) backgroundSlot() bool {
 	case <-l.ctx.Done():
 		return false
 	}
-	if l.fsys.demand.waitQuiet(l.ctx, backgroundQuiet) != nil {
+	if l.fsys.demand.waitQuiet(l.ctx, backgroundQuiet, backgroundBulk) != nil {
 		<-l.fsys.bg
 		return false
 	}

@@ -346,12 +346,15 @@ func (fl *flights) finish(f *flight, data []byte, err error) {
 // demand counts the fetches that readers wait for, or soon will (reads,
 // their read-ahead windows, prefetch), across the FileSystem. Background
 // fetch starts a request only when there has been none for a moment, so
-// that it uses the idle link without queueing ahead of a reader.
+// that it uses the idle link without queueing ahead of a reader, or when
+// readers have kept the link busy for so long that they are reading in
+// bulk.
 type demand struct {
 	mu      sync.Mutex
 	n       int
 	idle    chan struct{} // closed while n == 0
 	lastEnd time.Time
+	since   time.Time // start of the current busy period
 }
 
 func newDemand() *demand {
@@ -365,6 +368,9 @@ func (d *demand) begin() {
 	defer d.mu.Unlock()
 	if d.n == 0 {
 		d.idle = make(chan struct{})
+		if d.since.IsZero() || time.Since(d.lastEnd) >= backgroundQuiet {
+			d.since = time.Now()
+		}
 	}
 	d.n++
 }
@@ -379,19 +385,29 @@ func (d *demand) end() {
 	}
 }
 
-// waitQuiet returns when no demand fetch has run for quiet, or ctx ends.
-func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
+// waitQuiet returns when no demand fetch has run for quiet, when demand
+// fetches have kept coming, with no pause as long as quiet, for bulk, or
+// when ctx ends.
+func (d *demand) waitQuiet(ctx context.Context, quiet, bulk time.Duration) error {
 	for {
 		d.mu.Lock()
 		busy, idle, left := d.n > 0, d.idle, quiet-time.Since(d.lastEnd)
+		bulkLeft := bulk - time.Since(d.since)
+		if d.since.IsZero() {
+			bulkLeft = bulk
+		}
 		d.mu.Unlock()
+		if bulkLeft <= 0 && (busy || left > 0) {
+			return ctx.Err()
+		}
 		var wake <-chan time.Time
 		switch {
 		case busy:
+			wake = time.After(bulkLeft)
 		case left <= 0:
 			return ctx.Err()
 		default:
-			wake, idle = time.After(left), nil
+			wake, idle = time.After(min(left, bulkLeft)), nil
 		}
 		select {
 		case <-idle:
