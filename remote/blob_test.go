@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,5 +274,48 @@ func TestReadRangesParallelBound(t *testing.T) {
 	cancel()
 	if err := b.ReadRanges(ctx, rs, func(Range, []byte) error { return nil }); !errors.Is(err, context.Canceled) {
 		t.Errorf("ReadRanges with a canceled context: %v", err)
+	}
+}
+
+// TestConnectionsReused checks that concurrent reads keep their
+// connections to the registry: a second round of as many concurrent
+// requests opens no new connection. A new connection costs a round trip and
+// TCP's slow start, which on a long link is several more.
+func TestConnectionsReused(t *testing.T) {
+	reg := newRegistry(t, 1<<20)
+	var mu sync.Mutex
+	conns := map[string]bool{} // client addresses seen: one per connection
+	serve := reg.serve
+	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr] = true
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // keep the requests concurrent
+		serve(w, r)
+	}
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	const n = 8
+	for round := range 2 {
+		// Let the last round's connections go back to the idle pool.
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		before := len(conns)
+		mu.Unlock()
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				p := make([]byte, 1000)
+				if _, err := b.ReadAt(context.Background(), p, int64(i)*100_000); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		mu.Lock()
+		opened := len(conns) - before
+		mu.Unlock()
+		if round == 1 && opened != 0 {
+			t.Errorf("a second round of %d concurrent reads opened %d new connections, want 0", n, opened)
+		}
 	}
 }

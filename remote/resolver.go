@@ -169,11 +169,25 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		Credentials:   o.credentials,
 		DefaultScheme: "https",
 		UpdateClient: func(c *http.Client) error {
+			if t, ok := c.Transport.(*http.Transport); ok {
+				keepConnections(t)
+			}
 			c.Transport = o.wrapTransport(c.Transport)
 			return nil
 		},
 	})
 	return r, nil
+}
+
+// keepConnections makes t keep enough idle connections to a registry for
+// the concurrent range requests of reads, read-ahead and background fetch.
+// With the default of two, every further request dials a new connection
+// and starts TCP's slow start again: on a link with a long round trip, a
+// 1 MiB read then takes several round trips instead of one.
+func keepConnections(t *http.Transport) {
+	t.MaxIdleConns = max(t.MaxIdleConns, 256)
+	t.MaxIdleConnsPerHost = max(t.MaxIdleConnsPerHost, 64)
+	t.IdleConnTimeout = max(t.IdleConnTimeout, 90*time.Second)
 }
 
 // keychainCredentials reads docker's config.json and credential helpers.
