@@ -115,12 +115,12 @@ type FS struct {
 	// the first layer of the image is mounted.
 	ResolveConcurrency int `toml:"resolve_concurrency"`
 
-	// ReadaheadSize is how many compressed bytes of the layer that follow a
-	// read that has to fetch are fetched along with it: the rest of the
-	// file and the files next to it in the layer, which a starting program
-	// tends to read next. For a reader that keeps reading on in layer order
-	// the window doubles, up to 8 times this. 0 turns read-ahead off. At
-	// most 256MiB.
+	// ReadaheadSize is the read-ahead for readers that read in layer order
+	// (a large file from start to end, or a directory's files in the order
+	// the layer holds them): compressed bytes after a read that has to
+	// fetch, fetched along with it. While the reader keeps reading on, the
+	// window doubles, up to 8 times this. A reader that jumps from file to
+	// file gets no read-ahead. 0 turns read-ahead off. At most 256MiB.
 	ReadaheadSize Size `toml:"readahead_size"`
 
 	// FetchConcurrency bounds the concurrent range requests that one large
@@ -135,8 +135,9 @@ type FS struct {
 	PrefetchWait Duration `toml:"prefetch_wait"`
 
 	// BackgroundFetch fetches the rest of every mounted layer into the
-	// chunk cache in the background, using the link while no read waits
-	// for a fetch, until the layer is fully local.
+	// chunk cache in the background, until the layer is fully local. It
+	// yields to reads: a background request starts after 100ms without a
+	// read fetching, or when reads have kept the link busy for 2s.
 	BackgroundFetch bool `toml:"background_fetch"`
 
 	// BackgroundFetchDelay is how long after a layer is mounted its
