@@ -123,6 +123,14 @@ type FS struct {
 	// file gets no read-ahead. 0 turns read-ahead off. At most 256MiB.
 	ReadaheadSize Size `toml:"readahead_size"`
 
+	// DirPrefetchSize lets the first read that fetches in a directory fetch
+	// the directory's other files along, when they come to at most this
+	// many compressed bytes together: a starting program tends to read
+	// several files of one small directory (its modules, its
+	// configuration), each a round trip of its own. 0 turns it off. At most
+	// 256MiB.
+	DirPrefetchSize Size `toml:"dir_prefetch_size"`
+
 	// FetchConcurrency bounds the concurrent range requests that one large
 	// read, read-ahead window or prefetch is split into, which keeps a
 	// long-latency link busy.
@@ -237,6 +245,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FS.ResolveConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("fs.resolve_concurrency: %d is less than 1", c.FS.ResolveConcurrency))
+	}
+	if c.FS.DirPrefetchSize > 256*MiB {
+		errs = append(errs, fmt.Errorf("fs.dir_prefetch_size: %s is more than 256MiB", c.FS.DirPrefetchSize))
 	}
 	if c.FS.ReadaheadSize > 256*MiB {
 		errs = append(errs, fmt.Errorf("fs.readahead_size: %s is more than 256MiB", c.FS.ReadaheadSize))

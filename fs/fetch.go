@@ -67,6 +67,7 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 		// The window goes out first, so that it travels with the chunks
 		// the read waits for instead of after them.
 		l.readaheadMiss(cs)
+		l.dirPrefetch(cs[0].e.Name)
 		l.fsys.demand.begin()
 		// The fetch runs in the layer's lifetime, not the request's: other
 		// readers may wait for it, and an interrupted reader must not fail them.

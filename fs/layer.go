@@ -26,6 +26,7 @@ type layer struct {
 	verifier estargz.TOCEntryVerifier
 	flights  flights
 	ra       readahead
+	dirsSeen map[string]bool // directories dirPrefetch considered; under ra.mu
 
 	// ctx is the lifetime of the layer's fetches, a child of the
 	// FileSystem's; stop cancels it and waits for wg.

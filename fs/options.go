@@ -20,6 +20,7 @@ type config struct {
 	memCacheSize       int64
 
 	readahead             int64
+	dirPrefetch           int64
 	fetchConcurrency      int
 	prefetchWait          time.Duration
 	background            bool
@@ -165,6 +166,22 @@ func WithReadahead(n int64) Option {
 			return fmt.Errorf("readahead size %d: %w", n, errdefs.ErrInvalidArgument)
 		}
 		c.readahead = n
+		return nil
+	}
+}
+
+// WithDirPrefetch sets how large (in compressed bytes) a directory's files
+// may be, all together, for the first read that fetches in the directory to
+// fetch them all along (default 0: off). A
+// starting program tends to read several files of one small directory (its
+// modules, its configuration) one after another, each a round trip of its
+// own; fetched together, they cost one.
+func WithDirPrefetch(n int64) Option {
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("directory prefetch size %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.dirPrefetch = n
 		return nil
 	}
 }
