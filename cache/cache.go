@@ -84,8 +84,6 @@ const (
 	// the pause doubles with each error in a row.
 	minPause = 10 * time.Second
 	maxPause = 5 * time.Minute
-	// minReclaim is the least a full disk makes the cache give back.
-	minReclaim = 64 << 20
 	// stripes is the number of locks that serialise the file changes of
 	// one key (rename, unlink) with its index entry.
 	stripes = 64
