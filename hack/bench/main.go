@@ -49,6 +49,7 @@ type options struct {
 	workloads []string
 	prio      bool
 	fsConfig  string // TOML keys of lazypulld's [fs] table
+	logs      bool   // keep lazypulld's debug log of every lazy run
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -62,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fset.StringVar(&o.bin, "bin", "bin", "`DIR` holding lazypulld and lazypull (make build)")
 	fset.BoolVar(&o.prio, "prioritized", true, "also benchmark the start workload with an eStargz image whose layers start with the files it reads (recorded by running it once), which lazypulld prefetches")
 	fset.StringVar(&o.fsConfig, "fs-config", "", "`TOML` keys for lazypulld's [fs] table, e.g. 'readahead_size = \"512KiB\"', to compare settings")
+	fset.BoolVar(&o.logs, "logs", false, "run lazypulld at debug level and keep its log of every run in DIR/logs (each fetch with its offset, size and duration)")
 	imgs := fset.String("images", "python3,java", "images to benchmark, comma separated")
 	wls := fset.String("workloads", "start,"+readAll.Name, "workloads, comma separated: start (the image's program), "+readAll.Name+" (every file)")
 	if err := fset.Parse(args[1:]); err != nil {

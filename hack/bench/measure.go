@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -83,8 +84,12 @@ func (b *bench) coldRun(ctx context.Context, img *image, w workload, mode string
 func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, res *result) error {
 	ctx, cancel := context.WithTimeout(ctx, b.runTimeout)
 	defer cancel()
+	level := "info"
+	if b.logs {
+		level = "debug"
+	}
 	ld := testbed.StartLazypulld(s, testbed.LazypulldOptions{
-		Binary: filepath.Join(b.bin, "lazypulld"), LogLevel: "info",
+		Binary: filepath.Join(b.bin, "lazypulld"), LogLevel: level,
 		Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n", b.hostsDir, b.fsConfig),
 	})
 	c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour, LazypullSocket: ld.Socket, LazypullRoot: ld.Root})
@@ -96,6 +101,9 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 		ref, sn = img.PrioRef, testbed.SnapshotterName
 	}
 	lazy := sn == testbed.SnapshotterName
+	if lazy && b.logs {
+		defer b.keepLog(ld.LogPath, res)
+	}
 	bytes0, reqs0, err := b.served()
 	if err != nil {
 		return err
@@ -205,4 +213,19 @@ func (f *firstWrite) Write(p []byte) (int, error) {
 		f.at = time.Now()
 	}
 	return f.buf.Write(p)
+}
+
+// keepLog copies lazypulld's log of run res into the logs directory.
+func (b *bench) keepLog(path string, res *result) {
+	dir := filepath.Join(b.out, "logs")
+	name := fmt.Sprintf("%s-%s-%s-%d.log", res.Image, res.Workload, res.Mode, res.Run)
+	data, err := os.ReadFile(path)
+	if err == nil {
+		if err = os.MkdirAll(dir, 0o755); err == nil {
+			err = os.WriteFile(filepath.Join(dir, name), data, 0o644)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(b.log, "keeping the lazypulld log: %v\n", err)
+	}
 }
