@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -461,4 +462,39 @@ func TestDirPrefetch(t *testing.T) {
 	if _, n, fetched := o.counts(); n != 1 || fetched != end-start {
 		t.Errorf("a read in a directory over the bound cost %d fetches of %d bytes, want 1 of %d", n, fetched, end-start)
 	}
+}
+
+// TestBackgroundWaitsForStartingProgram checks that a program that reads a
+// large file in pieces of its own order, with no pause, for longer than a
+// moment (a JVM paging in its libraries and class archive) has the link to
+// itself: the background fetch, whose requests would queue ahead of its
+// reads, waits until it pauses, however long it keeps reading.
+func TestBackgroundWaitsForStartingProgram(t *testing.T) {
+	const chunk, n = 256 << 10, 24
+	big := randomBytes(5, n*chunk)
+	l := buildLayer(t, append(libEntries(60), file("big", 0o644, big)), estargz.WithChunkSize(chunk))
+	o := newOpener(l)
+	o.link = &netLink{rtt: 100 * time.Millisecond} // n reads one by one: 2.4 s
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetchDelay(0), WithReadahead(0), WithMemoryCacheSize(0))
+	mp := mountLayer(t, f, l)
+	fh, err := os.Open(filepath.Join(mp, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	buf := make([]byte, 4096)
+	for _, i := range rand.New(rand.NewSource(1)).Perm(n) {
+		if _, err := fh.ReadAt(buf, int64(i)*chunk); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, big[i*chunk:i*chunk+len(buf)]) {
+			t.Fatalf("chunk %d: wrong content", i)
+		}
+	}
+	start, end := l.span(t, "big")
+	if _, _, fetched := o.counts(); fetched > end-start {
+		t.Errorf("while the program read, %d bytes were fetched; the file is %d: the background fetch competed with it", fetched, end-start)
+	}
+	// Once the program pauses, the background fetch brings the rest.
+	waitFullyLocal(t, f)
 }

@@ -22,12 +22,22 @@ const (
 	// slip in between the reads of a starting program, which computes for
 	// a few milliseconds between one file and the next.
 	backgroundQuiet = 100 * time.Millisecond
-	// backgroundBulk is how long readers may keep fetching without a
-	// pause of backgroundQuiet before background fetch goes on anyway: a
-	// reader that busy reads in bulk (every file, a large data set, in
-	// an order of its own), and the background fetch, in large requests
-	// in blob order, serves it sooner than its reads one by one.
-	backgroundBulk = 2 * time.Second
+	// backgroundBulkFiles is how many different files readers may miss
+	// in, without a pause of backgroundQuiet, before background fetch goes
+	// on anyway: such a reader walks the image (every file, a large data
+	// set, in an order of its own), and the background fetch, in large
+	// requests in blob order, serves it sooner than its reads one by one.
+	// A starting program misses in far fewer files, some of them large
+	// and read in many pieces: it keeps the link busy too, and a
+	// background request queued ahead of its next read only delays it.
+	backgroundBulkFiles = 48
+	// backgroundNear is how long after the last demand fetch readers
+	// count as near: until then background fetch keeps one request in
+	// flight, not backgroundConcurrency, so that a reader that comes back
+	// (a program that computed for a while, a container that starts a
+	// moment after its image was pulled) finds little queued ahead of
+	// it on the link.
+	backgroundNear = time.Second
 	// backgroundPasses bounds the sweeps over a layer: a chunk that fails
 	// (a network error, a chunk that does not match its digest) is tried
 	// again on the next sweep, and then left to readers.
@@ -97,7 +107,7 @@ func (l *layer) prefetch(lg *log.Entry, cs []chunk) {
 	started := time.Now()
 	n := l.fsys.cfg.fetchConcurrency
 	parts := splitParts(cs, n, minPart, maxPart)
-	l.fsys.demand.begin()
+	l.fsys.demand.begin("")
 	defer l.fsys.demand.end()
 	// Files read at start-up are read soon: keep them in memory too, when
 	// they fit without pushing everything else out.
@@ -179,11 +189,12 @@ func (l *layer) background(lg *log.Entry) {
 		for range cfg.backgroundConcurrency {
 			wg.Go(func() {
 				for part := range parts {
-					if !l.backgroundSlot() {
+					release, ok := l.backgroundSlot()
+					if !ok {
 						continue // drain: the producer stops on ctx too
 					}
 					l.fetchAhead(l.ctx, part, false)
-					<-l.fsys.bg
+					release()
 				}
 			})
 		}
@@ -201,19 +212,34 @@ func (l *layer) background(lg *log.Entry) {
 }
 
 // backgroundSlot waits for one of the FileSystem's background request
-// slots and for readers to be quiet. It returns false, holding no slot,
-// when the layer stops first.
-func (l *layer) backgroundSlot() bool {
+// slots and for readers to be quiet; while readers are near, also for the
+// one slot of that time. It returns the function that releases what it
+// holds, or false, holding nothing, when the layer stops first.
+func (l *layer) backgroundSlot() (func(), bool) {
+	f := l.fsys
 	select {
-	case l.fsys.bg <- struct{}{}:
+	case f.bg <- struct{}{}:
 	case <-l.ctx.Done():
-		return false
+		return nil, false
 	}
-	if l.fsys.demand.waitQuiet(l.ctx, backgroundQuiet, backgroundBulk) != nil {
-		<-l.fsys.bg
-		return false
+	for {
+		if f.demand.waitQuiet(l.ctx, backgroundQuiet) != nil {
+			<-f.bg
+			return nil, false
+		}
+		if !f.demand.near(backgroundNear) {
+			return func() { <-f.bg }, true
+		}
+		select {
+		case f.bgNear <- struct{}{}:
+			return func() { <-f.bgNear; <-f.bg }, true
+		case <-time.After(backgroundQuiet):
+			// Check again: readers may have come back, or gone.
+		case <-l.ctx.Done():
+			<-f.bg
+			return nil, false
+		}
 	}
-	return true
 }
 
 // inCache reports whether the Cache holds an entry of c's size under c's

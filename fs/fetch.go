@@ -68,7 +68,7 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 		// the read waits for instead of after them.
 		l.readaheadMiss(cs)
 		l.dirPrefetch(cs[0].e.Name)
-		l.fsys.demand.begin()
+		l.fsys.demand.begin(string(l.src.dgst) + "/" + cs[0].e.Name)
 		// The fetch runs in the layer's lifetime, not the request's: other
 		// readers may wait for it, and an interrupted reader must not fail them.
 		l.fetchOwned(l.ctx, mine, mineCalls, true, true)
@@ -348,32 +348,47 @@ func (fl *flights) finish(f *flight, data []byte, err error) {
 // their read-ahead windows, prefetch), across the FileSystem. Background
 // fetch starts a request only when there has been none for a moment, so
 // that it uses the idle link without queueing ahead of a reader, or when
-// readers have kept the link busy for so long that they are reading in
-// bulk.
+// readers, with no such pause, have missed in so many files that they are
+// reading in bulk.
 type demand struct {
 	mu      sync.Mutex
 	n       int
 	idle    chan struct{} // closed while n == 0
 	lastEnd time.Time
-	since   time.Time // start of the current busy period
+	// files holds the files that reads missed in during the current busy
+	// period, up to bulkFiles; bulk is closed when it holds bulkFiles.
+	files     map[string]struct{}
+	bulk      chan struct{}
+	bulkFiles int
 }
 
-func newDemand() *demand {
-	d := &demand{idle: make(chan struct{})}
+func newDemand(bulkFiles int) *demand {
+	d := &demand{idle: make(chan struct{}), bulk: make(chan struct{}), files: map[string]struct{}{}, bulkFiles: bulkFiles}
 	close(d.idle)
 	return d
 }
 
-func (d *demand) begin() {
+// begin counts a fetch in. file names the file a read missed in, or is ""
+// for a fetch ahead of readers.
+func (d *demand) begin(file string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.n == 0 {
 		d.idle = make(chan struct{})
-		if d.since.IsZero() || time.Since(d.lastEnd) >= backgroundQuiet {
-			d.since = time.Now()
+		if time.Since(d.lastEnd) >= backgroundQuiet && len(d.files) > 0 {
+			// A new busy period.
+			clear(d.files)
+			d.bulk = make(chan struct{})
 		}
 	}
 	d.n++
+	if file == "" || len(d.files) >= d.bulkFiles {
+		return
+	}
+	d.files[file] = struct{}{}
+	if len(d.files) == d.bulkFiles {
+		close(d.bulk)
+	}
 }
 
 func (d *demand) end() {
@@ -386,32 +401,50 @@ func (d *demand) end() {
 	}
 }
 
-// waitQuiet returns when no demand fetch has run for quiet, when demand
-// fetches have kept coming, with no pause as long as quiet, for bulk, or
-// when ctx ends.
-func (d *demand) waitQuiet(ctx context.Context, quiet, bulk time.Duration) error {
+// touch makes readers near, as if a demand fetch had just ended: a layer
+// was mounted, and the container that reads it starts soon.
+func (d *demand) touch() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.n == 0 {
+		d.lastEnd = time.Now()
+	}
+}
+
+// near reports whether a demand fetch ran within d, and readers are not
+// reading in bulk: a reader in bulk is served by the background fetch.
+func (d *demand) near(within time.Duration) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.files) >= d.bulkFiles {
+		return false
+	}
+	return d.n > 0 || time.Since(d.lastEnd) < within
+}
+
+// waitQuiet returns when no demand fetch has run for quiet, when reads
+// with no pause as long as quiet have missed in bulkFiles different files,
+// or when ctx ends.
+func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
 	for {
 		d.mu.Lock()
-		busy, idle, left := d.n > 0, d.idle, quiet-time.Since(d.lastEnd)
-		bulkLeft := bulk - time.Since(d.since)
-		if d.since.IsZero() {
-			bulkLeft = bulk
-		}
+		busy, idle, bulk, left := d.n > 0, d.idle, d.bulk, quiet-time.Since(d.lastEnd)
+		inBulk := len(d.files) >= d.bulkFiles
 		d.mu.Unlock()
-		if bulkLeft <= 0 && (busy || left > 0) {
+		if inBulk && (busy || left > 0) {
 			return ctx.Err()
 		}
 		var wake <-chan time.Time
 		switch {
 		case busy:
-			wake = time.After(bulkLeft)
 		case left <= 0:
 			return ctx.Err()
 		default:
-			wake, idle = time.After(min(left, bulkLeft)), nil
+			wake, idle = time.After(left), nil
 		}
 		select {
 		case <-idle:
+		case <-bulk:
 		case <-wake:
 		case <-ctx.Done():
 			return ctx.Err()

@@ -89,6 +89,7 @@ type FileSystem struct {
 	wg     sync.WaitGroup
 	sem    chan struct{} // bounds background resolutions
 	bg     chan struct{} // bounds background fetch requests, all layers together
+	bgNear chan struct{} // the one background request while readers are near
 
 	resolving singleflight.Group
 
@@ -127,11 +128,12 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		opener:   opener,
 		cfg:      cfg,
 		mem:      newMemCache(cfg.memCacheSize),
-		demand:   newDemand(),
+		demand:   newDemand(backgroundBulkFiles),
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),
 		bg:       make(chan struct{}, cfg.backgroundConcurrency),
+		bgNear:   make(chan struct{}, 1),
 		resolved: map[digest.Digest]*source{},
 		pending:  map[digest.Digest]struct{}{},
 		mounts:   map[string]*mount{},
@@ -176,6 +178,8 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 			l.stop()
 		}
 	}()
+	// The container that will read the layer starts soon.
+	f.demand.touch()
 	prefetched := l.start(ctx)
 	server, err := f.serve(mountpoint, l)
 	if err != nil {

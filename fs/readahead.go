@@ -136,7 +136,7 @@ func (l *layer) startWindow(cs []chunk) {
 		if len(mine) == 0 {
 			continue
 		}
-		l.fsys.demand.begin()
+		l.fsys.demand.begin("")
 		if !l.spawn(func() {
 			defer l.fsys.demand.end()
 			l.fetchOwned(l.ctx, mine, calls, false, true)
