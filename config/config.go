@@ -131,6 +131,13 @@ type FS struct {
 	// 256MiB.
 	DirPrefetchSize Size `toml:"dir_prefetch_size"`
 
+	// LoaderPrefetch lets a read that fetches the start of a program or
+	// library (an ELF file) fetch, at once, what the dynamic loader will
+	// open for it: its interpreter, /etc/ld.so.cache, the libraries it
+	// needs and theirs, found in the image the file belongs to. Without
+	// it, the loader opens them one after another, each a round trip.
+	LoaderPrefetch bool `toml:"loader_prefetch"`
+
 	// FetchConcurrency bounds the concurrent range requests that one large
 	// read, read-ahead window or prefetch is split into, which keeps a
 	// long-latency link busy.
@@ -208,6 +215,7 @@ func Default() *Config {
 			BackgroundFetchDelay:       Duration{500 * time.Millisecond},
 			BackgroundFetchConcurrency: 4,
 			Passthrough:                true,
+			LoaderPrefetch:             true,
 		},
 		Cache: Cache{
 			MaxSize: 10 * GiB,

@@ -82,12 +82,22 @@ func (l *layer) start(ctx context.Context) <-chan struct{} {
 	if len(cs) == 0 || !l.spawn(func() { defer close(done); l.prefetch(lg, cs) }) {
 		close(done)
 	}
+	for _, name := range runtimeFiles {
+		if e, ok := l.src.r.Lookup(name); ok && e.Type == "reg" {
+			l.prefetchFile(e)
+		}
+	}
 	cfg := &l.fsys.cfg
 	if cfg.background && cfg.cache != nil && l.verifier != nil && len(l.src.chunks.cs) > 0 {
 		l.spawn(func() { l.background(lg) })
 	}
 	return done
 }
+
+// runtimeFiles are read from the image when any container of it is
+// created, before its program starts: the runtime resolves the user and
+// its groups there (containerd, the CRI plugin and Docker do).
+var runtimeFiles = []string{"etc/passwd", "etc/group"}
 
 // prefetchChunks returns the chunks before the layer's prefetch landmark:
 // the files that the image's builder saw a workload read at start-up.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"slices"
 	"strings"
@@ -105,13 +106,68 @@ type elfProg struct {
 
 type elfParser struct {
 	head []byte
-	bo   binary.ByteOrder
-	deps elfDeps
+	// at and size, when at is set, are the whole file, read from in
+	// blocks instead of head.
+	at     io.ReaderAt
+	size   uint64
+	blkOff uint64 // where head starts in the file, with at
+	bo     binary.ByteOrder
+	deps   elfDeps
+}
+
+// Reads of parseELFDepsAt.
+const (
+	// elfBlock is the size of its reads: a header and its program
+	// headers, or a dynamic segment, in one.
+	elfBlock = 64 << 10
+	// maxELFRead is the largest single read, of a string table.
+	maxELFRead = 4 << 20
+)
+
+// parseELFDepsAt is parseELFDeps on the file of size bytes that r reads,
+// of which it reads only the parts it parses: for a large program, far
+// less than the head that would hold them.
+func parseELFDepsAt(r io.ReaderAt, size int64) (elfDeps, bool, error) {
+	var magic [len(elf.ELFMAG)]byte
+	if _, err := r.ReadAt(magic[:], 0); err != nil || string(magic[:]) != elf.ELFMAG {
+		if err != nil && !errors.Is(err, io.EOF) {
+			return elfDeps{}, false, err
+		}
+		return elfDeps{}, false, nil
+	}
+	p := elfParser{at: r, size: uint64(max(size, 0))}
+	err := p.parse()
+	return p.deps, true, err
+}
+
+// read returns the file's bytes [off, off+n) through at, from the block
+// read last when it holds them.
+func (p *elfParser) read(off, n uint64, what string) ([]byte, error) {
+	end := off + n
+	if end < off || end > p.size {
+		return nil, fmt.Errorf("%w: %s at %#x, size %#x, beyond the file's %d bytes", errELFMalformed, what, off, n, p.size)
+	}
+	if off >= p.blkOff && end <= p.blkOff+uint64(len(p.head)) {
+		return p.head[off-p.blkOff : end-p.blkOff], nil
+	}
+	if n > maxELFRead {
+		return nil, fmt.Errorf("%w: %s of %d bytes", errELFMalformed, what, n)
+	}
+	blk := min(max(n, elfBlock), p.size-off)
+	buf := make([]byte, blk)
+	if _, err := p.at.ReadAt(buf, int64(off)); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("elf: read %s: %w", what, err)
+	}
+	p.head, p.blkOff = buf, off
+	return buf[:n], nil
 }
 
 // bytes returns head[off:off+n], or the error saying why there is no such
 // slice.
 func (p *elfParser) bytes(off, n uint64, what string) ([]byte, error) {
+	if p.at != nil {
+		return p.read(off, n, what)
+	}
 	end := off + n
 	if end < off {
 		return nil, fmt.Errorf("%w: %s at %#x, size %#x, overflows", errELFMalformed, what, off, n)
@@ -396,13 +452,21 @@ func (p *elfParser) str(st elfStrtab, off uint64, max int, what string) (string,
 	if start < st.off || start+n < start {
 		return "", fmt.Errorf("%w: %s at %#x overflows", errELFMalformed, what, off)
 	}
-	if start < uint64(len(p.head)) {
+	if p.at != nil {
+		b, err := p.read(start, n, what)
+		if err != nil {
+			return "", err
+		}
+		if i := bytes.IndexByte(b, 0); i >= 0 {
+			return string(b[:i]), nil
+		}
+	} else if start < uint64(len(p.head)) {
 		b := p.head[start:min(start+n, uint64(len(p.head)))]
 		if i := bytes.IndexByte(b, 0); i >= 0 {
 			return string(b[:i]), nil
 		}
 	}
-	if start+n > uint64(len(p.head)) {
+	if p.at == nil && start+n > uint64(len(p.head)) {
 		return "", &elfShortError{what: what, Need: start + n, have: len(p.head)}
 	}
 	if n == st.size-off {

@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"errors"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
@@ -108,6 +109,58 @@ func TestParseELFDepsRealFiles(t *testing.T) {
 				t.Fatalf("parseELFDeps:\n got %+v\nwant %+v", got, want)
 			}
 		})
+	}
+}
+
+// countingReaderAt counts the bytes read through it.
+type countingReaderAt struct {
+	r     io.ReaderAt
+	bytes int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.bytes += int64(n)
+	return n, err
+}
+
+// TestParseELFDepsAt checks that parsing through a ReaderAt, as lazypull
+// does on a file of a lazily pulled layer, finds what debug/elf finds while
+// reading a small part of a large program: only the pieces the loader
+// itself reads.
+func TestParseELFDepsAt(t *testing.T) {
+	for i, p := range realELFFiles(t) {
+		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Skip(err)
+			}
+			f, err := elf.NewFile(bytes.NewReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := elfDepsOf(t, f)
+			want.Flags = elfFlags(f, b)
+			r := &countingReaderAt{r: bytes.NewReader(b)}
+			got, ok, err := parseELFDepsAt(r, int64(len(b)))
+			if !ok || err != nil {
+				t.Fatalf("parseELFDepsAt: ok=%v err=%v", ok, err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("parseELFDepsAt:\n got %+v\nwant %+v", got, want)
+			}
+			t.Logf("read %d of %d bytes", r.bytes, len(b))
+			if i == 0 && r.bytes > int64(len(b))/4 { // the test binary, megabytes
+				t.Errorf("read %d bytes of %d to parse", r.bytes, len(b))
+			}
+		})
+	}
+	if _, ok, err := parseELFDepsAt(strings.NewReader("#!/bin/sh\n"), 10); ok || err != nil {
+		t.Errorf("a script: ok=%v err=%v, want not ELF", ok, err)
+	}
+	b, _ := os.ReadFile(realELFFiles(t)[0])
+	if _, _, err := parseELFDepsAt(bytes.NewReader(b[:len(b)/2]), int64(len(b)/2)); !errors.Is(err, errELFMalformed) {
+		t.Errorf("half a program: %v, want a malformed file", err)
 	}
 }
 

@@ -87,6 +87,9 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 		}
 		data[i] = calls[j].data
 	}
+	if cs[0].off == 0 && missing[0] == 0 && l.fsys.cfg.loaderPrefetch {
+		l.loaderPrefetch(cs[0].e.Name, data[0])
+	}
 	return data, nil
 }
 

@@ -92,6 +92,7 @@ type FileSystem struct {
 	bgNear chan struct{} // the one background request while readers are near
 
 	resolving singleflight.Group
+	images    images
 
 	mu       sync.Mutex
 	closed   bool
@@ -164,6 +165,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		}
 	}()
 	f.resolveImage(ctx, ref, dgst, labels[LabelImageLayers])
+	f.images.note(dgst, labels[LabelImageLayers])
 
 	src, err := f.resolve(ctx, ref, dgst)
 	if err != nil {

@@ -21,6 +21,7 @@ type config struct {
 
 	readahead             int64
 	dirPrefetch           int64
+	loaderPrefetch        bool
 	fetchConcurrency      int
 	prefetchWait          time.Duration
 	background            bool
@@ -73,6 +74,7 @@ func defaultConfig() config {
 		backgroundDelay:       DefaultBackgroundDelay,
 		backgroundConcurrency: DefaultBackgroundConcurrency,
 		passthrough:           true,
+		loaderPrefetch:        true,
 	}
 }
 
@@ -182,6 +184,18 @@ func WithDirPrefetch(n int64) Option {
 			return fmt.Errorf("directory prefetch size %d: %w", n, errdefs.ErrInvalidArgument)
 		}
 		c.dirPrefetch = n
+		return nil
+	}
+}
+
+// WithLoaderPrefetch turns the loader prefetch on (the default) or off:
+// with it, a read that fetches the start of an ELF file fetches, at once,
+// what the dynamic loader will open for it (interpreter, /etc/ld.so.cache,
+// libraries, and theirs) in the image the file belongs to, as the
+// image-layers labels tell.
+func WithLoaderPrefetch(on bool) Option {
+	return func(c *config) error {
+		c.loaderPrefetch = on
 		return nil
 	}
 }

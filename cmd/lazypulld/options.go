@@ -51,6 +51,7 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		fs.WithResolveConcurrency(cfg.FS.ResolveConcurrency),
 		fs.WithReadahead(cfg.FS.ReadaheadSize.Int64()),
 		fs.WithDirPrefetch(cfg.FS.DirPrefetchSize.Int64()),
+		fs.WithLoaderPrefetch(cfg.FS.LoaderPrefetch),
 		fs.WithFetchConcurrency(cfg.FS.FetchConcurrency),
 		fs.WithPrefetchWait(cfg.FS.PrefetchWait.Duration),
 		fs.WithBackgroundFetch(cfg.FS.BackgroundFetch),

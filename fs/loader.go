@@ -1,0 +1,294 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"io"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/containerd/log"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// A program starts with its loading: the dynamic loader reads the
+// program's interpreter, /etc/ld.so.cache and each library it needs, then
+// the libraries those need, one read after another; in a lazily pulled
+// image each is a round trip to the registry. When a read fetches the start
+// of an ELF file, loaderPrefetch finds what the loader will open, in the
+// image the file belongs to, and fetches it all at once.
+
+// Bounds of the loader prefetch.
+const (
+	// maxLoaderWhole is the largest library, in compressed bytes, fetched
+	// whole: the loader maps all of it and touches much. Of a larger one
+	// only the first and last chunks, where its headers and data lie.
+	maxLoaderWhole = 16 << 20
+	// maxLoaderFiles bounds the files the loading of one program fetches.
+	maxLoaderFiles = 128
+)
+
+// ldSoCache is the file the loader reads first to find libraries.
+const ldSoCache = "etc/ld.so.cache"
+
+// images remembers the layers of each image mounted, from the image-layers
+// labels, so that a file's dependencies are looked up in the image it
+// belongs to.
+type images struct {
+	mu    sync.Mutex
+	lists [][]digest.Digest // bottom layer first
+	// seen holds the files whose loading was prefetched, by layer and name.
+	seen map[string]struct{}
+}
+
+// note records the image-layers label of a mounted layer. The label of an
+// image's bottom layer lists all of them; those of the layers above list
+// only themselves and what lies above, and add nothing.
+func (im *images) note(self digest.Digest, label string) {
+	list := []digest.Digest{self}
+	for _, s := range strings.Split(label, ",") {
+		if d, err := digest.Parse(strings.TrimSpace(s)); err == nil && d != self {
+			list = append(list, d)
+		}
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	for i, l := range im.lists {
+		switch {
+		case isSuffix(list, l):
+			return
+		case isSuffix(l, list):
+			im.lists[i] = list
+			return
+		}
+	}
+	im.lists = append(im.lists, list)
+}
+
+// isSuffix reports whether a ends b.
+func isSuffix(a, b []digest.Digest) bool {
+	return len(a) <= len(b) && slices.Equal(a, b[len(b)-len(a):])
+}
+
+// first reports whether key is seen for the first time, and marks it.
+func (im *images) first(key string) bool {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if im.seen == nil {
+		im.seen = map[string]struct{}{}
+	}
+	if _, ok := im.seen[key]; ok {
+		return false
+	}
+	im.seen[key] = struct{}{}
+	return true
+}
+
+// stack returns the mounted layers of l's image, top first: the longest
+// image known to hold l, or l alone.
+func (f *FileSystem) stack(l *layer) []*layer {
+	f.images.mu.Lock()
+	var list []digest.Digest
+	for _, ds := range f.images.lists {
+		if len(ds) > len(list) && slices.Contains(ds, l.src.dgst) {
+			list = ds
+		}
+	}
+	f.images.mu.Unlock()
+	if list == nil {
+		return []*layer{l}
+	}
+	byDigest := map[digest.Digest]*layer{l.src.dgst: l}
+	f.mu.Lock()
+	for _, m := range f.mounts {
+		if m.layer != nil && m.server != nil {
+			byDigest[m.layer.src.dgst] = m.layer
+		}
+	}
+	f.mu.Unlock()
+	var stack []*layer
+	for _, d := range slices.Backward(list) {
+		if ml, ok := byDigest[d]; ok {
+			stack = append(stack, ml)
+		}
+	}
+	return stack
+}
+
+// lookupImage returns the regular file at p in the merged tree of stack,
+// following symlinks as the kernel would; nil if there is none. A whiteout
+// or an opaque directory hides what lies below it.
+func lookupImage(stack []*layer, p string) (*layer, *estargz.TOCEntry) {
+	for range 40 { // symlinks followed, as the kernel's bound
+		comps := strings.Split(strings.TrimPrefix(path.Clean("/"+p), "/"), "/")
+		var next string
+		for i := range comps {
+			name := strings.Join(comps[:i+1], "/")
+			l, e := topEntry(stack, name)
+			switch {
+			case e == nil:
+				return nil, nil
+			case e.Type == "symlink":
+				target := e.LinkName
+				if !path.IsAbs(target) {
+					target = path.Join(path.Dir("/"+name), target)
+				}
+				next = path.Join(target, strings.Join(comps[i+1:], "/"))
+			case i == len(comps)-1:
+				if e.Type == "reg" {
+					return l, e
+				}
+				return nil, nil
+			case e.Type != "dir":
+				return nil, nil
+			}
+			if next != "" {
+				break
+			}
+		}
+		if next == "" {
+			return nil, nil
+		}
+		p = next
+	}
+	return nil, nil
+}
+
+// topEntry returns the entry at name of the top-most layer of stack that
+// has one, or nil when there is none or a whiteout hides it.
+func topEntry(stack []*layer, name string) (*layer, *estargz.TOCEntry) {
+	dir, base := path.Split(name)
+	for _, l := range stack {
+		if e, ok := l.src.r.Lookup(name); ok {
+			return l, e
+		}
+		if _, ok := l.src.r.Lookup(dir + whiteoutPrefix + base); ok {
+			return nil, nil
+		}
+		if _, ok := l.src.r.Lookup(dir + opaqueMarker); ok {
+			return nil, nil
+		}
+	}
+	return nil, nil
+}
+
+// loaderPrefetch starts fetching what the loader will open for file name,
+// whose first chunk is head, if it is an ELF file not seen before.
+func (l *layer) loaderPrefetch(name string, head []byte) {
+	if !bytes.HasPrefix(head, []byte(elf.ELFMAG)) || !l.fsys.images.first(string(l.src.dgst)+"/"+name) {
+		return
+	}
+	e, ok := l.src.r.Lookup(name)
+	if !ok || e.Type != "reg" {
+		return
+	}
+	// The kernel reads the interpreter as soon as it has mapped the
+	// program, before the loader reads the program's dynamic segment,
+	// which may lie chunks further: fetch it first, from the head alone.
+	deps, _, _ := parseELFDeps(head)
+	l.spawn(func() {
+		stack := l.fsys.stack(l)
+		if deps.Interp != "" {
+			l.fsys.prefetchPaths(stack, deps.Interp, ldSoCache)
+		}
+		l.fsys.prefetchLoad(l.ctx, stack, l, e)
+	})
+}
+
+// prefetchPaths starts fetching the files at paths in stack that were not
+// fetched for the loader before, and returns them.
+func (f *FileSystem) prefetchPaths(stack []*layer, paths ...string) []loadTarget {
+	var found []loadTarget
+	for _, p := range paths {
+		dl, de := lookupImage(stack, p)
+		if de == nil || !f.images.first(string(dl.src.dgst)+"/"+de.Name) {
+			continue
+		}
+		dl.prefetchFile(de)
+		found = append(found, loadTarget{dl, de})
+	}
+	return found
+}
+
+// loadTarget is a file the loader opens.
+type loadTarget struct {
+	l *layer
+	e *estargz.TOCEntry
+}
+
+// prefetchLoad fetches, for the program or library e of l, the files the
+// loader will open, and theirs in turn, in parallel as soon as each is
+// known.
+func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer, e *estargz.TOCEntry) {
+	queue := []loadTarget{{l, e}}
+	for n := 0; len(queue) > 0 && n < maxLoaderFiles && ctx.Err() == nil; n++ {
+		t := queue[0]
+		queue = queue[1:]
+		deps, ok, err := parseELFDepsAt(&fileReader{ctx: ctx, l: t.l, e: t.e}, t.e.Size)
+		if !ok || err != nil {
+			if err != nil {
+				log.G(ctx).WithError(err).WithFields(log.Fields{"layer": t.l.src.dgst, "file": t.e.Name}).Debug("no loader prefetch")
+			}
+			continue
+		}
+		if deps.Interp != "" {
+			f.prefetchPaths(stack, deps.Interp, ldSoCache)
+		}
+		var paths []string
+		dirs := libSearchDirs("/"+t.e.Name, deps)
+		for _, name := range deps.Needed {
+			if strings.Contains(name, "/") {
+				if path.IsAbs(name) {
+					paths = append(paths, name)
+				}
+				continue
+			}
+			for _, d := range dirs {
+				if _, de := lookupImage(stack, path.Join(d, name)); de != nil {
+					paths = append(paths, path.Join(d, name))
+					break
+				}
+			}
+		}
+		found := f.prefetchPaths(stack, paths...)
+		log.G(ctx).WithFields(log.Fields{"layer": t.l.src.dgst, "file": t.e.Name, "prefetching": len(found)}).Debug("loader prefetch")
+		queue = append(queue, found...)
+	}
+}
+
+// prefetchFile starts fetching file e as readers would: whole, or its first
+// and last chunks when it is large.
+func (l *layer) prefetchFile(e *estargz.TOCEntry) {
+	if e.Size <= 0 {
+		return
+	}
+	cs, err := l.chunks(e, 0, e.Size)
+	if err != nil || len(cs) == 0 {
+		return
+	}
+	if cs[len(cs)-1].end-cs[0].start > maxLoaderWhole {
+		cs = []chunk{cs[0], cs[len(cs)-1]}
+	}
+	l.startWindow(cs)
+}
+
+// fileReader reads a file of a layer as a reader of the mount would.
+type fileReader struct {
+	ctx context.Context
+	l   *layer
+	e   *estargz.TOCEntry
+}
+
+var _ io.ReaderAt = (*fileReader)(nil)
+
+func (r *fileReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.l.readAt(r.ctx, r.e, p, off)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}

@@ -1,0 +1,154 @@
+package fs
+
+import (
+	"archive/tar"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// loaderImage builds a two-layer image holding a real program of this
+// machine in the upper layer and the libraries it loads in the lower one,
+// behind the symlinks of a merged-/usr system, and an unrelated library.
+func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
+	const multiarch = "usr/lib/x86_64-linux-gnu/"
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Skip(err)
+		}
+		return b
+	}
+	libs = []string{"ld-linux-x86-64.so.2", "libc.so.6", "libselinux.so.1", "libpcre2-8.so.0"}
+	es := []tarEntry{
+		dir("etc/", 0o755), file(ldSoCache, 0o644, randomBytes(1, 20<<10)),
+		link(tar.TypeSymlink, "lib", "usr/lib"),
+		link(tar.TypeSymlink, "lib64", "usr/lib64"),
+		dir("usr/", 0o755), dir("usr/lib/", 0o755), dir(multiarch, 0o755), dir("usr/lib64/", 0o755),
+		link(tar.TypeSymlink, "usr/lib64/ld-linux-x86-64.so.2", "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+		file(multiarch+"libunrelated.so.1", 0o644, randomBytes(2, 300<<10)),
+	}
+	for _, name := range libs {
+		es = append(es, file(multiarch+name, 0o755, read("/usr/lib/x86_64-linux-gnu/"+name)))
+	}
+	lower = buildLayer(t, es)
+	upper = buildLayer(t, []tarEntry{dir("usr/", 0o755), dir("usr/bin/", 0o755), file("usr/bin/ls", 0o755, read("/usr/bin/ls"))})
+	return lower, upper, append(libs, "libunrelated.so.1")
+}
+
+// TestLoaderPrefetch checks that when a program's start is read, what the
+// dynamic loader will open for it (interpreter, ld.so.cache, the libraries
+// and theirs, in the image's lower layer, through symlinks) is fetched
+// along, so that the loader's reads of them cost no fetch, and that nothing
+// else is.
+func TestLoaderPrefetch(t *testing.T) {
+	lower, upper, libs := loaderImage(t)
+	for _, on := range []bool{true, false} {
+		o := newOpener(lower, upper)
+		f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithLoaderPrefetch(on))
+		ctx := context.Background()
+		mps := map[*testLayer]string{}
+		for _, l := range []*testLayer{lower, upper} {
+			labels := l.labels()
+			labels[LabelImageLayers] = l.dgst.String()
+			if l == lower {
+				labels[LabelImageLayers] += "," + upper.dgst.String()
+			}
+			mps[l] = mountpoint(t)
+			if err := f.Mount(ctx, mps[l], labels); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fh, err := os.Open(filepath.Join(mps[upper], "usr/bin/ls"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fh.Read(make([]byte, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		fh.Close()
+		waitFetches(t, f)
+		for _, name := range append([]string{"../../../" + ldSoCache}, libs...) {
+			p := filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu", name)
+			before := reads(o)
+			if _, err := os.ReadFile(p); err != nil {
+				t.Fatal(err)
+			}
+			fetched := reads(o) > before
+			if want := !on || name == "libunrelated.so.1"; fetched != want {
+				t.Errorf("loader prefetch %v: reading %s fetched: %v, want %v", on, filepath.Base(name), fetched, want)
+			}
+		}
+	}
+}
+
+// TestLookupImage checks the merged view the loader prefetch looks files up
+// in: upper layers first, symlinks followed (relative, absolute, through
+// directories), whiteouts and opaque directories hiding what lies below.
+func TestLookupImage(t *testing.T) {
+	lower := buildLayer(t, []tarEntry{
+		dir("a/", 0o755), file("a/x", 0o644, []byte("lower x")), file("a/y", 0o644, []byte("lower y")),
+		dir("o/", 0o755), file("o/z", 0o644, []byte("lower z")),
+		link(tar.TypeSymlink, "b", "a"),
+	})
+	upper := buildLayer(t, []tarEntry{
+		dir("a/", 0o755), file("a/x", 0o644, []byte("upper x")), file("a/.wh.y", 0o644, nil),
+		dir("o/", 0o755), file("o/.wh..wh..opq", 0o644, nil),
+		link(tar.TypeSymlink, "c", "/b/x"),
+		link(tar.TypeSymlink, "loop", "loop"),
+	})
+	o := newOpener(lower, upper)
+	f := newFS(t, o, WithBackgroundFetch(false))
+	mountLayer(t, f, lower)
+	mountLayer(t, f, upper)
+	var stack []*layer
+	for _, d := range []*testLayer{upper, lower} {
+		for _, m := range f.mounts {
+			if m.layer.src.dgst == d.dgst {
+				stack = append(stack, m.layer)
+			}
+		}
+	}
+	for _, tc := range []struct{ path, want string }{
+		{"/a/x", "upper"}, {"a/x", "upper"}, {"/b/x", "upper"}, {"/c", "upper"},
+		{"/a/y", ""}, {"/b/y", ""}, {"/o/z", ""}, {"/loop", ""}, {"/a", ""}, {"/nothing/x", ""},
+	} {
+		l, e := lookupImage(stack, tc.path)
+		got := ""
+		if e != nil {
+			got = "lower"
+			if l.src.dgst == upper.dgst {
+				got = "upper"
+			}
+		}
+		if got != tc.want {
+			t.Errorf("lookupImage(%q) in %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
+
+// TestMountFetchesRuntimeFiles checks that a mount fetches, at once, the
+// files the runtime reads when it creates a container (user and groups),
+// and nothing else.
+func TestMountFetchesRuntimeFiles(t *testing.T) {
+	l := buildLayer(t, []tarEntry{
+		dir("etc/", 0o755),
+		file("etc/group", 0o644, []byte("root:x:0:\n")),
+		file("etc/hosts", 0o644, []byte("127.0.0.1 localhost\n")),
+		file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")),
+	})
+	o := newOpener(l)
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0))
+	mp := mountLayer(t, f, l)
+	waitFetches(t, f)
+	for _, name := range []string{"etc/passwd", "etc/group", "etc/hosts"} {
+		before := reads(o)
+		if _, err := os.ReadFile(filepath.Join(mp, name)); err != nil {
+			t.Fatal(err)
+		}
+		if fetched, want := reads(o) > before, name == "etc/hosts"; fetched != want {
+			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
+		}
+	}
+}
