@@ -313,13 +313,73 @@ func (d *Dir) Put(key digest.Digest, data []byte) error {
 	if !d.accept(size) {
 		return nil
 	}
-	victims, err := d.write(key, path, data)
+	victims, err := d.write(key, path, size, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
 	if err != nil {
 		d.writeFailed(err, size)
 		return err
 	}
 	d.evict(victims)
 	return nil
+}
+
+// PutFrom stores under key the size bytes that r yields, as Put stores
+// data, for an entry too large to hold in memory (a whole file assembled
+// from its chunks). It reads r only if it writes the entry: an entry that
+// Put would drop is dropped unread, and PutFrom returns nil. If r fails,
+// nothing is stored and PutFrom returns r's error; unlike a failed write,
+// that does not pause writes. So r can refuse, by failing at its end, an
+// entry that turns out not to match key. If r yields more or fewer than
+// size bytes, nothing is stored and the error is of class InvalidArgument.
+func (d *Dir) PutFrom(key digest.Digest, size int64, r io.Reader) error {
+	path, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("cache: entry %s of size %d: %w", key, size, errdefs.ErrInvalidArgument)
+	}
+	if !d.accept(size) {
+		return nil
+	}
+	src := &errReader{r: r}
+	short := false
+	victims, err := d.write(key, path, size, func(f *os.File) error {
+		n, err := io.Copy(f, io.LimitReader(src, size+1))
+		if err == nil && n != size {
+			short = true
+			err = fmt.Errorf("%d bytes, want %d: %w", n, size, errdefs.ErrInvalidArgument)
+		}
+		return err
+	})
+	switch {
+	case src.err != nil:
+		return src.err
+	case short:
+		return err
+	case err != nil:
+		d.writeFailed(err, size)
+		return err
+	}
+	d.evict(victims)
+	return nil
+}
+
+// errReader remembers the error of the reader it wraps, which io.Copy
+// would not tell apart from an error of the writer.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 // accept says whether an entry of size bytes may be written now.
@@ -333,9 +393,9 @@ func (d *Dir) accept(size int64) bool {
 	return true
 }
 
-// write stores data as key's file and indexes it. It returns the entries
-// to evict to stay under the bound.
-func (d *Dir) write(key digest.Digest, path string, data []byte) (_ []*entry, retErr error) {
+// write stores the size bytes that fill writes as key's file and indexes
+// it. It returns the entries to evict to stay under the bound.
+func (d *Dir) write(key digest.Digest, path string, size int64, fill func(*os.File) error) (_ []*entry, retErr error) {
 	tmp, err := os.CreateTemp(filepath.Join(d.root, tmpDir), "")
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
@@ -345,7 +405,7 @@ func (d *Dir) write(key digest.Digest, path string, data []byte) (_ []*entry, re
 			os.Remove(tmp.Name())
 		}
 	}()
-	_, err = tmp.Write(data)
+	err = fill(tmp)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -369,7 +429,7 @@ func (d *Dir) write(key digest.Digest, path string, data []byte) (_ []*entry, re
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	return d.added(key, int64(len(data))), nil
+	return d.added(key, size), nil
 }
 
 // Delete removes the entry of key, if any.
