@@ -90,7 +90,8 @@ type FileSystem struct {
 	sem    chan struct{} // bounds background resolutions
 	bg     chan struct{} // bounds background fetch requests, all layers together
 
-	resolving singleflight.Group
+	resolving  singleflight.Group
+	assemblies assemblies // whole-file entries being prepared
 
 	mu       sync.Mutex
 	closed   bool
