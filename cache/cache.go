@@ -347,7 +347,7 @@ func (d *Dir) PutFrom(key digest.Digest, size int64, r io.Reader) error {
 	src := &errReader{r: r}
 	short := false
 	victims, err := d.write(key, path, size, func(f *os.File) error {
-		n, err := io.Copy(f, io.LimitReader(src, size+1))
+		n, err := copyLarge(f, io.LimitReader(src, size+1), size+1)
 		if err == nil && n != size {
 			short = true
 			err = fmt.Errorf("%d bytes, want %d: %w", n, size, errdefs.ErrInvalidArgument)
@@ -365,6 +365,36 @@ func (d *Dir) PutFrom(key digest.Digest, size int64, r io.Reader) error {
 	}
 	d.evict(victims)
 	return nil
+}
+
+// writeSize is the size of PutFrom's writes. The page cache keeps what a
+// write brings in pieces (folios) up to its size, and a file cached in
+// small ones reads back slower: a 10 MiB file written 32 KiB at a time, as
+// io.Copy writes, is read at about 0.7 times the speed of one written at
+// once; from 256 KiB on, writes make no difference.
+const writeSize = 1 << 20
+
+// copyLarge copies r to f until r ends, in writes of writeSize bytes (or
+// of max bytes, if fewer) but for the last, and returns the bytes copied.
+func copyLarge(f *os.File, r io.Reader, max int64) (int64, error) {
+	buf := make([]byte, min(max, writeSize))
+	var n int64
+	for {
+		m, err := io.ReadFull(r, buf)
+		if m > 0 {
+			if _, err := f.Write(buf[:m]); err != nil {
+				return n, err
+			}
+			n += int64(m)
+		}
+		switch err {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return n, nil
+		default:
+			return n, err
+		}
+	}
 }
 
 // errReader remembers the error of the reader it wraps, which io.Copy
