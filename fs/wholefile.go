@@ -85,11 +85,20 @@ func (n *fileNode) makeWhole(ctx context.Context, key digest.Digest) {
 	if err != nil || !l.allCached(cs) {
 		return
 	}
+	// Like the background fetch, leave the disk and the CPU to a starting
+	// workload that is still waiting for fetches.
+	if l.fsys.demand.waitQuiet(ctx, backgroundQuiet, backgroundBulk) != nil {
+		return
+	}
 	lg := log.G(ctx).WithFields(log.Fields{"layer": l.src.dgst, "file": e.Name, "key": key})
 	started := time.Now()
 	r := &wholeReader{ctx: ctx, l: l, cs: cs, v: key.Verifier()}
 	if err := l.fsys.cfg.cache.(FileCache).PutFrom(key, e.Size, r); err != nil {
-		if ctx.Err() == nil {
+		switch {
+		case ctx.Err() != nil:
+		case errdefs.IsNotFound(err): // a chunk was evicted meanwhile
+			lg.WithError(err).Debug("whole-file entry not stored")
+		default:
 			lg.WithError(err).Warn("whole-file entry not stored")
 		}
 		return
