@@ -313,7 +313,10 @@ func (d *Dir) Put(key digest.Digest, data []byte) error {
 	if !d.accept(size) {
 		return nil
 	}
-	victims, err := d.write(key, path, data)
+	victims, err := d.write(key, path, size, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
 	if err != nil {
 		d.writeFailed(err, size)
 		return err
@@ -333,9 +336,9 @@ func (d *Dir) accept(size int64) bool {
 	return true
 }
 
-// write stores data as key's file and indexes it. It returns the entries
-// to evict to stay under the bound.
-func (d *Dir) write(key digest.Digest, path string, data []byte) (_ []*entry, retErr error) {
+// write stores the size bytes that fill writes as key's file and indexes
+// it. It returns the entries to evict to stay under the bound.
+func (d *Dir) write(key digest.Digest, path string, size int64, fill func(*os.File) error) (_ []*entry, retErr error) {
 	tmp, err := os.CreateTemp(filepath.Join(d.root, tmpDir), "")
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
@@ -345,7 +348,7 @@ func (d *Dir) write(key digest.Digest, path string, data []byte) (_ []*entry, re
 			os.Remove(tmp.Name())
 		}
 	}()
-	_, err = tmp.Write(data)
+	err = fill(tmp)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -369,7 +372,7 @@ func (d *Dir) write(key digest.Digest, path string, data []byte) (_ []*entry, re
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	return d.added(key, int64(len(data))), nil
+	return d.added(key, size), nil
 }
 
 // Delete removes the entry of key, if any.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -433,4 +434,60 @@ func TestOpen(t *testing.T) {
 	if st := d.Stats(); st.Hits != 1 || st.Misses != 1 {
 		t.Errorf("Stats = %+v", st)
 	}
+}
+
+// TestPutFrom checks that PutFrom stores a streamed entry as Put would,
+// counted against the bound, and stores nothing when its reader fails, when
+// the reader yields a size other than announced, or when the entry is
+// larger than the bound, which it then does not read.
+func TestPutFrom(t *testing.T) {
+	d := indexed(newDir(t, t.TempDir(), WithMaxSize(1000)))
+	old := put(t, d, 1, 400)
+	data, key := chunk(2, 700)
+	if err := d.PutFrom(key, int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1000)
+	if n, ok := d.Get(key, got); !ok || !bytes.Equal(got[:n], data) {
+		t.Errorf("Get after PutFrom: %d bytes, %v", n, ok)
+	}
+	if has(d, old) {
+		t.Error("the older entry was not evicted to make room")
+	}
+
+	refused := errors.New("does not match its digest")
+	other, okey := chunk(3, 300)
+	for name, r := range map[string]io.Reader{
+		"failing":  io.MultiReader(bytes.NewReader(other), iotest.ErrReader(refused)),
+		"short":    bytes.NewReader(other[:299]),
+		"too long": bytes.NewReader(append(bytes.Clone(other), 'x')),
+	} {
+		err := d.PutFrom(okey, int64(len(other)), r)
+		if err == nil || has(d, okey) {
+			t.Errorf("%s reader: %v, stored %v", name, err, has(d, okey))
+		}
+		if name == "failing" && !errors.Is(err, refused) {
+			t.Errorf("failing reader: %v, want the reader's error", err)
+		}
+	}
+	if st := d.Stats(); st.WriteErrors != 0 || d.paused() {
+		t.Errorf("reader errors counted as write errors: %+v", st)
+	}
+	big, bkey := chunk(4, 1001)
+	r := &countReader{r: bytes.NewReader(big)}
+	if err := d.PutFrom(bkey, int64(len(big)), r); err != nil || has(d, bkey) || r.n != 0 {
+		t.Errorf("PutFrom over the bound: %v, stored %v, %d bytes read", err, has(d, bkey), r.n)
+	}
+	checkIndex(t, d)
+}
+
+type countReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }

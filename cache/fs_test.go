@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -222,5 +223,80 @@ func TestFSFullDisk(t *testing.T) {
 	readLayer(t, l, c)
 	if st := c.Stats(); st.WriteErrors == 0 {
 		t.Errorf("no write error on a full disk: %+v", st)
+	}
+}
+
+// TestFSWholeFileEntries checks the whole-file entries from which FUSE
+// passthrough serves a file of several chunks: once the file has been
+// read, one is stored and counted against the bound like any entry (with
+// room for one copy of the file only, the file's chunks make room for
+// it); a file larger than the bound gets none. Every read returns the
+// file's bytes, and the bound holds.
+func TestFSWholeFileEntries(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root")
+	}
+	l := newLayer(t, 512<<10)
+	key := digest.FromBytes(l.big)
+	for _, tc := range []struct {
+		name  string
+		bound int64
+		whole bool
+	}{
+		{"room for both", 4 << 20, true},
+		{"room for one copy", 600 << 10, true},
+		{"file over the bound", 256 << 10, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			c, err := cache.NewDir(root, cache.WithMaxSize(tc.bound))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			f, err := lazyfs.New(filepath.Join(t.TempDir(), "state"), &registry{l: l}, lazyfs.WithCache(c), lazyfs.WithBackgroundFetch(false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			mp := t.TempDir()
+			if err := f.Mount(context.Background(), mp, map[string]string{
+				lazyfs.LabelImageRef:    "registry.test/img:latest",
+				lazyfs.LabelLayerDigest: l.dgst.String(),
+				lazyfs.LabelTOCDigest:   l.toc.String(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			read := func() {
+				if got, err := os.ReadFile(filepath.Join(mp, "big")); err != nil || !bytes.Equal(got, l.big) {
+					t.Fatalf("read: %d bytes, %v", len(got), err)
+				}
+			}
+			read()
+			for deadline := time.Now().Add(5 * time.Second); tc.whole && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				if _, ok := c.Has(key); ok {
+					break
+				}
+			}
+			read()
+			read()
+			if err := f.Close(); err != nil { // waits for the entry being assembled
+				t.Fatal(err)
+			}
+			if size, ok := c.Has(key); ok != tc.whole || ok && size != int64(len(l.big)) {
+				t.Errorf("whole-file entry: %v (%d bytes), want %v", ok, size, tc.whole)
+			}
+			var onDisk int64
+			for _, p := range entryFiles(t, root) {
+				st, err := os.Stat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				onDisk += st.Size()
+			}
+			if st := c.Stats(); st.Bytes > tc.bound || onDisk > tc.bound {
+				t.Errorf("%d bytes indexed, %d on disk; bound %d", st.Bytes, onDisk, tc.bound)
+			}
+		})
 	}
 }

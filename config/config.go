@@ -164,10 +164,13 @@ type FS struct {
 	// link.
 	BackgroundFetchConcurrency int `toml:"background_fetch_concurrency"`
 
-	// Passthrough lets the kernel read a file whose content is one cached
-	// chunk straight from the chunk cache (FUSE passthrough, Linux 6.9 and
-	// later), verified once when it is opened. Without kernel support,
-	// files are read through lazypulld as when it is off.
+	// Passthrough lets the kernel read a cached file straight from the
+	// chunk cache (FUSE passthrough, Linux 6.9 and later), verified before
+	// use: a file of one chunk from the chunk, a file of several (up to
+	// 256 MiB) from a copy of the whole file that lazypulld assembles in
+	// the cache once all its chunks are there and it has been opened.
+	// Without kernel support, files are read through lazypulld as when it
+	// is off.
 	Passthrough bool `toml:"passthrough"`
 }
 

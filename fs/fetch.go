@@ -99,11 +99,24 @@ func (l *layer) cached(ctx context.Context, c chunk) ([]byte, bool) {
 	if b, ok := l.fsys.mem.get(mkey); ok {
 		return b, true
 	}
+	b, ok := l.fromCache(ctx, c, nil)
+	if ok {
+		l.fsys.mem.put(mkey, b)
+	}
+	return b, ok
+}
+
+// fromCache returns the chunk from the Cache, verified, in buf if it has
+// room for it.
+func (l *layer) fromCache(ctx context.Context, c chunk, buf []byte) ([]byte, bool) {
 	key := l.cacheKey(c)
 	if key == "" || l.fsys.cfg.cache == nil {
 		return nil, false
 	}
-	b := make([]byte, c.size)
+	if int64(cap(buf)) < c.size {
+		buf = make([]byte, c.size)
+	}
+	b := buf[:c.size]
 	n, ok := l.fsys.cfg.cache.Get(key, b)
 	if !ok || int64(n) != c.size {
 		l.src.chunks.setLocal(c.idx, false)
@@ -115,7 +128,6 @@ func (l *layer) cached(ctx context.Context, c chunk) ([]byte, bool) {
 		return nil, false
 	}
 	l.src.chunks.setLocal(c.idx, true)
-	l.fsys.mem.put(mkey, b)
 	return b, true
 }
 

@@ -91,8 +91,9 @@ type FileSystem struct {
 	bg     chan struct{} // bounds background fetch requests, all layers together
 	bgNear chan struct{} // the one background request while readers are near
 
-	resolving singleflight.Group
-	images    images
+	resolving  singleflight.Group
+	images     images
+	assemblies assemblies // whole-file entries being prepared
 
 	mu       sync.Mutex
 	closed   bool

@@ -250,8 +250,8 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	if key := f.l.passthroughKey(f.e); key != "" {
-		return f.openHandle(key), fuse.FOPEN_KEEP_CACHE, 0
+	if key, whole := f.l.passthroughKey(f.e); key != "" {
+		return f.openHandle(key, whole), fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }

@@ -266,10 +266,15 @@ func WithBackgroundFetchConcurrency(n int) Option {
 }
 
 // WithPassthrough turns FUSE passthrough on (the default) or off. With it,
-// a file whose content is one chunk found in a FileCache is read by the
-// kernel straight from the cache entry, verified once at open, without a
-// round trip through the FileSystem. Where the kernel does not support
-// passthrough, reads go through the FileSystem as without it.
+// the kernel reads a file straight from a FileCache entry holding all of
+// it, verified before it is used, without a round trip through the
+// FileSystem: a file whose content is one chunk from the chunk's entry,
+// verified at open; a file of several chunks, up to 256 MiB, from a
+// whole-file entry that is assembled from its chunks, in the background,
+// once they are all cached and the file has been opened, and verified in
+// the background too, so that the opens until then read through the
+// FileSystem. Where the kernel does not support passthrough, reads go
+// through the FileSystem as without it.
 func WithPassthrough(on bool) Option {
 	return func(c *config) error {
 		c.passthrough = on

@@ -15,7 +15,8 @@ import (
 
 // FileCache is a Cache whose entries are files holding exactly the entry's
 // bytes. With one, FUSE passthrough serves a file whose content is one
-// cached chunk straight from the entry's file, and background fetch checks
+// cached chunk straight from the entry's file, a file of several chunks
+// from a whole-file entry assembled from them, and background fetch checks
 // which chunks are cached without reading them.
 type FileCache interface {
 	Cache
@@ -24,35 +25,56 @@ type FileCache interface {
 	// The file must stay readable, with the same content, for as long as it
 	// is open, even if the entry is evicted or replaced meanwhile.
 	Open(key digest.Digest) (*os.File, error)
+	// PutFrom stores under key the size bytes that r yields, as Put stores
+	// data, without holding them in memory. If r fails, nothing is
+	// stored. Like Put, it may drop an entry; it then need not read r.
+	PutFrom(key digest.Digest, size int64, r io.Reader) error
 }
 
-// passthroughKey returns the cache key of e's content if e may be served by
-// passthrough: passthrough is on, the Cache is a FileCache, and e's content
-// is one chunk with a digest. Otherwise it returns "".
-func (l *layer) passthroughKey(e *estargz.TOCEntry) digest.Digest {
-	if !l.fsys.cfg.passthrough || e.Size <= 0 {
-		return ""
+// passthroughKey returns the cache key of an entry holding all of e's
+// content if e may be served by passthrough: passthrough is on, the Cache
+// is a FileCache and the layer's content can be verified. If e's content is
+// one chunk, the key is the chunk's. If it is several, the key is e's file
+// digest and whole is true: the entry is the whole file, assembled from its
+// chunks (see prepareWhole), for files of up to maxWholeFile bytes.
+// Otherwise key is "".
+func (l *layer) passthroughKey(e *estargz.TOCEntry) (key digest.Digest, whole bool) {
+	if !l.fsys.cfg.passthrough || e.Size <= 0 || l.verifier == nil {
+		return "", false
 	}
 	if _, ok := l.fsys.cfg.cache.(FileCache); !ok {
-		return ""
+		return "", false
 	}
-	cs, err := l.chunks(e, 0, e.Size)
-	if err != nil || len(cs) != 1 || cs[0].off != 0 || cs[0].size != e.Size {
-		return ""
+	cs, err := l.chunks(e, 0, 1)
+	if err != nil || cs[0].off != 0 {
+		return "", false
 	}
-	return l.cacheKey(cs[0])
+	if cs[0].size == e.Size {
+		return l.cacheKey(cs[0]), false
+	}
+	if e.Size > maxWholeFile {
+		return "", false
+	}
+	d, err := digest.Parse(e.Digest)
+	if err != nil {
+		return "", false
+	}
+	return d, true
 }
 
 // opens counts a file node's open handles. The kernel refuses to open an
 // inode with passthrough while it is open without, and the other way
 // round, so a handle asks for passthrough only when it is the only one;
 // go-fuse then gives later opens the same backing file while it is in use.
+// Every open of a node that may be served by passthrough is counted, served
+// by passthrough or not.
 type opens struct {
 	mu sync.Mutex
 	n  int
 	// verified identifies the cache entry file last verified, so that
-	// opening the same file again does not hash it again.
-	verified fileID
+	// opening the same file again does not hash it again; rejected the one
+	// last found corrupt, so that it is not hashed again either.
+	verified, rejected fileID
 }
 
 // fileID identifies a file's content as long as nobody writes to it: a
@@ -74,30 +96,39 @@ func idOf(st os.FileInfo) (fileID, bool) {
 
 // ptHandle is an open file that may be served by passthrough.
 type ptHandle struct {
-	n *fileNode
-	f *os.File // the verified cache entry, if the handle was opened alone
+	n     *fileNode
+	key   digest.Digest // of the entry holding the file's content
+	whole bool          // the entry is a whole-file entry
+	f     *os.File      // the verified cache entry, if the handle was opened alone
 }
 
 // openHandle returns the handle of a new open of n, whose content is the
-// cache entry key. When no other handle is open, it opens and verifies the
-// entry, here rather than in PassthroughFd, which go-fuse calls under a
-// lock that all opens of the mount share.
-func (n *fileNode) openHandle(key digest.Digest) *ptHandle {
+// cache entry key. When no other handle is open, it opens the entry if it
+// is verified, here rather than in PassthroughFd, which go-fuse calls under
+// a lock that all opens of the mount share. An entry of one chunk is
+// verified now if need be; a whole-file entry, which may be large, only in
+// the background, and this open is then served by the FileSystem.
+func (n *fileNode) openHandle(key digest.Digest, whole bool) *ptHandle {
 	n.opens.mu.Lock()
 	n.opens.n++
 	alone := n.opens.n == 1
 	n.opens.mu.Unlock()
-	h := &ptHandle{n: n}
-	if alone {
-		h.f = n.openEntry(key)
+	h := &ptHandle{n: n, key: key, whole: whole}
+	if !alone {
+		return h
+	}
+	h.f = n.openEntry(key, !whole)
+	if h.f == nil && whole {
+		n.prepareWhole(key)
 	}
 	return h
 }
 
 // openEntry returns the cache entry key of n's content, verified, or nil.
-// The kernel reads a passthrough file without asking us, so the entry is
-// verified now, at open, unless it is the very file verified last time.
-func (n *fileNode) openEntry(key digest.Digest) *os.File {
+// The kernel reads a passthrough file without asking us, so the entry must
+// be verified before: it is the very file verified last time or, with
+// check, it is verified now.
+func (n *fileNode) openEntry(key digest.Digest, check bool) *os.File {
 	l, e := n.l, n.e
 	f, err := l.fsys.cfg.cache.(FileCache).Open(key)
 	if err != nil {
@@ -110,18 +141,28 @@ func (n *fileNode) openEntry(key digest.Digest) *os.File {
 	}
 	id, ok := idOf(st)
 	n.opens.mu.Lock()
-	known := ok && n.opens.verified == id
+	verified := ok && n.opens.verified == id
+	rejected := ok && n.opens.rejected == id
 	n.opens.mu.Unlock()
-	if known {
+	switch {
+	case verified:
 		return f
+	case rejected || !check:
+		f.Close()
+		return nil
 	}
 	v := key.Verifier()
 	if _, err = io.Copy(v, io.NewSectionReader(f, 0, e.Size)); err != nil || !v.Verified() {
 		f.Close()
 		log.L.WithFields(log.Fields{"layer": l.src.dgst, "file": e.Name, "key": key}).Debug("cache entry unusable for passthrough")
+		if ok {
+			n.opens.mu.Lock()
+			n.opens.rejected = id
+			n.opens.mu.Unlock()
+		}
 		return nil
 	}
-	if cs, err := l.chunks(e, 0, e.Size); err == nil {
+	if cs, err := l.chunks(e, 0, e.Size); err == nil && len(cs) == 1 {
 		l.src.chunks.setLocal(cs[0].idx, true)
 	}
 	if ok {
@@ -150,12 +191,17 @@ func (h *ptHandle) PassthroughFd() (int, bool) {
 
 var _ = (gofs.FileReleaser)((*ptHandle)(nil))
 
+// Release closes the handle. A handle of a file of several chunks that was
+// opened without its whole-file entry may have read the last of its
+// chunks: the entry is then prepared for the next open.
 func (h *ptHandle) Release(ctx context.Context) syscall.Errno {
 	h.n.opens.mu.Lock()
 	h.n.opens.n--
 	h.n.opens.mu.Unlock()
 	if h.f != nil {
 		h.f.Close()
+	} else if h.whole {
+		h.n.prepareWhole(h.key)
 	}
 	return 0
 }

@@ -69,6 +69,10 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 	return sn, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close()) }, nil
 }
 
+// The chunk cache is a FileCache, which FUSE passthrough needs: fs finds
+// that out at run time, so it is checked here.
+var _ fs.FileCache = (*cache.Dir)(nil)
+
 // newCache opens the node-wide chunk cache that [cache] describes.
 func newCache(cfg *config.Config) (*cache.Dir, error) {
 	dir := cfg.Cache.Dir

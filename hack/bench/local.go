@@ -24,6 +24,9 @@ import (
 type cacheTarget struct {
 	Entries int   `json:"entries"`
 	Bytes   int64 `json:"bytes"`
+	// names are the file names of those entries. The cache holds other
+	// entries too: copies of whole files, which FUSE passthrough reads.
+	names map[string]bool
 }
 
 // localTarget reads the tables of contents of the eStargz image ref and
@@ -65,9 +68,10 @@ func localTarget(ctx context.Context, ref, tmpDir string) (cacheTarget, error) {
 			return cacheTarget{}, fmt.Errorf("layer %s: %w", dgst, err)
 		}
 	}
-	t := cacheTarget{Entries: len(keys)}
-	for _, size := range keys {
+	t := cacheTarget{Entries: len(keys), names: map[string]bool{}}
+	for key, size := range keys {
 		t.Bytes += size
+		t.names[key.Encoded()] = true
 	}
 	return t, nil
 }
@@ -113,9 +117,9 @@ func addChunkKeys(keys map[digest.Digest]int64, sr *io.SectionReader) error {
 	return nil
 }
 
-// cacheEntries counts the entries in the chunk cache at dir (no stat per
-// entry: one directory read per fan-out directory).
-func cacheEntries(dir string) (int, error) {
+// cacheEntries counts the entries named in names in the chunk cache at dir
+// (no stat per entry: one directory read per fan-out directory).
+func cacheEntries(dir string, names map[string]bool) (int, error) {
 	fan, err := os.ReadDir(filepath.Join(dir, "sha256"))
 	if os.IsNotExist(err) {
 		return 0, nil
@@ -129,25 +133,29 @@ func cacheEntries(dir string) (int, error) {
 		if err != nil && !os.IsNotExist(err) {
 			return 0, err
 		}
-		n += len(ents)
+		for _, e := range ents {
+			if names[e.Name()] {
+				n++
+			}
+		}
 	}
 	return n, nil
 }
 
-// waitLocal polls the cache at dir every interval until it holds want
-// entries; it returns when it first did, or an error at ctx's end.
-func waitLocal(ctx context.Context, dir string, want int, interval time.Duration) (time.Time, error) {
+// waitLocal polls the cache at dir every interval until it holds every
+// entry of want; it returns when it first did, or an error at ctx's end.
+func waitLocal(ctx context.Context, dir string, want cacheTarget, interval time.Duration) (time.Time, error) {
 	for {
-		n, err := cacheEntries(dir)
+		n, err := cacheEntries(dir, want.names)
 		if err != nil {
 			return time.Time{}, err
 		}
-		if n >= want {
+		if n >= want.Entries {
 			return time.Now(), nil
 		}
 		select {
 		case <-ctx.Done():
-			return time.Time{}, fmt.Errorf("the chunk cache holds %d of the image's %d chunks: %w", n, want, ctx.Err())
+			return time.Time{}, fmt.Errorf("the chunk cache holds %d of the image's %d chunks: %w", n, want.Entries, ctx.Err())
 		case <-time.After(interval):
 		}
 	}

@@ -143,7 +143,7 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 	local := pulled
 	if lazy {
 		wctx, cancel := context.WithTimeout(ctx, b.localTimeout(img))
-		local, err = waitLocal(wctx, filepath.Join(ld.Root, "cache"), img.Local.Entries, 100*time.Millisecond)
+		local, err = waitLocal(wctx, filepath.Join(ld.Root, "cache"), img.Local, 100*time.Millisecond)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
