@@ -120,7 +120,9 @@ type FS struct {
 	// the layer holds them): compressed bytes after a read that has to
 	// fetch, fetched along with it. While the reader keeps reading on, the
 	// window doubles, up to 8 times this. A reader that jumps from file to
-	// file gets no read-ahead. 0 turns read-ahead off. At most 256MiB.
+	// file gets no read-ahead; one that jumps around inside a file of up to
+	// 16MiB compressed gets the rest of it on its second jump. 0 turns
+	// read-ahead off. At most 256MiB.
 	ReadaheadSize Size `toml:"readahead_size"`
 
 	// DirPrefetchSize lets the first read that fetches in a directory fetch
@@ -212,6 +214,7 @@ func Default() *Config {
 			ResolveConcurrency: 16,
 
 			ReadaheadSize:              2 * MiB,
+			DirPrefetchSize:            128 * KiB,
 			FetchConcurrency:           4,
 			PrefetchWait:               Duration{0},
 			BackgroundFetch:            true,

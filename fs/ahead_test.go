@@ -83,7 +83,7 @@ func TestReadaheadNotForJumps(t *testing.T) {
 func TestReadaheadOff(t *testing.T) {
 	l := buildLayer(t, libEntries(10))
 	o := newOpener(l)
-	f := newFS(t, o, WithReadahead(0), WithBackgroundFetch(false))
+	f := newFS(t, o, WithReadahead(0), WithDirPrefetch(0), WithBackgroundFetch(false))
 	mp := mountLayer(t, f, l)
 	for _, e := range l.entries[1:] {
 		checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
@@ -134,7 +134,7 @@ func TestReadaheadCorruptNeighbour(t *testing.T) {
 func TestReadaheadSequentialGrows(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithReadahead(256<<10), WithFetchConcurrency(1), WithBackgroundFetch(false))
+	f := newFS(t, o, WithReadahead(256<<10), WithFetchConcurrency(1), WithDirPrefetch(0), WithBackgroundFetch(false))
 	mp := mountLayer(t, f, l)
 	checkContent(t, filepath.Join(mp, "big"), l.entries[7].data)
 	// 40 chunks of 256 KiB; windows grow 256K, 512K, 1M, 2M, 2M...
@@ -497,4 +497,47 @@ func TestBackgroundWaitsForStartingProgram(t *testing.T) {
 	}
 	// Once the program pauses, the background fetch brings the rest.
 	waitFullyLocal(t, f)
+}
+
+// TestRandomReaderGetsWholeFile checks that a reader jumping around a file
+// (a program paging in a file it mapped) has, from its second jump on, the
+// rest of the file fetched at once, so that its later reads cost no fetch.
+func TestRandomReaderGetsWholeFile(t *testing.T) {
+	const chunk, n = 256 << 10, 8
+	data := randomBytes(7, n*chunk)
+	l := buildLayer(t, []tarEntry{file("archive", 0o644, data), file("other", 0o644, randomBytes(8, chunk))}, estargz.WithChunkSize(chunk))
+	o := newOpener(l)
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithDirPrefetch(0))
+	mp := mountLayer(t, f, l)
+	fh, err := os.Open(filepath.Join(mp, "archive"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	buf := make([]byte, 4096)
+	read := func(i int) {
+		t.Helper()
+		if _, err := fh.ReadAt(buf, int64(i)*chunk); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, data[i*chunk:i*chunk+len(buf)]) {
+			t.Fatalf("chunk %d: wrong content", i)
+		}
+	}
+	read(5)
+	read(2)
+	waitFetches(t, f)
+	before := reads(o)
+	for _, i := range []int{7, 0, 3, 6, 1, 4} {
+		read(i)
+	}
+	if n := reads(o) - before; n != 0 {
+		t.Errorf("after two jumps, reading the rest of the file cost %d fetches, want 0", n)
+	}
+	if _, err := os.ReadFile(filepath.Join(mp, "other")); err != nil {
+		t.Fatal(err)
+	}
+	if reads(o) == before {
+		t.Error("the other file was fetched along")
+	}
 }

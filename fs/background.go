@@ -30,7 +30,7 @@ const (
 	// A starting program misses in far fewer files, some of them large
 	// and read in many pieces: it keeps the link busy too, and a
 	// background request queued ahead of its next read only delays it.
-	backgroundBulkFiles = 48
+	backgroundBulkFiles = 32
 	// backgroundNear is how long after the last demand fetch readers
 	// count as near: until then background fetch keeps one request in
 	// flight, not backgroundConcurrency, so that a reader that comes back

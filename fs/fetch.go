@@ -66,6 +66,7 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 	if len(mine) > 0 {
 		// The window goes out first, so that it travels with the chunks
 		// the read waits for instead of after them.
+		l.randomMiss(mine)
 		l.readaheadMiss(cs)
 		l.dirPrefetch(cs[0].e.Name)
 		l.fsys.demand.begin(string(l.src.dgst) + "/" + cs[0].e.Name)

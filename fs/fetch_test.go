@@ -86,7 +86,7 @@ func TestReadFetchesOnlyItsChunks(t *testing.T) {
 func TestCoalescedRead(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0))
+	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
 	lay := f.mounts[mp].layer
 	e, _ := lay.src.r.Lookup("big")
@@ -112,7 +112,7 @@ func TestCoalescedRead(t *testing.T) {
 func TestConcurrentReaders(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0))
+	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
 	lay := f.mounts[mp].layer
 	e, _ := lay.src.r.Lookup("big")

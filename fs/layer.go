@@ -27,6 +27,9 @@ type layer struct {
 	flights  flights
 	ra       readahead
 	dirsSeen map[string]bool // directories dirPrefetch considered; under ra.mu
+	// missedAt holds, by file, the last chunk a read of it missed, or -1
+	// once randomMiss has decided about it; under ra.mu.
+	missedAt map[string]int
 
 	// ctx is the lifetime of the layer's fetches, a child of the
 	// FileSystem's; stop cancels it and waits for wg.

@@ -190,6 +190,9 @@ func (l *layer) loaderPrefetch(name string, head []byte) {
 	// program, before the loader reads the program's dynamic segment,
 	// which may lie chunks further: fetch it first, from the head alone.
 	deps, _, _ := parseELFDeps(head)
+	// The loader maps all of it, and the program touches much: a library
+	// loaded with dlopen, which no other file names, too.
+	l.prefetchFile(e)
 	l.spawn(func() {
 		stack := l.fsys.stack(l)
 		if deps.Interp != "" {

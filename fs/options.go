@@ -69,6 +69,7 @@ func defaultConfig() config {
 		memCacheSize:       DefaultMemoryCacheSize,
 
 		readahead:             DefaultReadahead,
+		dirPrefetch:           DefaultDirPrefetch,
 		fetchConcurrency:      DefaultFetchConcurrency,
 		background:            true,
 		backgroundDelay:       DefaultBackgroundDelay,
@@ -161,7 +162,9 @@ func WithMemoryCacheSize(n int64) Option {
 // WithReadahead sets the compressed size of the window of following chunks,
 // in blob order, that a read that misses fetches along with its own
 // (default DefaultReadahead); 0 turns read-ahead off. For a reader that
-// keeps reading on in blob order the window doubles, up to 8 times n.
+// keeps reading on in blob order the window doubles, up to 8 times n. A
+// reader that jumps around inside a file of up to 16 MiB compressed gets
+// the rest of the file at its second jump; 0 turns that off too.
 func WithReadahead(n int64) Option {
 	return func(c *config) error {
 		if n < 0 {
@@ -172,9 +175,15 @@ func WithReadahead(n int64) Option {
 	}
 }
 
+// DefaultDirPrefetch is the default of WithDirPrefetch: a directory of a
+// few dozen small files, such as a locale's, comes along; a large one, such
+// as a language's library, does not, for its files would take the link
+// from the reads a starting program waits for.
+const DefaultDirPrefetch = 128 << 10
+
 // WithDirPrefetch sets how large (in compressed bytes) a directory's files
 // may be, all together, for the first read that fetches in the directory to
-// fetch them all along (default 0: off). A
+// fetch them all along (default DefaultDirPrefetch; 0 turns it off). A
 // starting program tends to read several files of one small directory (its
 // modules, its configuration) one after another, each a round trip of its
 // own; fetched together, they cost one.

@@ -57,6 +57,53 @@ func (l *layer) readaheadMiss(cs []chunk) {
 	l.startWindow(w)
 }
 
+// maxRandomWhole is the largest file, in compressed bytes, that randomMiss
+// fetches whole.
+const maxRandomWhole = 16 << 20
+
+// randomMiss notes that a read of cs, chunks of one file, missed; it runs
+// before readaheadMiss. A second
+// miss in a file that does not follow the first shows a reader jumping
+// around in it, as a program does in a file it mapped (a class archive, a
+// library loaded with dlopen): it will come back for more, each time a
+// round trip, so the rest of the file, when it is not too large, is
+// fetched at once.
+func (l *layer) randomMiss(cs []chunk) {
+	if l.fsys.cfg.readahead <= 0 {
+		return // read-ahead off: each read fetches what it reads
+	}
+	name := cs[0].e.Name
+	first, last := cs[0].idx, cs[len(cs)-1].idx
+	ra := &l.ra
+	ra.mu.Lock()
+	if l.missedAt == nil {
+		l.missedAt = map[string]int{}
+	}
+	prev, seen := l.missedAt[name]
+	// A reader in blob order is read-ahead's.
+	sequential := (ra.size > 0 && first >= ra.start && first <= ra.next) || (ra.last >= 0 && first == ra.last+1)
+	jumped := seen && prev >= 0 && first != prev+1 && !sequential
+	switch {
+	case jumped:
+		l.missedAt[name] = -1
+	case prev >= 0:
+		l.missedAt[name] = last
+	}
+	ra.mu.Unlock()
+	if !jumped {
+		return
+	}
+	e, ok := l.src.r.Lookup(name)
+	if !ok || e.Type != "reg" {
+		return
+	}
+	all, err := l.chunks(e, 0, e.Size)
+	if err != nil || all[len(all)-1].end-all[0].start > maxRandomWhole {
+		return
+	}
+	l.startWindow(all)
+}
+
 // readaheadHit starts the next window early when a read that did not miss
 // reaches the mark of the current one.
 func (l *layer) readaheadHit(cs []chunk) {
