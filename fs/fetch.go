@@ -35,8 +35,9 @@ const (
 // chunks of one read. Chunks come from memory, then the Cache, then the
 // blob; a chunk already being fetched, by another reader, a read-ahead
 // window, a prefetch or the background fetch, is waited for rather than
-// fetched again. A miss also starts fetching the window ahead of it.
-func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
+// fetched again. A reader's miss also starts the fetches its read-ahead
+// policies ask for.
+func (l *layer) load(ctx context.Context, cs []chunk, reader bool) ([][]byte, error) {
 	data := make([][]byte, len(cs))
 	var missing []int
 	for i, c := range cs {
@@ -47,7 +48,9 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 		missing = append(missing, i)
 	}
 	if len(missing) == 0 {
-		l.readaheadHit(cs)
+		if reader {
+			l.readaheadHit(cs)
+		}
 		return data, nil
 	}
 	keys := make([]flightKey, len(missing))
@@ -64,17 +67,19 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 		}
 	}
 	if len(mine) > 0 {
-		// The window goes out first, so that it travels with the chunks
-		// the read waits for instead of after them.
-		l.randomMiss(mine)
-		l.readaheadMiss(cs)
-		l.dirPrefetch(cs[0].e.Name)
+		if reader {
+			// The window goes out first, so that it travels with the
+			// chunks the read waits for instead of after them.
+			l.randomMiss(mine)
+			l.readaheadMiss(cs)
+			l.dirPrefetch(cs[0].e.Name)
+		}
 		l.fsys.demand.begin(string(l.src.dgst) + "/" + cs[0].e.Name)
 		// The fetch runs in the layer's lifetime, not the request's: other
 		// readers may wait for it, and an interrupted reader must not fail them.
 		l.fetchOwned(l.ctx, mine, mineCalls, true, true)
 		l.fsys.demand.end()
-	} else {
+	} else if reader {
 		l.readaheadHit(cs)
 	}
 	for j, i := range missing {
@@ -88,7 +93,7 @@ func (l *layer) load(ctx context.Context, cs []chunk) ([][]byte, error) {
 		}
 		data[i] = calls[j].data
 	}
-	if cs[0].off == 0 && missing[0] == 0 && l.fsys.cfg.loaderPrefetch {
+	if reader && cs[0].off == 0 && missing[0] == 0 && l.fsys.cfg.loaderPrefetch {
 		l.loaderPrefetch(cs[0].e.Name, data[0])
 	}
 	return data, nil

@@ -135,8 +135,15 @@ func (l *layer) chunks(e *estargz.TOCEntry, off, end int64) ([]chunk, error) {
 	return cs, nil
 }
 
-// readAt reads file e at off into p, fetching the chunks not cached.
+// readAt reads file e at off into p, fetching the chunks not cached: the
+// read of a reader of the mount.
 func (l *layer) readAt(ctx context.Context, e *estargz.TOCEntry, p []byte, off int64) (int, error) {
+	return l.read(ctx, e, p, off, true)
+}
+
+// read is readAt; reader says whether the read is a reader's, which the
+// read-ahead policies learn from, or lazypull's own.
+func (l *layer) read(ctx context.Context, e *estargz.TOCEntry, p []byte, off int64, reader bool) (int, error) {
 	if off >= e.Size || len(p) == 0 {
 		return 0, nil
 	}
@@ -145,8 +152,10 @@ func (l *layer) readAt(ctx context.Context, e *estargz.TOCEntry, p []byte, off i
 	if err != nil {
 		return 0, err
 	}
-	l.src.chunks.markUsed(cs)
-	data, err := l.load(ctx, cs)
+	if reader {
+		l.src.chunks.markUsed(cs)
+	}
+	data, err := l.load(ctx, cs, reader)
 	if err != nil {
 		return 0, err
 	}

@@ -190,9 +190,6 @@ func (l *layer) loaderPrefetch(name string, head []byte) {
 	// program, before the loader reads the program's dynamic segment,
 	// which may lie chunks further: fetch it first, from the head alone.
 	deps, _, _ := parseELFDeps(head)
-	// The loader maps all of it, and the program touches much: a library
-	// loaded with dlopen, which no other file names, too.
-	l.prefetchFile(e)
 	l.spawn(func() {
 		stack := l.fsys.stack(l)
 		if deps.Interp != "" {
@@ -259,6 +256,13 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 		}
 		found := f.prefetchPaths(stack, paths...)
 		log.G(ctx).WithFields(log.Fields{"layer": t.l.src.dgst, "file": t.e.Name, "prefetching": len(found)}).Debug("loader prefetch")
+		if n == 0 {
+			// The loader maps all of the file, and the program touches
+			// much of it: a library loaded with dlopen, which no other
+			// file names, too. It comes after what it needs, which is
+			// smaller and waited for first.
+			l.prefetchFile(e)
+		}
 		queue = append(queue, found...)
 	}
 }
@@ -279,7 +283,8 @@ func (l *layer) prefetchFile(e *estargz.TOCEntry) {
 	l.startWindow(cs)
 }
 
-// fileReader reads a file of a layer as a reader of the mount would.
+// fileReader reads a file of a layer for lazypull itself: the read-ahead
+// policies, which learn from readers, do not see its reads.
 type fileReader struct {
 	ctx context.Context
 	l   *layer
@@ -289,7 +294,7 @@ type fileReader struct {
 var _ io.ReaderAt = (*fileReader)(nil)
 
 func (r *fileReader) ReadAt(p []byte, off int64) (int, error) {
-	n, err := r.l.readAt(r.ctx, r.e, p, off)
+	n, err := r.l.read(r.ctx, r.e, p, off, false)
 	if err == nil && n < len(p) {
 		err = io.EOF
 	}
