@@ -369,22 +369,25 @@ func (fl *flights) finish(f *flight, data []byte, err error) {
 // their read-ahead windows, prefetch), across the FileSystem. Background
 // fetch starts a request only when there has been none for a moment, so
 // that it uses the idle link without queueing ahead of a reader, or when
-// readers, with no such pause, have missed in so many files that they are
-// reading in bulk.
+// readers, with no such pause, are reading in bulk: they have missed in
+// backgroundBulkFiles different files, or in backgroundBulkBurst within
+// backgroundBulkWithin.
 type demand struct {
 	mu      sync.Mutex
 	n       int
 	idle    chan struct{} // closed while n == 0
 	lastEnd time.Time
 	// files holds the files that reads missed in during the current busy
-	// period, up to bulkFiles; bulk is closed when it holds bulkFiles.
-	files     map[string]struct{}
-	bulk      chan struct{}
-	bulkFiles int
+	// period, until it is in bulk; recent holds when the last
+	// backgroundBulkBurst of them were first missed in.
+	files  map[string]struct{}
+	recent []time.Time
+	inBulk bool
+	bulk   chan struct{} // closed when inBulk
 }
 
-func newDemand(bulkFiles int) *demand {
-	d := &demand{idle: make(chan struct{}), bulk: make(chan struct{}), files: map[string]struct{}{}, bulkFiles: bulkFiles}
+func newDemand() *demand {
+	d := &demand{idle: make(chan struct{}), bulk: make(chan struct{}), files: map[string]struct{}{}}
 	close(d.idle)
 	return d
 }
@@ -394,20 +397,28 @@ func newDemand(bulkFiles int) *demand {
 func (d *demand) begin(file string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	now := time.Now()
 	if d.n == 0 {
 		d.idle = make(chan struct{})
-		if time.Since(d.lastEnd) >= backgroundQuiet && len(d.files) > 0 {
+		if now.Sub(d.lastEnd) >= backgroundQuiet && (len(d.files) > 0 || d.inBulk) {
 			// A new busy period.
 			clear(d.files)
+			d.recent, d.inBulk = d.recent[:0], false
 			d.bulk = make(chan struct{})
 		}
 	}
 	d.n++
-	if file == "" || len(d.files) >= d.bulkFiles {
+	if _, ok := d.files[file]; file == "" || ok || d.inBulk {
 		return
 	}
 	d.files[file] = struct{}{}
-	if len(d.files) == d.bulkFiles {
+	if len(d.recent) == backgroundBulkBurst {
+		d.recent = append(d.recent[:0], d.recent[1:]...)
+	}
+	d.recent = append(d.recent, now)
+	if len(d.files) >= backgroundBulkFiles || (len(d.recent) == backgroundBulkBurst && now.Sub(d.recent[0]) <= backgroundBulkWithin) {
+		d.inBulk = true
+		clear(d.files)
 		close(d.bulk)
 	}
 }
@@ -437,20 +448,20 @@ func (d *demand) touch() {
 func (d *demand) near(within time.Duration) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.files) >= d.bulkFiles {
+	if d.inBulk {
 		return false
 	}
 	return d.n > 0 || time.Since(d.lastEnd) < within
 }
 
 // waitQuiet returns when no demand fetch has run for quiet, when reads
-// with no pause as long as quiet have missed in bulkFiles different files,
+// with no pause as long as quiet read in bulk,
 // or when ctx ends.
 func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
 	for {
 		d.mu.Lock()
 		busy, idle, bulk, left := d.n > 0, d.idle, d.bulk, quiet-time.Since(d.lastEnd)
-		inBulk := len(d.files) >= d.bulkFiles
+		inBulk := d.inBulk
 		d.mu.Unlock()
 		if inBulk && (busy || left > 0) {
 			return ctx.Err()

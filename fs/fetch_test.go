@@ -50,7 +50,7 @@ func TestMountCost(t *testing.T) {
 func TestReadFetchesOnlyItsChunks(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithReadahead(0))
+	f := newFS(t, o, WithReadahead(0), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
 
 	checkContent(t, filepath.Join(mp, "a/text"), []byte("hello, lazy world\n"))

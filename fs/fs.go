@@ -130,7 +130,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		opener:   opener,
 		cfg:      cfg,
 		mem:      newMemCache(cfg.memCacheSize),
-		demand:   newDemand(backgroundBulkFiles),
+		demand:   newDemand(),
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),

@@ -85,6 +85,7 @@ type image struct {
 // and tools and pushes to the registry at host ("127.0.0.1:<port>").
 type builder struct {
 	repo, work, bin, host string
+	convertArgs           []string // more flags of every lazypull convert
 	log                   io.Writer
 }
 
@@ -125,7 +126,7 @@ func (b *builder) build(ctx context.Context, spec imageSpec) (*image, error) {
 // convert converts the image src with `lazypull convert` and pushes it as
 // bench/<dst> (NAME:TAG); args go before src.
 func (b *builder) convert(ctx context.Context, src, dst string, args ...string) (string, error) {
-	args = append(append([]string{"convert", "--plain-http", "--tmp-dir", b.work}, args...), src, b.host+"/bench/"+dst)
+	args = append(append(append([]string{"convert", "--plain-http", "--tmp-dir", b.work}, b.convertArgs...), args...), src, b.host+"/bench/"+dst)
 	ref, err := b.output(ctx, filepath.Join(b.bin, "lazypull"), args...)
 	if err != nil {
 		return "", fmt.Errorf("lazypull convert: %w", err)

@@ -50,6 +50,7 @@ type options struct {
 	prio      bool
 	fsConfig  string // TOML keys of lazypulld's [fs] table
 	logs      bool   // keep lazypulld's debug log of every lazy run
+	convert   []string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -64,6 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fset.BoolVar(&o.prio, "prioritized", true, "also benchmark the start workload with an eStargz image whose layers start with the files it reads (recorded by running it once), which lazypulld prefetches")
 	fset.StringVar(&o.fsConfig, "fs-config", "", "`TOML` keys for lazypulld's [fs] table, e.g. 'readahead_size = \"512KiB\"', to compare settings")
 	fset.BoolVar(&o.logs, "logs", false, "run lazypulld at debug level and keep its log of every run in DIR/logs (each fetch with its offset, size and duration)")
+	convert := fset.String("convert-flags", "", "more `FLAGS` for lazypull convert, space separated, e.g. '--chunk-size 1048576', to compare layouts")
 	imgs := fset.String("images", "python3,java", "images to benchmark, comma separated")
 	wls := fset.String("workloads", "start,"+readAll.Name, "workloads, comma separated: start (the image's program), "+readAll.Name+" (every file)")
 	if err := fset.Parse(args[1:]); err != nil {
@@ -90,6 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			return o, fmt.Errorf("-workloads: no workload %q", w)
 		}
 	}
+	o.convert = strings.Fields(*convert)
 	return o, nil
 }
 
@@ -255,7 +258,7 @@ func (b *bench) buildImages(ctx context.Context) ([]*image, error) {
 	if err := command("go", "build", "-o", mk, "./hack/mkimage"); err != nil {
 		return nil, err
 	}
-	bl := &builder{repo: b.repo, work: b.work, bin: b.bin, host: b.link.Addr(), log: b.log}
+	bl := &builder{repo: b.repo, work: b.work, bin: b.bin, host: b.link.Addr(), convertArgs: b.convert, log: b.log}
 	var imgs []*image
 	for _, n := range b.images {
 		t := time.Now()
