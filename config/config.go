@@ -138,6 +138,9 @@ type FS struct {
 	// open for it: its interpreter, /etc/ld.so.cache, the libraries it
 	// needs and theirs, found in the image the file belongs to. Without
 	// it, the loader opens them one after another, each a round trip.
+	// Once an image's layers are mounted, its entrypoint (the program
+	// its configuration runs, found in its PATH) is loaded the same way,
+	// ahead of the container.
 	LoaderPrefetch bool `toml:"loader_prefetch"`
 
 	// FetchConcurrency bounds the concurrent range requests that one large

@@ -100,6 +100,7 @@ type FileSystem struct {
 	resolved map[digest.Digest]*source  // opened and parsed, verified or not
 	pending  map[digest.Digest]struct{} // queued for background resolution
 	mounts   map[string]*mount          // by mountpoint
+	mounted  chan struct{}              // closed, and replaced, when a mount is added
 }
 
 // mount is one mounted layer. server is nil while the mount is being set up.
@@ -139,6 +140,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		resolved: map[digest.Digest]*source{},
 		pending:  map[digest.Digest]struct{}{},
 		mounts:   map[string]*mount{},
+		mounted:  make(chan struct{}),
 	}, nil
 }
 
@@ -192,6 +194,8 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 	closed := f.closed
 	if !closed {
 		f.mounts[mountpoint] = &mount{layer: l, server: server}
+		close(f.mounted)
+		f.mounted = make(chan struct{})
 	}
 	f.mu.Unlock()
 	if closed {
@@ -199,6 +203,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		return errors.Join(fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable), server.Unmount())
 	}
 	log.G(ctx).WithFields(log.Fields{"layer": dgst, "mountpoint": mountpoint, "verified": l.verified}).Info("layer mounted")
+	f.prefetchEntrypoint(ctx, ref, labels[LabelManifestDigest])
 	if w := f.cfg.prefetchWait; w > 0 {
 		t := time.NewTimer(w)
 		defer t.Stop()

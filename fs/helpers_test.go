@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -138,6 +139,21 @@ type testOpener struct {
 	link   *netLink
 	stuck  map[digest.Digest]bool // Open of these waits for ctx
 	failOn map[digest.Digest]error
+	// manifests, if set, makes the opener a ManifestReader.
+	manifests map[digest.Digest][]byte
+}
+
+// manifestOpener is a testOpener that reads manifests too.
+type manifestOpener struct{ *testOpener }
+
+func (o manifestOpener) Manifest(ctx context.Context, ref string, dgst digest.Digest) ([]byte, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	m, ok := o.manifests[dgst]
+	if !ok {
+		return nil, fmt.Errorf("manifest %s: %w", dgst, errdefs.ErrNotFound)
+	}
+	return m, nil
 }
 
 func newOpener(layers ...*testLayer) *testOpener {

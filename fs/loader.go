@@ -69,6 +69,22 @@ func (im *images) note(self digest.Digest, label string) {
 	im.lists = append(im.lists, list)
 }
 
+// noteList records the layers of an image, bottom first, as read from its
+// manifest.
+func (im *images) noteList(layers []digest.Digest) {
+	if len(layers) > 0 {
+		im.note(layers[0], joinDigests(layers[1:]))
+	}
+}
+
+func joinDigests(ds []digest.Digest) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = d.String()
+	}
+	return strings.Join(s, ",")
+}
+
 // isSuffix reports whether a ends b.
 func isSuffix(a, b []digest.Digest) bool {
 	return len(a) <= len(b) && slices.Equal(a, b[len(b)-len(a):])

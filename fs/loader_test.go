@@ -3,9 +3,12 @@ package fs
 import (
 	"archive/tar"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 // loaderImage builds a two-layer image holding a real program of this
@@ -149,6 +152,92 @@ func TestMountFetchesRuntimeFiles(t *testing.T) {
 		}
 		if fetched, want := reads(o) > before, name == "etc/hosts"; fetched != want {
 			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
+		}
+	}
+}
+
+// TestEntrypointPrefetch checks that once an image's layers are mounted,
+// the program its configuration runs, found in its PATH, is fetched with
+// what the loader will open for it, before any container reads it.
+func TestEntrypointPrefetch(t *testing.T) {
+	lower, upper, libs := loaderImage(t)
+	config := []byte(`{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin"],"Entrypoint":["ls"],"Cmd":["-l"]},"rootfs":{"type":"layers","diff_ids":[]}}`)
+	cd := digest.FromBytes(config)
+	manifest := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]}`,
+		cd, len(config), lower.dgst, len(lower.blob), upper.dgst, len(upper.blob)))
+	md := digest.FromBytes(manifest)
+	o := newOpener(lower, upper)
+	o.blobs[cd] = config
+	o.manifests = map[digest.Digest][]byte{md: manifest}
+	f := newFS(t, manifestOpener{o}, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0))
+	mps := map[*testLayer]string{}
+	for _, l := range []*testLayer{lower, upper} {
+		labels := l.labels()
+		labels[LabelManifestDigest] = md.String()
+		mps[l] = mountpoint(t)
+		if err := f.Mount(context.Background(), mps[l], labels); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.wg.Wait()
+	for _, p := range append([]string{filepath.Join(mps[upper], "usr/bin/ls")}, libPaths(mps[lower], libs)...) {
+		before := reads(o)
+		if _, err := os.ReadFile(p); err != nil {
+			t.Fatal(err)
+		}
+		if fetched, want := reads(o) > before, filepath.Base(p) == "libunrelated.so.1"; fetched != want {
+			t.Errorf("reading %s fetched: %v, want %v", filepath.Base(p), fetched, want)
+		}
+	}
+}
+
+func libPaths(root string, libs []string) []string {
+	var ps []string
+	for _, name := range libs {
+		ps = append(ps, filepath.Join(root, "usr/lib/x86_64-linux-gnu", name))
+	}
+	return ps
+}
+
+// TestFindProgram checks how the program of an image is found: in the
+// image's PATH (executables only, first match), relative to its working
+// directory, or as given.
+func TestFindProgram(t *testing.T) {
+	l := buildLayer(t, []tarEntry{
+		dir("a/", 0o755), file("a/tool", 0o644, []byte("not executable")),
+		dir("b/", 0o755), file("b/tool", 0o755, []byte("#!/bin/sh\n")),
+		dir("c/", 0o755), file("c/tool", 0o755, []byte("#!/bin/sh\n")),
+	})
+	f := newFS(t, newOpener(l), WithBackgroundFetch(false))
+	mountLayer(t, f, l)
+	var stack []*layer
+	for _, m := range f.mounts {
+		stack = append(stack, m.layer)
+	}
+	for _, tc := range []struct{ argv0, dir, path, want string }{
+		{"tool", "", "/a:/b:/c", "/b/tool"},
+		{"tool", "", "/c:/b", "/c/tool"},
+		{"./tool", "/c", "", "/c/tool"},
+		{"/x/y", "/c", "", "/x/y"},
+	} {
+		env := []string{"HOME=/", "PATH=" + tc.path}
+		if got := findProgram(stack, tc.argv0, env, tc.dir); got != tc.want {
+			t.Errorf("findProgram(%q, PATH=%s, dir %q) = %q, want %q", tc.argv0, tc.path, tc.dir, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		head, want string
+		ok         bool
+	}{
+		{"#!/bin/sh -e\necho", "/bin/sh", true},
+		{"#! /usr/bin/env python3\n", "/usr/bin/env", true},
+		{"#!relative\n", "", false},
+		{"\x7fELF", "", false},
+	} {
+		if got, ok := scriptInterpreter([]byte(tc.head)); got != tc.want || ok != tc.ok {
+			t.Errorf("scriptInterpreter(%q) = %q, %v", tc.head, got, ok)
 		}
 	}
 }

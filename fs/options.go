@@ -201,7 +201,8 @@ func WithDirPrefetch(n int64) Option {
 // with it, a read that fetches the start of an ELF file fetches, at once,
 // what the dynamic loader will open for it (interpreter, /etc/ld.so.cache,
 // libraries, and theirs) in the image the file belongs to, as the
-// image-layers labels tell.
+// image-layers labels tell. With an Opener that is a ManifestReader, the
+// image's entrypoint is loaded so once its layers are mounted.
 func WithLoaderPrefetch(on bool) Option {
 	return func(c *config) error {
 		c.loaderPrefetch = on

@@ -285,9 +285,15 @@ func (b *Blob) get(ctx context.Context, c *http.Client, u string, hdr http.Heade
 // blobURL is the blob's URL on registry host h; a mirror is told the
 // upstream registry with the "ns" query parameter, as containerd does.
 func (b *Blob) blobURL(h docker.RegistryHost) string {
-	u := url.URL{Scheme: h.Scheme, Host: h.Host, Path: path.Join("/", h.Path, b.repo, "blobs", b.dgst.String())}
-	if h.Host != b.registry && (b.registry != "docker.io" || h.Host != "registry-1.docker.io") {
-		u.RawQuery = url.Values{"ns": {b.registry}}.Encode()
+	return objectURL(h, b.registry, b.repo, "blobs", b.dgst)
+}
+
+// objectURL is the URL of a blob or manifest (kind) of repository repo of
+// registry on host h.
+func objectURL(h docker.RegistryHost, registry, repo, kind string, dgst digest.Digest) string {
+	u := url.URL{Scheme: h.Scheme, Host: h.Host, Path: path.Join("/", h.Path, repo, kind, dgst.String())}
+	if h.Host != registry && (registry != "docker.io" || h.Host != "registry-1.docker.io") {
+		u.RawQuery = url.Values{"ns": {registry}}.Encode()
 	}
 	return u.String()
 }

@@ -89,6 +89,13 @@ func newCache(cfg *config.Config) (*cache.Dir, error) {
 // blobOpener adapts the registry client to the blob source fs declares.
 type blobOpener struct{ r *remote.Resolver }
 
+var _ fs.ManifestReader = blobOpener{}
+
+// Manifest reads an image's manifest, for the entrypoint prefetch.
+func (o blobOpener) Manifest(ctx context.Context, ref string, dgst digest.Digest) ([]byte, error) {
+	return o.r.Manifest(ctx, ref, dgst)
+}
+
 func (o blobOpener) Open(ctx context.Context, ref string, dgst digest.Digest, tail int64) (fs.Blob, []byte, error) {
 	b, t, err := o.r.Open(ctx, ref, dgst, tail)
 	if err != nil {
