@@ -168,6 +168,8 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		}
 	}()
 	f.resolveImage(ctx, ref, dgst, labels[LabelImageLayers])
+	// Its configuration is read while the layers are resolved.
+	f.prefetchEntrypoint(ctx, ref, labels[LabelManifestDigest])
 	f.images.note(dgst, labels[LabelImageLayers])
 
 	src, err := f.resolve(ctx, ref, dgst)
@@ -203,7 +205,6 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		return errors.Join(fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable), server.Unmount())
 	}
 	log.G(ctx).WithFields(log.Fields{"layer": dgst, "mountpoint": mountpoint, "verified": l.verified}).Info("layer mounted")
-	f.prefetchEntrypoint(ctx, ref, labels[LabelManifestDigest])
 	if w := f.cfg.prefetchWait; w > 0 {
 		t := time.NewTimer(w)
 		defer t.Stop()
