@@ -101,6 +101,9 @@ func (f *FileSystem) loadEntrypoint(ctx context.Context, mr ManifestReader, ref 
 		if e == nil {
 			return fmt.Errorf("program %s not found in the image: %w", prog, errdefs.ErrNotFound)
 		}
+		// All of it at once: the loader reads its dynamic section, often
+		// chunks away from its start, before it opens anything else.
+		l.prefetchFile(e)
 		head := make([]byte, min(e.Size, entrypointHead))
 		n, err := (&fileReader{ctx: ctx, l: l, e: e}).ReadAt(head, 0)
 		if err != nil && n == 0 {

@@ -61,10 +61,17 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) ([][]byte, er
 	var mine []chunk
 	var mineCalls []*flight
 	for j, i := range missing {
-		if owned[j] {
-			mine = append(mine, cs[i])
-			mineCalls = append(mineCalls, calls[j])
+		if !owned[j] {
+			continue
 		}
+		// A fetch that finished between the look above and the claim
+		// left the chunk in memory or in the Cache.
+		if b, ok := l.cached(ctx, cs[i]); ok {
+			l.flights.finish(calls[j], b, nil)
+			continue
+		}
+		mine = append(mine, cs[i])
+		mineCalls = append(mineCalls, calls[j])
 	}
 	if len(mine) > 0 {
 		if reader {
