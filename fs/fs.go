@@ -204,7 +204,10 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		// Close ran while this mount was set up and could not see it.
 		return errors.Join(fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable), server.Unmount())
 	}
-	log.G(ctx).WithFields(log.Fields{"layer": dgst, "mountpoint": mountpoint, "verified": l.verified}).Info("layer mounted")
+	log.G(ctx).WithFields(log.Fields{
+		"layer": dgst, "mountpoint": mountpoint, "verified": l.verified,
+		"toc_bytes": src.blob.Size() - src.payloadEnd, // footer included
+	}).Info("layer mounted")
 	if w := f.cfg.prefetchWait; w > 0 {
 		t := time.NewTimer(w)
 		defer t.Stop()
