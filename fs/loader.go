@@ -271,6 +271,11 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 			}
 		}
 		found := f.prefetchPaths(stack, paths...)
+		for _, d := range found {
+			if strings.HasPrefix(path.Base(d.e.Name), "libc.so.") {
+				f.prefetchLibc(stack, path.Dir("/"+d.e.Name))
+			}
+		}
 		log.G(ctx).WithFields(log.Fields{"layer": t.l.src.dgst, "file": t.e.Name, "prefetching": len(found)}).Debug("loader prefetch")
 		if n == 0 {
 			// The loader maps all of the file, and the program touches
@@ -280,6 +285,30 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 			l.prefetchFile(e)
 		}
 		queue = append(queue, found...)
+	}
+}
+
+// libcFiles are what the GNU C library reads as a program starts to set
+// its locale, convert characters or tell the time, one small file after
+// another: paths in the image, and the C.UTF-8 locale's directories, that
+// of a container whose image sets no other locale.
+var (
+	libcFiles      = []string{"/etc/localtime", "/etc/nsswitch.conf", "/usr/lib/locale/C.utf8/LC_CTYPE"}
+	libcLocaleDirs = []string{"usr/lib/locale/C.utf8", "usr/lib/locale/C.utf8/LC_MESSAGES"}
+)
+
+// prefetchLibc starts fetching what the GNU C library in directory libDir
+// reads as a program starts: libcFiles, the directories of libcLocaleDirs
+// when they are small (WithDirPrefetch), and its gconv module cache.
+func (f *FileSystem) prefetchLibc(stack []*layer, libDir string) {
+	f.prefetchPaths(stack, append(libcFiles, path.Join(libDir, "gconv/gconv-modules.cache"))...)
+	for _, dir := range libcLocaleDirs {
+		for _, l := range stack {
+			if d, ok := l.src.r.Lookup(dir); ok && d.Type == "dir" {
+				l.dirPrefetch(dir + "/") // every file of dir
+				break
+			}
+		}
 	}
 }
 

@@ -35,6 +35,19 @@ func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
 	for _, name := range libs {
 		es = append(es, file(multiarch+name, 0o755, read("/usr/lib/x86_64-linux-gnu/"+name)))
 	}
+	// What the C library reads at start-up.
+	es = append(es,
+		link(tar.TypeSymlink, "etc/localtime", "/usr/share/zoneinfo/Etc/UTC"),
+		file("etc/nsswitch.conf", 0o644, []byte("passwd: files\n")),
+		dir(multiarch+"gconv/", 0o755), file(multiarch+"gconv/gconv-modules.cache", 0o644, randomBytes(3, 11<<10)),
+		dir("usr/lib/locale/", 0o755), dir("usr/lib/locale/C.utf8/", 0o755),
+		file("usr/lib/locale/C.utf8/LC_CTYPE", 0o644, randomBytes(4, 40<<10)),
+		file("usr/lib/locale/C.utf8/LC_NUMERIC", 0o644, []byte("numeric")),
+		dir("usr/lib/locale/C.utf8/LC_MESSAGES/", 0o755),
+		file("usr/lib/locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES", 0o644, []byte("messages")),
+		dir("usr/share/", 0o755), dir("usr/share/zoneinfo/", 0o755), dir("usr/share/zoneinfo/Etc/", 0o755),
+		file("usr/share/zoneinfo/Etc/UTC", 0o644, []byte("TZif2 UTC")),
+	)
 	lower = buildLayer(t, es)
 	upper = buildLayer(t, []tarEntry{dir("usr/", 0o755), dir("usr/bin/", 0o755), file("usr/bin/ls", 0o755, read("/usr/bin/ls"))})
 	return lower, upper, append(libs, "libunrelated.so.1")
@@ -49,7 +62,13 @@ func TestLoaderPrefetch(t *testing.T) {
 	lower, upper, libs := loaderImage(t)
 	for _, on := range []bool{true, false} {
 		o := newOpener(lower, upper)
-		f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithLoaderPrefetch(on))
+		opts := []Option{WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithLoaderPrefetch(on)}
+		if !on {
+			// Nor its directories, which the loader prefetch fetches
+			// through the directory prefetch.
+			opts = append(opts, WithDirPrefetch(0))
+		}
+		f := newFS(t, o, opts...)
 		ctx := context.Background()
 		mps := map[*testLayer]string{}
 		for _, l := range []*testLayer{lower, upper} {
@@ -72,7 +91,9 @@ func TestLoaderPrefetch(t *testing.T) {
 		}
 		fh.Close()
 		waitFetches(t, f)
-		for _, name := range append([]string{"../../../" + ldSoCache}, libs...) {
+		libcFiles := []string{"../../share/zoneinfo/Etc/UTC", "../../../etc/nsswitch.conf", "gconv/gconv-modules.cache",
+			"../locale/C.utf8/LC_CTYPE", "../locale/C.utf8/LC_NUMERIC", "../locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES"}
+		for _, name := range append(append([]string{"../../../" + ldSoCache}, libs...), libcFiles...) {
 			p := filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu", name)
 			before := reads(o)
 			if _, err := os.ReadFile(p); err != nil {
