@@ -30,6 +30,8 @@ const (
 	maxLoaderWhole = 16 << 20
 	// maxLoaderFiles bounds the files the loading of one program fetches.
 	maxLoaderFiles = 128
+	// maxImagesMemory bounds the images and the files remembered.
+	maxImagesMemory = 1 << 16
 )
 
 // ldSoCache is the file the loader reads first to find libraries.
@@ -66,6 +68,9 @@ func (im *images) note(self digest.Digest, label string) {
 			return
 		}
 	}
+	if len(im.lists) >= maxImagesMemory {
+		im.lists = im.lists[1:]
+	}
 	im.lists = append(im.lists, list)
 }
 
@@ -99,6 +104,11 @@ func (im *images) first(key string) bool {
 	}
 	if _, ok := im.seen[key]; ok {
 		return false
+	}
+	if len(im.seen) >= maxImagesMemory {
+		// A daemon that has served many images forgets: what is
+		// prefetched again is local by then, and costs nothing.
+		clear(im.seen)
 	}
 	im.seen[key] = struct{}{}
 	return true
