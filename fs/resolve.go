@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -114,7 +115,9 @@ func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst dig
 
 // open fetches the blob's tail and parses the TOC with the estargz module.
 func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (*source, error) {
+	began := time.Now()
 	blob, tail, err := f.opener.Open(ctx, ref, dgst, f.cfg.tailSize)
+	fetched := time.Now()
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: open blob: %w", dgst, err)
 	}
@@ -140,6 +143,9 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
 	src.buildChunks()
+	log.G(ctx).WithFields(log.Fields{
+		"layer": dgst, "fetch": fetched.Sub(began), "parse": time.Since(fetched), "entries": len(src.ino),
+	}).Debug("layer resolved")
 	return src, nil
 }
 
