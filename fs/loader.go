@@ -2,8 +2,10 @@ package fs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"debug/elf"
+	"encoding/binary"
 	"io"
 	"path"
 	"slices"
@@ -220,9 +222,73 @@ func (l *layer) loaderPrefetch(name string, head []byte) {
 		stack := l.fsys.stack(l)
 		if deps.Interp != "" {
 			l.fsys.prefetchPaths(stack, deps.Interp, ldSoCache)
+		} else if sharedObject(head) {
+			l.prefetchSiblingLibs(e.Name)
 		}
 		l.fsys.prefetchLoad(l.ctx, stack, l, e)
 	})
+}
+
+// Bounds of prefetchSiblingLibs, in compressed bytes.
+const (
+	maxSiblingLib  = 512 << 10
+	maxSiblingLibs = 2 << 20
+)
+
+// prefetchSiblingLibs starts fetching the other shared objects of the
+// directory of library name, those of at most maxSiblingLib, up to
+// maxSiblingLibs in all. A library read before anything named it was
+// loaded with dlopen: a program that loads one plugin of a directory that
+// way loads more (a JVM its native libraries, an interpreter its
+// extension modules), each otherwise a round trip.
+func (l *layer) prefetchSiblingLibs(name string) {
+	dir := path.Dir(name)
+	if !l.fsys.images.first("libdir/" + string(l.src.dgst) + "/" + dir) {
+		return
+	}
+	d, ok := l.src.r.Lookup(dir)
+	if dir == "." || !ok || d.Type != "dir" {
+		return
+	}
+	var cs []chunk
+	var total int64
+	d.ForeachChild(func(base string, e *estargz.TOCEntry) bool {
+		if e.Type != "reg" || e.Name == name || !isSharedObjectName(base) {
+			return true
+		}
+		fcs, err := l.chunks(e, 0, e.Size)
+		if err != nil || len(fcs) == 0 {
+			return true
+		}
+		size := fcs[len(fcs)-1].end - fcs[0].start
+		if size > maxSiblingLib || total+size > maxSiblingLibs {
+			return true
+		}
+		total += size
+		cs = append(cs, fcs...)
+		return true
+	})
+	slices.SortFunc(cs, func(a, b chunk) int { return cmp.Compare(a.start, b.start) })
+	l.startWindow(cs)
+}
+
+// isSharedObjectName reports whether a file name is that of a shared
+// object: libfoo.so, libfoo.so.1.2, _foo.cpython-311-x86_64-linux-gnu.so.
+func isSharedObjectName(base string) bool {
+	return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so.")
+}
+
+// sharedObject reports whether head starts an ELF shared object (ET_DYN).
+// A position-independent program is one too, but has an interpreter.
+func sharedObject(head []byte) bool {
+	if len(head) < 18 {
+		return false
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	if elf.Data(head[elf.EI_DATA]) == elf.ELFDATA2MSB {
+		bo = binary.BigEndian
+	}
+	return elf.Type(bo.Uint16(head[16:18])) == elf.ET_DYN
 }
 
 // prefetchPaths starts fetching the files at paths in stack that were not

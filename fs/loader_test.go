@@ -262,3 +262,45 @@ func TestFindProgram(t *testing.T) {
 		}
 	}
 }
+
+// TestSiblingLibsPrefetch checks that a library read before anything named
+// it (loaded with dlopen) brings the other shared objects of its directory
+// along, and not its other files.
+func TestSiblingLibsPrefetch(t *testing.T) {
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Skip(err)
+		}
+		return b
+	}
+	const lib = "/usr/lib/x86_64-linux-gnu/"
+	l := buildLayer(t, []tarEntry{
+		dir("plugins/", 0o755),
+		file("plugins/libone.so", 0o755, read(lib+"libselinux.so.1")),
+		file("plugins/libtwo.so.2", 0o755, read(lib+"libpcre2-8.so.0")),
+		file("plugins/_three.cpython-311-x86_64-linux-gnu.so", 0o755, read(lib+"libz.so.1")),
+		file("plugins/README", 0o644, randomBytes(9, 200<<10)),
+	})
+	o := newOpener(l)
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
+	mp := mountLayer(t, f, l)
+	fh, err := os.Open(filepath.Join(mp, "plugins/libone.so"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.Read(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	waitFetches(t, f)
+	for _, name := range []string{"libtwo.so.2", "_three.cpython-311-x86_64-linux-gnu.so", "README"} {
+		before := reads(o)
+		if _, err := os.ReadFile(filepath.Join(mp, "plugins", name)); err != nil {
+			t.Fatal(err)
+		}
+		if fetched, want := reads(o) > before, name == "README"; fetched != want {
+			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
+		}
+	}
+}
