@@ -301,22 +301,23 @@ func (f *FileSystem) prefetchPaths(stack []*layer, paths ...string) []loadTarget
 			continue
 		}
 		dl.prefetchFile(de)
-		found = append(found, loadTarget{dl, de})
+		found = append(found, loadTarget{dl, de, p})
 	}
 	return found
 }
 
-// loadTarget is a file the loader opens.
+// loadTarget is a file the loader opens, at path in the image.
 type loadTarget struct {
-	l *layer
-	e *estargz.TOCEntry
+	l    *layer
+	e    *estargz.TOCEntry
+	path string
 }
 
 // prefetchLoad fetches, for the program or library e of l, the files the
 // loader will open, and theirs in turn, in parallel as soon as each is
 // known.
 func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer, e *estargz.TOCEntry) {
-	queue := []loadTarget{{l, e}}
+	queue := []loadTarget{{l, e, "/" + e.Name}}
 	for n := 0; len(queue) > 0 && n < maxLoaderFiles && ctx.Err() == nil; n++ {
 		t := queue[0]
 		queue = queue[1:]
@@ -331,7 +332,9 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 			f.prefetchPaths(stack, deps.Interp, ldSoCache)
 		}
 		var paths []string
+		private := map[string]bool{} // found in the program's run path
 		dirs := libSearchDirs("/"+t.e.Name, deps)
+		system := libSearchDirs("/"+t.e.Name, elfDeps{Interp: deps.Interp, Machine: deps.Machine, Class: deps.Class, Data: deps.Data, Flags: deps.Flags})
 		for _, name := range deps.Needed {
 			if strings.Contains(name, "/") {
 				if path.IsAbs(name) {
@@ -342,14 +345,20 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 			for _, d := range dirs {
 				if _, de := lookupImage(stack, path.Join(d, name)); de != nil {
 					paths = append(paths, path.Join(d, name))
+					private[path.Join(d, name)] = !slices.Contains(system, d)
 					break
 				}
 			}
 		}
 		found := f.prefetchPaths(stack, paths...)
-		for _, d := range found {
-			if strings.HasPrefix(path.Base(d.e.Name), "libc.so.") {
+		for i, d := range found {
+			switch {
+			case strings.HasPrefix(path.Base(d.e.Name), "libc.so."):
 				f.prefetchLibc(stack, path.Dir("/"+d.e.Name))
+			case private[d.path]:
+				// A program's own library directory holds the
+				// plugins it loads with dlopen next.
+				found[i].l.prefetchSiblingLibs(d.e.Name)
 			}
 		}
 		log.G(ctx).WithFields(log.Fields{"layer": t.l.src.dgst, "file": t.e.Name, "prefetching": len(found)}).Debug("loader prefetch")

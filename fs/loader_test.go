@@ -304,3 +304,46 @@ func TestSiblingLibsPrefetch(t *testing.T) {
 		}
 	}
 }
+
+// TestRunPathSiblingsPrefetch checks that a library found through a
+// program's run path (its own library directory, as a JDK's lib/ is for
+// bin/java) brings the other shared objects of that directory along: the
+// plugins the program loads with dlopen next.
+func TestRunPathSiblingsPrefetch(t *testing.T) {
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Skip(err)
+		}
+		return b
+	}
+	const jdk = "/usr/lib/jvm/java-17-openjdk-amd64/"
+	l := buildLayer(t, []tarEntry{
+		dir("jdk/", 0o755), dir("jdk/bin/", 0o755), dir("jdk/lib/", 0o755),
+		file("jdk/bin/java", 0o755, read(jdk+"bin/java")),
+		file("jdk/lib/libjli.so", 0o644, read(jdk+"lib/libjli.so")),
+		file("jdk/lib/libplugin.so", 0o644, read("/usr/lib/x86_64-linux-gnu/libz.so.1")),
+		file("jdk/lib/data.bin", 0o644, randomBytes(6, 100<<10)),
+	})
+	o := newOpener(l)
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
+	mp := mountLayer(t, f, l)
+	fh, err := os.Open(filepath.Join(mp, "jdk/bin/java"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.Read(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	waitFetches(t, f)
+	for _, name := range []string{"libjli.so", "libplugin.so", "data.bin"} {
+		before := reads(o)
+		if _, err := os.ReadFile(filepath.Join(mp, "jdk/lib", name)); err != nil {
+			t.Fatal(err)
+		}
+		if fetched, want := reads(o) > before, name == "data.bin"; fetched != want {
+			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
+		}
+	}
+}
