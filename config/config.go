@@ -122,8 +122,9 @@ type FS struct {
 	// fetch, fetched along with it. While the reader keeps reading on, the
 	// window doubles, up to 8 times this. A reader that jumps from file to
 	// file gets no read-ahead; one that jumps around inside a file of up to
-	// 16MiB compressed gets the rest of it on its second jump. 0 turns
-	// read-ahead off. At most 256MiB.
+	// 16MiB compressed gets the rest of it on its second jump, and a file
+	// of several chunks up to 8MiB compressed comes whole with its first
+	// read from the start. 0 turns read-ahead off. At most 256MiB.
 	ReadaheadSize Size `toml:"readahead_size"`
 
 	// DirPrefetchSize lets the first read that fetches in a directory fetch

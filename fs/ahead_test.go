@@ -591,3 +591,41 @@ func TestDemandBulk(t *testing.T) {
 		t.Error("still in bulk after a pause")
 	}
 }
+
+// TestOpenedFileFetchedWhole checks that a file of a few chunks, read first
+// at its start, is fetched whole at once (a program mapping a class
+// archive or a library reads on, in an order of its own), and that a file
+// over the bound is not.
+func TestOpenedFileFetchedWhole(t *testing.T) {
+	const chunk = 1 << 20
+	small := randomBytes(11, 6*chunk)
+	large := randomBytes(12, 10*chunk) // incompressible: 10 MiB compressed
+	l := buildLayer(t, []tarEntry{file("small", 0o644, small), file("large", 0o644, large)}, estargz.WithChunkSize(chunk))
+	o := newOpener(l)
+	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithDirPrefetch(0))
+	mp := mountLayer(t, f, l)
+	for _, tc := range []struct {
+		name  string
+		data  []byte
+		whole bool
+	}{{"small", small, true}, {"large", large, false}} {
+		fh, err := os.Open(filepath.Join(mp, tc.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		if _, err := fh.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, tc.data[:len(buf)]) {
+			t.Fatalf("%s: %v or wrong content", tc.name, err)
+		}
+		waitFetches(t, f)
+		before := reads(o)
+		off := int64(len(tc.data) - 2*chunk)
+		if _, err := fh.ReadAt(buf, off); err != nil || !bytes.Equal(buf, tc.data[off:off+int64(len(buf))]) {
+			t.Fatalf("%s: %v or wrong content", tc.name, err)
+		}
+		fh.Close()
+		if fetched := reads(o) > before; fetched == tc.whole {
+			t.Errorf("%s: a read far from the start fetched: %v; want the file fetched whole: %v", tc.name, fetched, tc.whole)
+		}
+	}
+}

@@ -166,7 +166,9 @@ func WithMemoryCacheSize(n int64) Option {
 // (default DefaultReadahead); 0 turns read-ahead off. For a reader that
 // keeps reading on in blob order the window doubles, up to 8 times n. A
 // reader that jumps around inside a file of up to 16 MiB compressed gets
-// the rest of the file at its second jump; 0 turns that off too.
+// the rest of the file at its second jump, and a file of several chunks up
+// to 8 MiB compressed comes whole with its first read from the start; 0
+// turns these off too.
 func WithReadahead(n int64) Option {
 	return func(c *config) error {
 		if n < 0 {

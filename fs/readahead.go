@@ -58,8 +58,26 @@ func (l *layer) readaheadMiss(cs []chunk) {
 }
 
 // maxRandomWhole is the largest file, in compressed bytes, that randomMiss
-// fetches whole.
-const maxRandomWhole = 16 << 20
+// fetches whole at a reader's second jump; maxOpenedWhole, at its first
+// read from the start.
+const (
+	maxRandomWhole = 16 << 20
+	maxOpenedWhole = 8 << 20
+)
+
+// fileSpan returns the compressed bytes of the file of chunk c, or -1 if
+// the file is a single chunk.
+func (l *layer) fileSpan(c chunk) int64 {
+	e, ok := l.src.r.Lookup(c.e.Name)
+	if !ok || e.Type != "reg" || c.size >= e.Size {
+		return -1
+	}
+	all, err := l.chunks(e, 0, e.Size)
+	if err != nil || len(all) < 2 {
+		return -1
+	}
+	return all[len(all)-1].end - all[0].start
+}
 
 // randomMiss notes that a read of cs, chunks of one file, missed; it runs
 // before readaheadMiss. A second
@@ -74,6 +92,10 @@ func (l *layer) randomMiss(cs []chunk) {
 	}
 	name := cs[0].e.Name
 	first, last := cs[0].idx, cs[len(cs)-1].idx
+	span := int64(-1)
+	if cs[0].off == 0 {
+		span = l.fileSpan(cs[0])
+	}
 	ra := &l.ra
 	ra.mu.Lock()
 	if l.missedAt == nil {
@@ -83,6 +105,10 @@ func (l *layer) randomMiss(cs []chunk) {
 	// A reader in blob order is read-ahead's.
 	sequential := (ra.size > 0 && first >= ra.start && first <= ra.next) || (ra.last >= 0 && first == ra.last+1)
 	jumped := seen && prev >= 0 && first != prev+1 && !sequential
+	// A file of a few chunks opened at its start is read on, in an order
+	// of its own when it is mapped (a class archive, a library).
+	opened := !seen && !sequential && span > 0 && span <= maxOpenedWhole
+	jumped = jumped || opened
 	switch {
 	case jumped:
 		l.missedAt[name] = -1
