@@ -156,21 +156,7 @@ func (f *FileSystem) waitMounted(ctx context.Context, layers []digest.Digest) ([
 	deadline := time.NewTimer(entrypointWait)
 	defer deadline.Stop()
 	for {
-		f.mu.Lock()
-		byDigest := map[digest.Digest]*layer{}
-		for _, m := range f.mounts {
-			if m.layer != nil && m.server != nil {
-				byDigest[m.layer.src.dgst] = m.layer
-			}
-		}
-		changed := f.mounted
-		f.mu.Unlock()
-		stack := make([]*layer, 0, len(layers))
-		for _, d := range slices.Backward(layers) {
-			if l, ok := byDigest[d]; ok {
-				stack = append(stack, l)
-			}
-		}
+		stack, changed := f.mountedStack(layers)
 		if len(stack) == len(layers) {
 			return stack, nil
 		}

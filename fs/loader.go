@@ -59,6 +59,14 @@ func (im *images) note(self digest.Digest, label string) {
 			list = append(list, d)
 		}
 	}
+	im.noteList(list)
+}
+
+// noteList records the layers of an image, bottom first.
+func (im *images) noteList(list []digest.Digest) {
+	if len(list) == 0 {
+		return
+	}
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	for i, l := range im.lists {
@@ -74,22 +82,6 @@ func (im *images) note(self digest.Digest, label string) {
 		im.lists = im.lists[1:]
 	}
 	im.lists = append(im.lists, list)
-}
-
-// noteList records the layers of an image, bottom first, as read from its
-// manifest.
-func (im *images) noteList(layers []digest.Digest) {
-	if len(layers) > 0 {
-		im.note(layers[0], joinDigests(layers[1:]))
-	}
-}
-
-func joinDigests(ds []digest.Digest) string {
-	s := make([]string, len(ds))
-	for i, d := range ds {
-		s[i] = d.String()
-	}
-	return strings.Join(s, ",")
 }
 
 // isSuffix reports whether a ends b.
@@ -130,21 +122,33 @@ func (f *FileSystem) stack(l *layer) []*layer {
 	if list == nil {
 		return []*layer{l}
 	}
-	byDigest := map[digest.Digest]*layer{l.src.dgst: l}
+	stack, _ := f.mountedStack(list, l)
+	return stack
+}
+
+// mountedStack returns the layers of list (bottom first) that are mounted,
+// or among known, top first, and the channel that is closed when a mount
+// is added.
+func (f *FileSystem) mountedStack(list []digest.Digest, known ...*layer) ([]*layer, <-chan struct{}) {
+	byDigest := make(map[digest.Digest]*layer, len(known))
+	for _, l := range known {
+		byDigest[l.src.dgst] = l
+	}
 	f.mu.Lock()
 	for _, m := range f.mounts {
 		if m.layer != nil && m.server != nil {
 			byDigest[m.layer.src.dgst] = m.layer
 		}
 	}
+	changed := f.mounted
 	f.mu.Unlock()
-	var stack []*layer
+	stack := make([]*layer, 0, len(list))
 	for _, d := range slices.Backward(list) {
 		if ml, ok := byDigest[d]; ok {
 			stack = append(stack, ml)
 		}
 	}
-	return stack
+	return stack, changed
 }
 
 // lookupImage returns the regular file at p in the merged tree of stack,

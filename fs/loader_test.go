@@ -16,13 +16,6 @@ import (
 // behind the symlinks of a merged-/usr system, and an unrelated library.
 func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
 	const multiarch = "usr/lib/x86_64-linux-gnu/"
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Skip(err)
-		}
-		return b
-	}
 	libs = []string{"ld-linux-x86-64.so.2", "libc.so.6", "libselinux.so.1", "libpcre2-8.so.0"}
 	es := []tarEntry{
 		dir("etc/", 0o755), file(ldSoCache, 0o644, randomBytes(1, 20<<10)),
@@ -33,7 +26,7 @@ func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
 		file(multiarch+"libunrelated.so.1", 0o644, randomBytes(2, 300<<10)),
 	}
 	for _, name := range libs {
-		es = append(es, file(multiarch+name, 0o755, read("/usr/lib/x86_64-linux-gnu/"+name)))
+		es = append(es, file(multiarch+name, 0o755, hostFile(t, "/usr/lib/x86_64-linux-gnu/"+name)))
 	}
 	// What the C library reads at start-up.
 	es = append(es,
@@ -49,7 +42,7 @@ func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
 		file("usr/share/zoneinfo/Etc/UTC", 0o644, []byte("TZif2 UTC")),
 	)
 	lower = buildLayer(t, es)
-	upper = buildLayer(t, []tarEntry{dir("usr/", 0o755), dir("usr/bin/", 0o755), file("usr/bin/ls", 0o755, read("/usr/bin/ls"))})
+	upper = buildLayer(t, []tarEntry{dir("usr/", 0o755), dir("usr/bin/", 0o755), file("usr/bin/ls", 0o755, hostFile(t, "/usr/bin/ls"))})
 	return lower, upper, append(libs, "libunrelated.so.1")
 }
 
@@ -82,24 +75,13 @@ func TestLoaderPrefetch(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		fh, err := os.Open(filepath.Join(mps[upper], "usr/bin/ls"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := fh.Read(make([]byte, 4096)); err != nil {
-			t.Fatal(err)
-		}
-		fh.Close()
+		readHead(t, filepath.Join(mps[upper], "usr/bin/ls"))
 		waitFetches(t, f)
 		libcFiles := []string{"../../share/zoneinfo/Etc/UTC", "../../../etc/nsswitch.conf", "gconv/gconv-modules.cache",
 			"../locale/C.utf8/LC_CTYPE", "../locale/C.utf8/LC_NUMERIC", "../locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES"}
 		for _, name := range append(append([]string{"../../../" + ldSoCache}, libs...), libcFiles...) {
 			p := filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu", name)
-			before := reads(o)
-			if _, err := os.ReadFile(p); err != nil {
-				t.Fatal(err)
-			}
-			fetched := reads(o) > before
+			fetched := fetchedReading(t, o, p)
 			if want := !on || name == "libunrelated.so.1"; fetched != want {
 				t.Errorf("loader prefetch %v: reading %s fetched: %v, want %v", on, filepath.Base(name), fetched, want)
 			}
@@ -167,11 +149,7 @@ func TestMountFetchesRuntimeFiles(t *testing.T) {
 	mp := mountLayer(t, f, l)
 	waitFetches(t, f)
 	for _, name := range []string{"etc/passwd", "etc/group", "etc/hosts"} {
-		before := reads(o)
-		if _, err := os.ReadFile(filepath.Join(mp, name)); err != nil {
-			t.Fatal(err)
-		}
-		if fetched, want := reads(o) > before, name == "etc/hosts"; fetched != want {
+		if fetched, want := fetchedReading(t, o, filepath.Join(mp, name)), name == "etc/hosts"; fetched != want {
 			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
 		}
 	}
@@ -204,11 +182,7 @@ func TestEntrypointPrefetch(t *testing.T) {
 	}
 	f.wg.Wait()
 	for _, p := range append([]string{filepath.Join(mps[upper], "usr/bin/ls")}, libPaths(mps[lower], libs)...) {
-		before := reads(o)
-		if _, err := os.ReadFile(p); err != nil {
-			t.Fatal(err)
-		}
-		if fetched, want := reads(o) > before, filepath.Base(p) == "libunrelated.so.1"; fetched != want {
+		if fetched, want := fetchedReading(t, o, p), filepath.Base(p) == "libunrelated.so.1"; fetched != want {
 			t.Errorf("reading %s fetched: %v, want %v", filepath.Base(p), fetched, want)
 		}
 	}
@@ -267,39 +241,21 @@ func TestFindProgram(t *testing.T) {
 // it (loaded with dlopen) brings the other shared objects of its directory
 // along, and not its other files.
 func TestSiblingLibsPrefetch(t *testing.T) {
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Skip(err)
-		}
-		return b
-	}
 	const lib = "/usr/lib/x86_64-linux-gnu/"
 	l := buildLayer(t, []tarEntry{
 		dir("plugins/", 0o755),
-		file("plugins/libone.so", 0o755, read(lib+"libselinux.so.1")),
-		file("plugins/libtwo.so.2", 0o755, read(lib+"libpcre2-8.so.0")),
-		file("plugins/_three.cpython-311-x86_64-linux-gnu.so", 0o755, read(lib+"libz.so.1")),
+		file("plugins/libone.so", 0o755, hostFile(t, lib+"libselinux.so.1")),
+		file("plugins/libtwo.so.2", 0o755, hostFile(t, lib+"libpcre2-8.so.0")),
+		file("plugins/_three.cpython-311-x86_64-linux-gnu.so", 0o755, hostFile(t, lib+"libz.so.1")),
 		file("plugins/README", 0o644, randomBytes(9, 200<<10)),
 	})
 	o := newOpener(l)
 	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
-	fh, err := os.Open(filepath.Join(mp, "plugins/libone.so"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fh.Read(make([]byte, 4096)); err != nil {
-		t.Fatal(err)
-	}
-	fh.Close()
+	readHead(t, filepath.Join(mp, "plugins/libone.so"))
 	waitFetches(t, f)
 	for _, name := range []string{"libtwo.so.2", "_three.cpython-311-x86_64-linux-gnu.so", "README"} {
-		before := reads(o)
-		if _, err := os.ReadFile(filepath.Join(mp, "plugins", name)); err != nil {
-			t.Fatal(err)
-		}
-		if fetched, want := reads(o) > before, name == "README"; fetched != want {
+		if fetched, want := fetchedReading(t, o, filepath.Join(mp, "plugins", name)), name == "README"; fetched != want {
 			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
 		}
 	}
@@ -310,40 +266,57 @@ func TestSiblingLibsPrefetch(t *testing.T) {
 // bin/java) brings the other shared objects of that directory along: the
 // plugins the program loads with dlopen next.
 func TestRunPathSiblingsPrefetch(t *testing.T) {
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Skip(err)
-		}
-		return b
-	}
 	const jdk = "/usr/lib/jvm/java-17-openjdk-amd64/"
 	l := buildLayer(t, []tarEntry{
 		dir("jdk/", 0o755), dir("jdk/bin/", 0o755), dir("jdk/lib/", 0o755),
-		file("jdk/bin/java", 0o755, read(jdk+"bin/java")),
-		file("jdk/lib/libjli.so", 0o644, read(jdk+"lib/libjli.so")),
-		file("jdk/lib/libplugin.so", 0o644, read("/usr/lib/x86_64-linux-gnu/libz.so.1")),
+		file("jdk/bin/java", 0o755, hostFile(t, jdk+"bin/java")),
+		file("jdk/lib/libjli.so", 0o644, hostFile(t, jdk+"lib/libjli.so")),
+		file("jdk/lib/libplugin.so", 0o644, hostFile(t, "/usr/lib/x86_64-linux-gnu/libz.so.1")),
 		file("jdk/lib/data.bin", 0o644, randomBytes(6, 100<<10)),
 	})
 	o := newOpener(l)
 	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
-	fh, err := os.Open(filepath.Join(mp, "jdk/bin/java"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fh.Read(make([]byte, 4096)); err != nil {
-		t.Fatal(err)
-	}
-	fh.Close()
+	readHead(t, filepath.Join(mp, "jdk/bin/java"))
 	waitFetches(t, f)
 	for _, name := range []string{"libjli.so", "libplugin.so", "data.bin"} {
-		before := reads(o)
-		if _, err := os.ReadFile(filepath.Join(mp, "jdk/lib", name)); err != nil {
-			t.Fatal(err)
-		}
-		if fetched, want := reads(o) > before, name == "data.bin"; fetched != want {
+		if fetched, want := fetchedReading(t, o, filepath.Join(mp, "jdk/lib", name)), name == "data.bin"; fetched != want {
 			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
 		}
 	}
+}
+
+// hostFile returns the content of a file of this machine, or skips the
+// test without it.
+func hostFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Skip(err)
+	}
+	return b
+}
+
+// readHead reads the first 4 KiB of file p, as the kernel does to exec a
+// program or the loader to load a library.
+func readHead(t *testing.T, p string) {
+	t.Helper()
+	fh, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	if _, err := fh.Read(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fetchedReading reads file p whole and reports whether that fetched.
+func fetchedReading(t *testing.T, o *testOpener, p string) bool {
+	t.Helper()
+	before := reads(o)
+	if _, err := os.ReadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	return reads(o) > before
 }
