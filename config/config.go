@@ -85,6 +85,12 @@ type Remote struct {
 	// Parallelism bounds the concurrent range requests one read of
 	// several ranges of a blob may make.
 	Parallelism int `toml:"parallelism"`
+
+	// WarmConnections is how many connections to a registry host are
+	// opened ahead of need when a layer is first read from it, so that the
+	// burst of reads of a starting container waits for no TCP or TLS
+	// handshake. 0 turns it off.
+	WarmConnections int `toml:"warm_connections"`
 }
 
 // FS is the [fs] table: the FUSE filesystems of lazily pulled layers.
@@ -208,10 +214,11 @@ func Default() *Config {
 		Address:  DefaultAddress,
 		LogLevel: DefaultLogLevel,
 		Remote: Remote{
-			HostsDir:       DefaultHostsDir,
-			RequestTimeout: Duration{30 * time.Second},
-			Retries:        3,
-			Parallelism:    4,
+			HostsDir:        DefaultHostsDir,
+			RequestTimeout:  Duration{30 * time.Second},
+			Retries:         3,
+			Parallelism:     4,
+			WarmConnections: 8,
 		},
 		FS: FS{
 			TailSize:           512 * KiB,
@@ -258,6 +265,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Remote.Parallelism < 1 {
 		errs = append(errs, fmt.Errorf("remote.parallelism: %d is less than 1", c.Remote.Parallelism))
+	}
+	if c.Remote.WarmConnections < 0 {
+		errs = append(errs, fmt.Errorf("remote.warm_connections: %d is negative", c.Remote.WarmConnections))
 	}
 	if c.FS.TailSize < 64 {
 		errs = append(errs, fmt.Errorf("fs.tail_size: %s is less than 64 bytes", c.FS.TailSize))

@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bytes"
 	"cmp"
 	"compress/gzip"
 	"context"
@@ -226,34 +225,36 @@ func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, spl
 }
 
 // fetchGroup reads the chunks of cs (in blob order, close together) with
-// one read of the blob, then decompresses, verifies and stores each, and
-// completes its flight as soon as it is verified. A chunk that fails
-// verification fails alone, and is neither served nor cached.
+// one read of the blob and, as their bytes arrive, decompresses, verifies
+// and stores each, completing its flight as soon as it is verified: a
+// reader of the first chunk waits neither for the last nor for its
+// decompression. A chunk that fails verification fails alone, and is
+// neither served nor cached.
 func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
 	start, end := cs[0].start, cs[0].end
 	for _, c := range cs {
 		end = max(end, c.end)
 	}
 	buf := make([]byte, end-start)
-	began := time.Now()
-	err := l.readBlob(ctx, buf, start, split)
-	log.G(ctx).WithFields(log.Fields{
-		"layer": l.src.dgst, "offset": start, "bytes": len(buf), "chunks": len(cs),
-		"file": cs[0].e.Name, "demand": split, "duration": time.Since(began),
-	}).Debug("fetched")
-	if err != nil {
-		err = fmt.Errorf("layer %s: fetch %d bytes at %d: %w", l.src.dgst, len(buf), start, err)
-		if ctx.Err() == nil {
-			log.G(ctx).WithError(err).WithField("layer", l.src.dgst).Error("fetch failed")
-		}
-	}
+	arr := newArrival(buf, l.readParts(len(buf), split))
+	read := make(chan error, 1)
+	go func() {
+		began := time.Now()
+		err := l.readBlob(ctx, arr, start)
+		log.G(ctx).WithFields(log.Fields{
+			"layer": l.src.dgst, "offset": start, "bytes": len(buf), "chunks": len(cs),
+			"file": cs[0].e.Name, "demand": split, "duration": time.Since(began),
+		}).Debug("fetched")
+		read <- err
+	}()
 	cache := l.fsys.cfg.cache
+	next := 0 // cs[:next] have finished
 	for i, c := range cs {
-		if err != nil {
-			l.flights.finish(calls[i], nil, err)
-			continue
+		data, cerr := l.decode(c, arr.reader(int(c.start-start), int(c.end-start)))
+		if cerr != nil && arr.failed() {
+			break // the read's error, below
 		}
-		data, cerr := l.decode(c, buf[c.start-start:c.end-start])
+		next = i + 1
 		if cerr != nil {
 			cerr = fmt.Errorf("layer %s: file %s: %w", l.src.dgst, c.e.Name, cerr)
 			log.G(ctx).WithError(cerr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Error("chunk verification failed")
@@ -272,43 +273,68 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 			}
 		}
 	}
+	err := <-read
+	if next == len(cs) {
+		return
+	}
+	if err == nil { // cannot happen: a decode fails early only on a failed read
+		err = errors.New("read ended early")
+	}
+	err = fmt.Errorf("layer %s: fetch %d bytes at %d: %w", l.src.dgst, len(buf), start, err)
+	if ctx.Err() == nil {
+		log.G(ctx).WithError(err).WithField("layer", l.src.dgst).Error("fetch failed")
+	}
+	for i := next; i < len(cs); i++ {
+		l.flights.finish(calls[i], nil, err)
+	}
 }
 
-// readBlob fills buf from the blob at off. With split, a long read goes out
-// as up to fetchConcurrency concurrent requests of at least minPart bytes,
-// which keeps a long-latency link busy where one request would wait out
-// slow start.
-func (l *layer) readBlob(ctx context.Context, buf []byte, off int64, split bool) error {
-	n := 1
-	if split {
-		n = max(1, min(l.fsys.cfg.fetchConcurrency, len(buf)/minPart))
+// readParts is how many concurrent requests read n bytes: with split, a
+// long read goes out as up to fetchConcurrency requests of at least
+// minPart bytes, which keeps a long-latency link busy where one request
+// would wait out slow start.
+func (l *layer) readParts(n int, split bool) int {
+	if !split {
+		return 1
 	}
-	if n == 1 {
-		return l.blobRead(ctx, buf, off)
+	return max(1, min(l.fsys.cfg.fetchConcurrency, n/minPart))
+}
+
+// readBlob fills arr's buffer from the blob at off, one request per part,
+// concurrently, reporting the bytes as they arrive where the Blob can.
+func (l *layer) readBlob(ctx context.Context, arr *arrival, off int64) error {
+	if len(arr.parts) == 1 {
+		return l.readPart(ctx, arr, 0, off)
 	}
-	part := (len(buf) + n - 1) / n
-	errs := make([]error, n)
+	errs := make([]error, len(arr.parts))
 	var wg sync.WaitGroup
-	for i := range n {
-		lo, hi := i*part, min((i+1)*part, len(buf))
-		wg.Go(func() { errs[i] = l.blobRead(ctx, buf[lo:hi], off+int64(lo)) })
+	for i := range arr.parts {
+		wg.Go(func() { errs[i] = l.readPart(ctx, arr, i, off) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (l *layer) blobRead(ctx context.Context, p []byte, off int64) error {
+func (l *layer) readPart(ctx context.Context, arr *arrival, i int, off int64) error {
+	pt := arr.parts[i]
+	p := arr.buf[pt.lo:pt.hi]
 	l.fetches.Add(1)
-	if _, err := l.src.blob.ReadAt(ctx, p, off); err != nil {
-		return err
+	var err error
+	if pb, ok := l.src.blob.(ProgressBlob); ok {
+		_, err = pb.ReadAtProgress(ctx, p, off+int64(pt.lo), arr.progress(i))
+	} else {
+		_, err = l.src.blob.ReadAt(ctx, p, off+int64(pt.lo))
 	}
-	l.fetched.Add(int64(len(p)))
-	return nil
+	if err == nil {
+		l.fetched.Add(int64(len(p)))
+	}
+	arr.done(i, err)
+	return err
 }
 
 // decode decompresses chunk c from its gzip member and verifies it.
-func (l *layer) decode(c chunk, member []byte) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(member))
+func (l *layer) decode(c chunk, member io.Reader) ([]byte, error) {
+	zr, err := gzip.NewReader(member)
 	if err != nil {
 		return nil, fmt.Errorf("chunk at %d: %v: %w", c.off, err, errdefs.ErrDataLoss)
 	}

@@ -143,6 +143,76 @@ func TestConcurrentReaders(t *testing.T) {
 	}
 }
 
+// TestReaderServedBeforeLongReadEnds checks that a reader of the first
+// chunks of a long read (a prefetch of a whole file) gets them once their
+// bytes are in, not when the last byte of the read is; and that when the
+// read then fails, the chunks it did not bring fail with its error and
+// the next read fetches them.
+func TestReaderServedBeforeLongReadEnds(t *testing.T) {
+	l := fullLayer(t)
+	o := newOpener(l)
+	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0), WithDirPrefetch(0), WithBackgroundFetch(false), WithCache(newMapCache()))
+	mp := mountLayer(t, f, l)
+	lay := f.mounts[mp].layer
+	e, _ := lay.src.r.Lookup("big")
+	big := l.entries[7].data
+	cs, err := lay.chunks(e, 0, e.Size)
+	if err != nil || len(cs) < 4 {
+		t.Fatalf("big has %d chunks (%v), want at least 4", len(cs), err)
+	}
+	hold := make(chan struct{})
+	o.mu.Lock()
+	o.hold, o.holdFrom, o.holdErr = hold, cs[2].start, errors.New("connection reset")
+	o.mu.Unlock()
+
+	prefetched := make(chan struct{})
+	go func() {
+		defer close(prefetched)
+		lay.fetchAhead(context.Background(), cs, false)
+	}()
+	got := make(chan error, 1)
+	go func() {
+		time.Sleep(50 * time.Millisecond) // let the prefetch claim every chunk
+		p := make([]byte, 2*testChunkSize)
+		_, err := lay.readAt(context.Background(), e, p, 0)
+		if err == nil && !bytes.Equal(p, big[:len(p)]) {
+			err = errors.New("wrong content")
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Errorf("reading the first two chunks: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the reader of the first two chunks waited for the rest of the read")
+	}
+	reads0 := reads(o)
+	close(hold)
+	<-prefetched
+	for _, c := range cs[:2] {
+		if !lay.src.chunks.isLocal(c.idx) {
+			t.Errorf("chunk at %d, which arrived, is not in the cache", c.off)
+		}
+	}
+	for _, c := range cs[2:] {
+		if lay.src.chunks.isLocal(c.idx) {
+			t.Errorf("chunk at %d, which the failed read did not bring, is in the cache", c.off)
+		}
+	}
+	o.mu.Lock()
+	o.hold = nil
+	o.mu.Unlock()
+	p := make([]byte, testChunkSize)
+	if _, err := lay.readAt(context.Background(), e, p, 2*testChunkSize); err != nil || !bytes.Equal(p, big[2*testChunkSize:3*testChunkSize]) {
+		t.Errorf("reading the third chunk after the failed read: %v or wrong content", err)
+	}
+	if n := reads(o); n != reads0+1 {
+		t.Errorf("reading the third chunk again cost %d fetches, want 1", n-reads0)
+	}
+}
+
 // TestCorruptChunk checks that a chunk whose bytes do not match its digest
 // is an EIO for its file only.
 func TestCorruptChunk(t *testing.T) {

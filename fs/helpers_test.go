@@ -141,6 +141,12 @@ type testOpener struct {
 	failOn map[digest.Digest]error
 	// manifests, if set, makes the opener a ManifestReader.
 	manifests map[digest.Digest][]byte
+	// hold, if set, holds back the bytes at holdFrom and after of a read
+	// that starts before holdFrom, until it is closed; then the read ends
+	// with holdErr if that is set.
+	hold     chan struct{}
+	holdFrom int64
+	holdErr  error
 }
 
 // manifestOpener is a testOpener that reads manifests too.
@@ -231,6 +237,39 @@ func (b *testBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 	b.o.bytes += int64(len(p))
 	b.o.mu.Unlock()
 	return copy(p, b.data[off:]), nil
+}
+
+// ReadAtProgress reads like ReadAt and reports the bytes as they come: all
+// at once, or those before o.holdFrom first (see testOpener.hold).
+func (b *testBlob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(int)) (int, error) {
+	b.o.mu.Lock()
+	hold, from, holdErr := b.o.hold, b.o.holdFrom, b.o.holdErr
+	b.o.mu.Unlock()
+	k := int(from - off)
+	if hold == nil || k <= 0 || k >= len(p) {
+		n, err := b.ReadAt(ctx, p, off)
+		if err == nil {
+			progress(n)
+		}
+		return n, err
+	}
+	if _, err := b.ReadAt(ctx, p[:k], off); err != nil {
+		return 0, err
+	}
+	progress(k)
+	select {
+	case <-hold:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	if holdErr != nil {
+		return 0, holdErr
+	}
+	if _, err := b.ReadAt(ctx, p[k:], from); err != nil {
+		return 0, err
+	}
+	progress(len(p))
+	return len(p), nil
 }
 
 // mapCache is a Cache in memory that counts its hits.

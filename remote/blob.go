@@ -50,12 +50,21 @@ func (b *Blob) Digest() digest.Digest { return b.dgst }
 // error: io.EOF with the bytes that were there when p reaches past the end
 // of the blob, otherwise an *Error (or the context's error) and 0.
 func (b *Blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	return b.ReadAtProgress(ctx, p, off, nil)
+}
+
+// ReadAtProgress reads like ReadAt and, while the bytes arrive, calls
+// progress (if not nil) with how many of p's leading bytes are in place, a
+// count that only grows, so that a caller can work on the start of a long
+// read while the rest is on the wire. The calls come from the goroutine
+// of ReadAtProgress. On error, the bytes reported may be all there is.
+func (b *Blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error) {
 	if off < 0 || off > b.size {
 		return 0, fmt.Errorf("read at %d of blob %s of size %d: %w", off, b.dgst, b.size, errdefs.ErrOutOfRange)
 	}
 	n := min(int64(len(p)), b.size-off)
 	if n > 0 {
-		s := &span{off: off, end: off + n, buf: p[:n]}
+		s := &span{off: off, end: off + n, buf: p[:n], progress: progress}
 		if _, err := b.readSpans(ctx, []*span{s}, nil); err != nil {
 			return 0, err
 		}

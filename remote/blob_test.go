@@ -319,3 +319,122 @@ func TestConnectionsReused(t *testing.T) {
 		}
 	}
 }
+
+// The first reads after a blob is opened (a starting container's burst)
+// find connections open: the resolver warmed them in the background.
+func TestWarmConnections(t *testing.T) {
+	reg := newRegistry(t, 1<<20)
+	var mu sync.Mutex
+	conns := map[string]bool{} // client addresses seen: one per connection
+	serve := reg.serve
+	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr] = true
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // keep the requests concurrent
+		serve(w, r)
+	}
+	const n = 6
+	r := newTestResolver(t, reg, WithWarmConnections(n))
+	b, _ := mustOpen(t, r, reg, 10)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(reg.requests()) < n+1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // let the warm-up's connections go idle
+	mu.Lock()
+	before := len(conns)
+	mu.Unlock()
+	if before < n {
+		t.Fatalf("after Open, %d connections were opened, want at least %d", before, n)
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := b.ReadAt(context.Background(), make([]byte, 1000), int64(i)*100_000); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	opened := len(conns) - before
+	mu.Unlock()
+	if opened != 0 {
+		t.Errorf("%d concurrent reads after the warm-up opened %d new connections, want 0", n, opened)
+	}
+	// Opening another blob of the host soon after warms nothing again.
+	had := len(reg.requests())
+	mustOpen(t, r, reg, 10)
+	time.Sleep(100 * time.Millisecond)
+	if got := len(reg.requests()) - had; got != 1 {
+		t.Errorf("a second Open made %d requests, want 1", got)
+	}
+}
+
+// A caller of ReadAtProgress may work on the start of a read while the
+// rest is on the wire: it is told, in order, how much has arrived, and
+// never of bytes that are not in place or that an answer failed to bring.
+func TestReadAtProgress(t *testing.T) {
+	const size = 4 << 20
+	for _, tc := range []struct {
+		name  string
+		serve func(reg *registry) func(http.ResponseWriter, *http.Request)
+	}{
+		{"ranges", nil},
+		{"whole blob", func(reg *registry) func(http.ResponseWriter, *http.Request) { return serveWhole(reg.blob) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newRegistry(t, size)
+			b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+			if tc.serve != nil {
+				reg.serve = tc.serve(reg)
+			}
+			const off = 12345
+			p := make([]byte, 3<<20)
+			var calls []int
+			n, err := b.ReadAtProgress(context.Background(), p, off, func(n int) {
+				if len(calls) > 0 && n <= calls[len(calls)-1] {
+					t.Errorf("progress went from %d to %d", calls[len(calls)-1], n)
+				}
+				if !bytes.Equal(p[:n], reg.blob[off:off+n]) {
+					t.Errorf("progress(%d): those bytes are not in place", n)
+				}
+				calls = append(calls, n)
+			})
+			if err != nil || n != len(p) || !bytes.Equal(p, reg.blob[off:off+len(p)]) {
+				t.Fatalf("ReadAtProgress = %d, %v", n, err)
+			}
+			if len(calls) < 2 || calls[len(calls)-1] != len(p) {
+				t.Errorf("progress calls %v: want several, the last %d", calls, len(p))
+			}
+		})
+	}
+	t.Run("short body", func(t *testing.T) {
+		reg := newRegistry(t, 10_000)
+		b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+		reg.serve = func(w http.ResponseWriter, r *http.Request) {
+			start, end, _ := firstRange(r.Header.Get("Range"), 10_000)
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/10000", start, end))
+			w.Header().Set("Content-Length", strconv.FormatInt(end-start+1, 10))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(reg.blob[start : start+(end-start)/2])
+		}
+		most := 0
+		_, err := b.ReadAtProgress(context.Background(), make([]byte, 1000), 0, func(n int) { most = n })
+		if err == nil || !errdefs.IsUnavailable(err) || most >= 1000/2+1 {
+			t.Errorf("short body: %v, progress reached %d of 1000 (500 sent)", err, most)
+		}
+	})
+	t.Run("lying range", func(t *testing.T) {
+		reg := newRegistry(t, 10_000)
+		b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+		reg.serve = serveFirstRange(reg.blob, 1)
+		_, err := b.ReadAtProgress(context.Background(), make([]byte, 10), 100, func(n int) {
+			t.Errorf("progress(%d) for an answer with the wrong range", n)
+		})
+		if !errdefs.IsDataLoss(err) {
+			t.Errorf("lying Content-Range: %v", err)
+		}
+	})
+}

@@ -180,7 +180,8 @@ func fastBackoff(o *options) error {
 func newTestResolver(t *testing.T, reg *registry, opts ...Option) *Resolver {
 	t.Helper()
 	dir := hostsDir(t, reg.host(), fmt.Sprintf("server = %q\n", reg.srv.URL))
-	opts = append([]Option{WithHostsDir(dir), fastBackoff, WithCredentials(noCredentials)}, opts...)
+	// No warm-up unless a test asks: tests count requests.
+	opts = append([]Option{WithHostsDir(dir), fastBackoff, WithCredentials(noCredentials), WithWarmConnections(0)}, opts...)
 	r, err := NewResolver(opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -38,7 +38,7 @@ func TestMirrorFallOver(t *testing.T) {
 				mirror.serve = tc.mirror(mirror)
 			}
 			dir := hostsDir(t, up.host(), fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\"]\n", up.srv.URL, mirror.srv.URL))
-			r, err := NewResolver(WithHostsDir(dir), WithCredentials(noCredentials), fastBackoff)
+			r, err := NewResolver(WithHostsDir(dir), WithCredentials(noCredentials), fastBackoff, WithWarmConnections(0))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +109,7 @@ func TestTLSAndPlainHTTP(t *testing.T) {
 			if tc.hosts != "" {
 				dir = hostsDir(t, tc.reg.host(), tc.hosts)
 			}
-			r, err := NewResolver(WithHostsDir(dir), WithCredentials(noCredentials), fastBackoff)
+			r, err := NewResolver(WithHostsDir(dir), WithCredentials(noCredentials), fastBackoff, WithWarmConnections(0))
 			if err != nil {
 				t.Fatal(err)
 			}

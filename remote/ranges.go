@@ -20,6 +20,8 @@ type span struct {
 	// buf, if set, receives the bytes (len(buf) == end-off).
 	buf  []byte
 	done bool
+	// progress, if set, is told how many bytes of buf are in as they arrive.
+	progress func(n int)
 }
 
 // coalesce sorts ranges and merges adjacent or overlapping ones into spans.

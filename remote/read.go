@@ -211,7 +211,7 @@ func (b *Blob) stream(body io.Reader, pos int64, spans []*span, host, rng string
 		if s.buf == nil {
 			s.buf = make([]byte, s.end-s.off)
 		}
-		if err := b.readFull(body, s.buf, host, rng); err != nil {
+		if err := b.readSpan(body, s, host, rng); err != nil {
 			return err
 		}
 		pos = s.end
@@ -220,6 +220,29 @@ func (b *Blob) stream(body io.Reader, pos int64, spans []*span, host, rng string
 			if err := deliver(s, s.buf); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// progressStep is the most a span's reader takes from the body between
+// two reports of its progress.
+const progressStep = 64 << 10
+
+// readSpan fills s.buf from body, reporting progress to s.progress.
+func (b *Blob) readSpan(body io.Reader, s *span, host, rng string) error {
+	if s.progress == nil {
+		return b.readFull(body, s.buf, host, rng)
+	}
+	got := 0
+	for got < len(s.buf) {
+		n, err := io.ReadAtLeast(body, s.buf[got:min(len(s.buf), got+progressStep)], 1)
+		got += n
+		if n > 0 {
+			s.progress(got)
+		}
+		if err != nil && got < len(s.buf) {
+			return b.bodyError(host, rng, err, int64(got), int64(len(s.buf)))
 		}
 	}
 	return nil

@@ -48,6 +48,7 @@ type options struct {
 	maxRanges   int
 	backoffBase time.Duration
 	backoffMax  time.Duration
+	warm        int
 }
 
 // Option configures a Resolver.
@@ -122,6 +123,21 @@ func WithParallelism(n int) Option {
 	}
 }
 
+// WithWarmConnections sets how many connections to a registry host are
+// opened ahead of need when a blob is first opened there (and again once
+// idle connections may have been closed), so that the bursts of reads of a
+// starting container do not wait for TCP and TLS handshakes: each costs
+// one more round trip or two. 0 turns it off.
+func WithWarmConnections(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("warm connections %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		o.warm = n
+		return nil
+	}
+}
+
 // Resolver opens blobs in registries. It is safe for concurrent use. Host
 // configuration is read from the hosts directory once per registry and
 // kept, with its connections and tokens, for the life of the Resolver.
@@ -139,6 +155,7 @@ type hostState struct {
 	noRanges     atomic.Bool // answers range requests with 200 and the whole blob
 	noMultiRange atomic.Bool // answers multi-range requests wrongly
 	noSuffix     atomic.Bool // rejects suffix ranges (bytes=-N)
+	warmedAt     atomic.Int64 // when connections were last warmed, in Unix nanoseconds
 }
 
 // NewResolver returns a Resolver configured by opts.
@@ -153,6 +170,7 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		maxRanges:   32,
 		backoffBase: 100 * time.Millisecond,
 		backoffMax:  5 * time.Second,
+		warm:        8,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -290,7 +308,47 @@ func (r *Resolver) Open(ctx context.Context, ref string, dgst digest.Digest, tai
 	if err != nil {
 		return nil, nil, err
 	}
+	b.warm(ctx)
 	return b, data, nil
+}
+
+// warmAgain is how long after a warm-up a host is warmed again, well
+// within the time idle connections are kept open.
+const warmAgain = 30 * time.Second
+
+// warm opens, in the background, connections to the host that answered
+// b's open: WithWarmConnections concurrent reads of b's first byte, each
+// of which finds no idle connection and opens one.
+func (b *Blob) warm(ctx context.Context) {
+	n := b.r.opts.warm
+	if n == 0 {
+		return
+	}
+	st := b.r.state(b.endpoint())
+	if st.noRanges.Load() {
+		return // a first byte would be the whole blob
+	}
+	now := time.Now().UnixNano()
+	last := st.warmedAt.Load()
+	if now-last < int64(warmAgain) || !st.warmedAt.CompareAndSwap(last, now) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.r.opts.timeout)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			resp, err := b.fetch(ctx, "bytes=0-0")
+			if err != nil {
+				log.G(ctx).WithError(err).Debug("warming a connection failed")
+				return
+			}
+			drain(resp.Body)
+		})
+	}
+	go func() {
+		wg.Wait()
+		cancel()
+	}()
 }
 
 // open learns the size and reads the tail.

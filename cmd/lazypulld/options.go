@@ -34,6 +34,7 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
 		remote.WithParallelism(cfg.Remote.Parallelism),
+		remote.WithWarmConnections(cfg.Remote.WarmConnections),
 		remote.WithUserAgent("lazypull/"+version),
 	)
 	if err != nil {
@@ -89,7 +90,10 @@ func newCache(cfg *config.Config) (*cache.Dir, error) {
 // blobOpener adapts the registry client to the blob source fs declares.
 type blobOpener struct{ r *remote.Resolver }
 
-var _ fs.ManifestReader = blobOpener{}
+var (
+	_ fs.ManifestReader = blobOpener{}
+	_ fs.ProgressBlob   = (*remote.Blob)(nil)
+)
 
 // Manifest reads an image's manifest, for the entrypoint prefetch.
 func (o blobOpener) Manifest(ctx context.Context, ref string, dgst digest.Digest) ([]byte, error) {
