@@ -152,9 +152,9 @@ type Resolver struct {
 
 // hostState is what a host was seen to do with range requests.
 type hostState struct {
-	noRanges     atomic.Bool // answers range requests with 200 and the whole blob
-	noMultiRange atomic.Bool // answers multi-range requests wrongly
-	noSuffix     atomic.Bool // rejects suffix ranges (bytes=-N)
+	noRanges     atomic.Bool  // answers range requests with 200 and the whole blob
+	noMultiRange atomic.Bool  // answers multi-range requests wrongly
+	noSuffix     atomic.Bool  // rejects suffix ranges (bytes=-N)
 	warmedAt     atomic.Int64 // when connections were last warmed, in Unix nanoseconds
 }
 
