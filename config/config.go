@@ -226,7 +226,7 @@ func Default() *Config {
 			ResolveConcurrency: 16,
 
 			ReadaheadSize:              2 * MiB,
-			DirPrefetchSize:            128 * KiB,
+			DirPrefetchSize:            512 * KiB,
 			FetchConcurrency:           4,
 			PrefetchWait:               Duration{0},
 			BackgroundFetch:            true,

@@ -157,7 +157,7 @@ func TestPrefetchAtMount(t *testing.T) {
 	}
 	l := buildLayer(t, es, estargz.WithPrioritizedFiles(prio))
 	o := newOpener(l)
-	f := newFS(t, o, WithReadahead(0), WithBackgroundFetch(false), WithPrefetchWait(10*time.Second), WithMemoryCacheSize(0), WithCache(newMapCache()))
+	f := newFS(t, o, WithReadahead(0), WithDirPrefetch(0), WithBackgroundFetch(false), WithPrefetchWait(10*time.Second), WithMemoryCacheSize(0), WithCache(newMapCache()))
 	mp := mountLayer(t, f, l)
 	_, n, fetched := o.counts()
 	lmStart, _ := l.span(t, estargz.PrefetchLandmark)

@@ -260,31 +260,51 @@ func (l *layer) backgroundSlot() (func(), bool) {
 // inCache reports whether the Cache holds an entry of c's size under c's
 // key. The entry is not verified: a read verifies it before serving it.
 func (l *layer) inCache(c chunk, buf *[]byte) bool {
+	if has, known := l.cacheHas(c); known {
+		return has
+	}
 	key := l.cacheKey(c)
 	if key == "" {
 		return false
-	}
-	if c2, ok := l.fsys.cfg.cache.(interface {
-		Has(digest.Digest) (int64, bool)
-	}); ok {
-		// A look that neither counts as a use nor reads the entry.
-		size, ok := c2.Has(key)
-		return ok && size == c.size
-	}
-	if fc, ok := l.fsys.cfg.cache.(FileCache); ok {
-		f, err := fc.Open(key)
-		if err != nil {
-			return false
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		return err == nil && st.Size() == c.size
 	}
 	if int64(cap(*buf)) < c.size {
 		*buf = make([]byte, c.size)
 	}
 	n, ok := l.fsys.cfg.cache.Get(key, (*buf)[:c.size])
 	return ok && int64(n) == c.size
+}
+
+// inCacheCheaply reports whether the Cache holds an entry of c's size under
+// c's key, when the Cache tells without reading the entry.
+func (l *layer) inCacheCheaply(c chunk) bool {
+	has, _ := l.cacheHas(c)
+	return has
+}
+
+// cacheHas reports whether the Cache holds an entry of c's size under c's
+// key, and whether it could tell without reading the entry.
+func (l *layer) cacheHas(c chunk) (has, known bool) {
+	key := l.cacheKey(c)
+	if key == "" || l.fsys.cfg.cache == nil {
+		return false, true
+	}
+	if c2, ok := l.fsys.cfg.cache.(interface {
+		Has(digest.Digest) (int64, bool)
+	}); ok {
+		// A look that neither counts as a use nor reads the entry.
+		size, ok := c2.Has(key)
+		return ok && size == c.size, true
+	}
+	if fc, ok := l.fsys.cfg.cache.(FileCache); ok {
+		f, err := fc.Open(key)
+		if err != nil {
+			return false, true
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		return err == nil && st.Size() == c.size, true
+	}
+	return false, false
 }
 
 // LayerStats is a snapshot of a mounted layer's fetch state.

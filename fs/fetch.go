@@ -168,6 +168,12 @@ func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
 		if l.src.chunks.isLocal(c.idx) || l.fsys.mem.has(l.memKey(c)) {
 			continue
 		}
+		if l.inCacheCheaply(c) {
+			// Cached before this mount (by another layer, or before a
+			// restart): a read finds and verifies it there.
+			l.src.chunks.setLocal(c.idx, true)
+			continue
+		}
 		want = append(want, c)
 		keys = append(keys, flightKey{c.start, c.inner})
 	}

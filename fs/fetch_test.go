@@ -331,6 +331,32 @@ func TestCacheRemount(t *testing.T) {
 	checkContent(t, filepath.Join(mp, "a/text"), []byte("hello, lazy world\n"))
 }
 
+// TestRestartReusesCacheForPrefetch checks that after a restart over a
+// warm chunk cache, the fetches lazypull starts by itself (here the
+// directory prefetch of a read that missed) find the chunks in the cache
+// instead of fetching them again.
+func TestRestartReusesCacheForPrefetch(t *testing.T) {
+	es := libEntries(20)
+	l := buildLayer(t, es)
+	c := newDirCache(t)
+	f := newFS(t, newOpener(l), WithCache(c), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
+	mp := mountLayer(t, f, l)
+	for i, e := range es[1:] {
+		if i != 5 {
+			checkContent(t, filepath.Join(mp, e.hdr.Name), e.data)
+		}
+	}
+
+	o := newOpener(l)
+	f = newFS(t, o, WithCache(c), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(1<<20))
+	mp = mountLayer(t, f, l)
+	checkContent(t, filepath.Join(mp, es[6].hdr.Name), es[6].data)
+	waitFetches(t, f)
+	if n := reads(o); n != 1 {
+		t.Errorf("after a restart, a read that missed and the prefetch of its directory, cached but for it, cost %d fetches, want 1", n)
+	}
+}
+
 // TestImageResolution checks that mounting one layer of an image resolves
 // the image's other layers in the background, once each, so that their
 // Mounts cost nothing more.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
@@ -160,19 +161,65 @@ func TestMountFetchesRuntimeFiles(t *testing.T) {
 // what the loader will open for it, before any container reads it.
 func TestEntrypointPrefetch(t *testing.T) {
 	lower, upper, libs := loaderImage(t)
-	config := []byte(`{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin"],"Entrypoint":["ls"],"Cmd":["-l"]},"rootfs":{"type":"layers","diff_ids":[]}}`)
-	cd := digest.FromBytes(config)
+	config := `{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin"],"Entrypoint":["ls"],"Cmd":["-l"]},"rootfs":{"type":"layers","diff_ids":[]}}`
+	o, mps := mountImage(t, config, lower, upper)
+	for _, p := range append([]string{filepath.Join(mps[upper], "usr/bin/ls")}, libPaths(mps[lower], libs)...) {
+		if fetched, want := fetchedReading(t, o, p), filepath.Base(p) == "libunrelated.so.1"; fetched != want {
+			t.Errorf("reading %s fetched: %v, want %v", filepath.Base(p), fetched, want)
+		}
+	}
+}
+
+// TestEntrypointPrefetchesLibc checks that an image's C library comes
+// along with its program, before the program's dynamic section says so:
+// here the program is a script whose interpreter is not even ELF. Only
+// for the architectures whose loader lazypull knows.
+func TestEntrypointPrefetchesLibc(t *testing.T) {
+	lower, _, _ := loaderImage(t)
+	for _, tc := range []struct {
+		arch string
+		want bool
+	}{{"amd64", true}, {"riscv64", false}} {
+		upper := buildLayer(t, []tarEntry{dir("usr/", 0o755), dir("usr/bin/", 0o755),
+			file("usr/bin/tool", 0o755, []byte("#!/usr/bin/sh -e\nexit 0\n")),
+			file("usr/bin/sh", 0o755, randomBytes(7, 30<<10)),
+		})
+		config := fmt.Sprintf(`{"architecture":%q,"os":"linux","config":{"Entrypoint":["/usr/bin/tool"]},"rootfs":{"type":"layers","diff_ids":[]}}`, tc.arch)
+		o, mps := mountImage(t, config, lower, upper)
+		if !fetchedReading(t, o, filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu/libunrelated.so.1")) {
+			t.Errorf("%s: an unrelated library was fetched", tc.arch)
+		}
+		// The loader's files last: reading them starts their own loader
+		// prefetch.
+		paths := []string{"etc/nsswitch.conf", "usr/lib/locale/C.utf8/LC_CTYPE", "etc/ld.so.cache", "lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libc.so.6"}
+		for _, p := range paths {
+			if fetched := fetchedReading(t, o, filepath.Join(mps[lower], p)); fetched == tc.want {
+				t.Errorf("%s: reading %s fetched: %v, want %v", tc.arch, p, fetched, !tc.want)
+			}
+		}
+	}
+}
+
+// mountImage mounts layers (bottom first) as the image of configuration
+// config, whose manifest the opener serves, and waits for what the mounts
+// started.
+func mountImage(t *testing.T, config string, layers ...*testLayer) (*testOpener, map[*testLayer]string) {
+	t.Helper()
+	cd := digest.FromString(config)
+	var descs []string
+	for _, l := range layers {
+		descs = append(descs, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}`, l.dgst, len(l.blob)))
+	}
 	manifest := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
-		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},`+
-		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":%q,"size":%d}]}`,
-		cd, len(config), lower.dgst, len(lower.blob), upper.dgst, len(upper.blob)))
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[%s]}`,
+		cd, len(config), strings.Join(descs, ",")))
 	md := digest.FromBytes(manifest)
-	o := newOpener(lower, upper)
-	o.blobs[cd] = config
+	o := newOpener(layers...)
+	o.blobs[cd] = []byte(config)
 	o.manifests = map[digest.Digest][]byte{md: manifest}
-	f := newFS(t, manifestOpener{o}, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0))
+	f := newFS(t, manifestOpener{o}, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
 	mps := map[*testLayer]string{}
-	for _, l := range []*testLayer{lower, upper} {
+	for _, l := range layers {
 		labels := l.labels()
 		labels[LabelManifestDigest] = md.String()
 		mps[l] = mountpoint(t)
@@ -181,11 +228,7 @@ func TestEntrypointPrefetch(t *testing.T) {
 		}
 	}
 	f.wg.Wait()
-	for _, p := range append([]string{filepath.Join(mps[upper], "usr/bin/ls")}, libPaths(mps[lower], libs)...) {
-		if fetched, want := fetchedReading(t, o, p), filepath.Base(p) == "libunrelated.so.1"; fetched != want {
-			t.Errorf("reading %s fetched: %v, want %v", filepath.Base(p), fetched, want)
-		}
-	}
+	return o, mps
 }
 
 func libPaths(root string, libs []string) []string {

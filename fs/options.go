@@ -179,11 +179,12 @@ func WithReadahead(n int64) Option {
 	}
 }
 
-// DefaultDirPrefetch is the default of WithDirPrefetch: a directory of a
-// few dozen small files, such as a locale's, comes along; a large one, such
-// as a language's library, does not, for its files would take the link
-// from the reads a starting program waits for.
-const DefaultDirPrefetch = 128 << 10
+// DefaultDirPrefetch is the default of WithDirPrefetch: a directory of
+// small files, such as a locale's or a package of an interpreter's modules
+// (Python's encodings: 121 compiled modules, 285 KB), comes along; a large
+// one, such as a language's whole library, does not, for its files would
+// take the link from the reads a starting program waits for.
+const DefaultDirPrefetch = 512 << 10
 
 // WithDirPrefetch sets how large (in compressed bytes) a directory's files
 // may be, all together, for the first read that fetches in the directory to
