@@ -600,7 +600,11 @@ func TestOpenedFileFetchedWhole(t *testing.T) {
 	const chunk = 1 << 20
 	small := randomBytes(11, 6*chunk)
 	large := randomBytes(12, 10*chunk) // incompressible: 10 MiB compressed
-	l := buildLayer(t, []tarEntry{file("small", 0o644, small), file("large", 0o644, large)}, estargz.WithChunkSize(chunk))
+	lib, prog := randomBytes(13, 10*chunk), randomBytes(14, 10*chunk)
+	l := buildLayer(t, []tarEntry{
+		file("small", 0o644, small), file("large", 0o644, large),
+		file("liblarge.so.1", 0o644, lib), file("program", 0o755, prog),
+	}, estargz.WithChunkSize(chunk))
 	o := newOpener(l)
 	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
@@ -608,7 +612,7 @@ func TestOpenedFileFetchedWhole(t *testing.T) {
 		name  string
 		data  []byte
 		whole bool
-	}{{"small", small, true}, {"large", large, false}} {
+	}{{"small", small, true}, {"large", large, false}, {"liblarge.so.1", lib, true}, {"program", prog, true}} {
 		fh, err := os.Open(filepath.Join(mp, tc.name))
 		if err != nil {
 			t.Fatal(err)

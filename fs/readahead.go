@@ -2,9 +2,11 @@ package fs
 
 import (
 	"fmt"
+	"path"
 	"sync"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/stargz-snapshotter/estargz"
 )
 
 // readaheadGrowth bounds how far a window grows for a reader that keeps
@@ -58,12 +60,23 @@ func (l *layer) readaheadMiss(cs []chunk) {
 }
 
 // maxRandomWhole is the largest file, in compressed bytes, that randomMiss
-// fetches whole at a reader's second jump; maxOpenedWhole, at its first
-// read from the start.
+// fetches whole at a reader's second jump, and at its first read from the
+// start of a library or program, which the loader maps and the program
+// touches all over (a JVM's libjvm.so: 8.5 MB); maxOpenedWhole, at the
+// first read from the start of another file.
 const (
 	maxRandomWhole = 16 << 20
 	maxOpenedWhole = 8 << 20
 )
+
+// openedWhole is the largest file, in compressed bytes, that randomMiss
+// fetches whole at its first read from the start of e.
+func openedWhole(e *estargz.TOCEntry) int64 {
+	if e.Mode&0o111 != 0 || isSharedObjectName(path.Base(e.Name)) {
+		return maxRandomWhole
+	}
+	return maxOpenedWhole
+}
 
 // fileSpan returns the compressed bytes of the file of chunk c, or -1 if
 // the file is a single chunk.
@@ -107,7 +120,7 @@ func (l *layer) randomMiss(cs []chunk) {
 	jumped := seen && prev >= 0 && first != prev+1 && !sequential
 	// A file of a few chunks opened at its start is read on, in an order
 	// of its own when it is mapped (a class archive, a library).
-	opened := !seen && !sequential && span > 0 && span <= maxOpenedWhole
+	opened := !seen && !sequential && span > 0 && span <= openedWhole(cs[0].e)
 	jumped = jumped || opened
 	switch {
 	case jumped:
