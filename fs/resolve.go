@@ -121,6 +121,18 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: open blob: %w", dgst, err)
 	}
+	src, err := parse(ctx, dgst, blob, tail)
+	if err != nil {
+		return nil, err
+	}
+	log.G(ctx).WithFields(log.Fields{
+		"layer": dgst, "fetch": fetched.Sub(began), "parse": time.Since(fetched), "entries": len(src.ino),
+	}).Debug("layer resolved")
+	return src, nil
+}
+
+// parse reads the TOC of blob, whose last bytes are tail, and indexes it.
+func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*source, error) {
 	size := blob.Size()
 	if int64(len(tail)) > size {
 		return nil, fmt.Errorf("layer %s: tail of %d bytes exceeds blob size %d: %w", dgst, len(tail), size, errdefs.ErrInvalidArgument)
@@ -143,9 +155,6 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
 	src.buildChunks()
-	log.G(ctx).WithFields(log.Fields{
-		"layer": dgst, "fetch": fetched.Sub(began), "parse": time.Since(fetched), "entries": len(src.ino),
-	}).Debug("layer resolved")
 	return src, nil
 }
 
