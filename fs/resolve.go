@@ -113,7 +113,7 @@ func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst dig
 	}
 }
 
-// open fetches the blob's tail and parses the TOC with the estargz module.
+// open fetches the blob's tail and parses the TOC.
 func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (*source, error) {
 	began := time.Now()
 	blob, tail, err := f.opener.Open(ctx, ref, dgst, f.cfg.tailSize)
@@ -139,16 +139,12 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 	}
 	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
 	defer tr.drop()
-	r, err := estargz.Open(io.NewSectionReader(tr, 0, size))
+	r, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size))
 	if err != nil {
 		if fetchErr := tr.fetchErr(); fetchErr != nil {
 			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
 		}
 		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
-	}
-	tocOff, _, err := estargz.OpenFooter(io.NewSectionReader(tr, 0, size))
-	if err != nil {
-		return nil, fmt.Errorf("not an eStargz blob: layer %s: footer: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
 	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff}
 	if err := src.buildIndex(); err != nil {
@@ -192,7 +188,7 @@ func (s *source) buildIndex() error {
 	return nil
 }
 
-// tailReader serves estargz.Open from the tail fetched with the blob and
+// tailReader serves openTOC from the tail fetched with the blob and
 // fetches what lies before it, which for a TOC larger than the tail is one
 // read.
 type tailReader struct {
@@ -236,8 +232,8 @@ func (t *tailReader) fetchErr() error {
 	return t.err
 }
 
-// drop releases the tail: the estargz.Reader keeps its ReaderAt, but content
-// is read through the layer's own fetch path, never through it.
+// drop releases the tail once the TOC is read: content is read through the
+// layer's own fetch path.
 func (t *tailReader) drop() {
 	t.mu.Lock()
 	t.tail = nil
