@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -139,7 +139,7 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 	}
 	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
 	defer tr.drop()
-	r, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size))
+	r, entries, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size))
 	if err != nil {
 		if fetchErr := tr.fetchErr(); fetchErr != nil {
 			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
@@ -147,29 +147,33 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
 	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff}
-	if err := src.buildIndex(); err != nil {
+	if err := src.buildIndex(len(entries)); err != nil {
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
-	src.buildChunks()
+	src.buildChunks(entries)
 	return src, nil
 }
 
-func (s *source) buildIndex() error {
+// buildIndex numbers the entries of the tree; n, the number of entries of
+// the TOC, is about as many.
+func (s *source) buildIndex(n int) error {
 	root, ok := s.r.Lookup("")
 	if !ok {
 		return errors.New("TOC has no root directory")
 	}
-	s.ino = map[*estargz.TOCEntry]uint64{root: 1}
+	s.ino = make(map[*estargz.TOCEntry]uint64, n)
+	s.ino[root] = 1
 	stack := []*estargz.TOCEntry{root}
+	var names []string
 	for len(stack) > 0 {
 		dir := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		var names []string
+		names = names[:0]
 		dir.ForeachChild(func(name string, _ *estargz.TOCEntry) bool {
 			names = append(names, name)
 			return true
 		})
-		sort.Strings(names)
+		slices.Sort(names)
 		// Pushed in reverse so that the walk visits names in order.
 		for i := len(names) - 1; i >= 0; i-- {
 			e, _ := dir.LookupChild(names[i])

@@ -15,27 +15,27 @@ import (
 // the same Reader, but decodes the TOC's JSON with a decoder several times
 // faster than encoding/json: for a layer of a few thousand files that
 // decoding is most of the time a Mount waits for the TOC. It also returns
-// the offset of the TOC, where the payload ends.
+// the TOC's entries, in its order, and its offset, where the payload ends.
 //
 // The TOC digest is that of the JSON as stored, as estargz computes it. A
 // malformed TOC fails where estargz fails it, for the reason estargz gives
 // (though a JSON syntax error is worded by another decoder).
-func openTOC(sr *io.SectionReader) (*estargz.Reader, int64, error) {
+func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
 	tocOff, footerSize, err := estargz.OpenFooter(sr)
 	if err != nil {
-		return nil, 0, fmt.Errorf("footer: %v", err)
+		return nil, nil, 0, fmt.Errorf("footer: %v", err)
 	}
 	end := sr.Size() - footerSize
 	if tocOff < 0 || tocOff > end {
-		return nil, 0, fmt.Errorf("footer: TOC offset %d outside the %d bytes before the footer", tocOff, end)
+		return nil, nil, 0, fmt.Errorf("footer: TOC offset %d outside the %d bytes before the footer", tocOff, end)
 	}
 	compressed := make([]byte, end-tocOff)
 	if _, err := sr.ReadAt(compressed, tocOff); err != nil {
-		return nil, 0, fmt.Errorf("error reading %d byte TOC targz: %v", len(compressed), err)
+		return nil, nil, 0, fmt.Errorf("error reading %d byte TOC targz: %v", len(compressed), err)
 	}
 	tr, err := new(estargz.GzipDecompressor).DecompressTOC(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	// The JSON of a TOC is usually 6 to 7 times its compressed size.
 	var js bytes.Buffer
@@ -45,20 +45,20 @@ func openTOC(sr *io.SectionReader) (*estargz.Reader, int64, error) {
 		err = cerr
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
+		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
 	toc := new(estargz.JTOC)
 	// Like json.Decoder, which estargz uses, Parse ignores what follows
 	// the TOC's object.
 	if _, err := json.Parse(js.Bytes(), toc, 0); err != nil {
-		return nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
+		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
 	d := &decodedTOC{toc: toc, dgst: digest.FromBytes(js.Bytes())}
-	r, err := estargz.Open(io.NewSectionReader(&hiddenFooter{size: sr.Size()}, 0, sr.Size()), estargz.WithDecompressors(d))
+	r, err = estargz.Open(io.NewSectionReader(&hiddenFooter{size: sr.Size()}, 0, sr.Size()), estargz.WithDecompressors(d))
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
-	return r, tocOff, nil
+	return r, toc.Entries, tocOff, nil
 }
 
 // decodedTOC is an estargz.Decompressor that hands estargz.Open a TOC

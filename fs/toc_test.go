@@ -34,7 +34,7 @@ func TestOpenTOC(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, off, err := openTOC(sr)
+			got, _, off, err := openTOC(sr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +112,7 @@ func TestMalformedTOC(t *testing.T) {
 			if _, err := estargz.Open(sr); err == nil {
 				t.Fatal("estargz.Open accepts the blob")
 			}
-			_, _, err := openTOC(sr)
+			_, _, _, err := openTOC(sr)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("openTOC: %v, want an error saying %q", err, tc.want)
 			}
@@ -134,7 +134,7 @@ func TestMalformedTOC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, err := openTOC(sr)
+	got, _, _, err := openTOC(sr)
 	if err != nil {
 		t.Fatal(err)
 	}
