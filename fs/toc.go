@@ -1,12 +1,14 @@
 package fs
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/segmentio/encoding/json"
 )
@@ -33,33 +35,58 @@ func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEnt
 	if _, err := sr.ReadAt(compressed, tocOff); err != nil {
 		return nil, nil, 0, fmt.Errorf("error reading %d byte TOC targz: %v", len(compressed), err)
 	}
-	tr, err := new(estargz.GzipDecompressor).DecompressTOC(bytes.NewReader(compressed))
+	js, err := tocJSON(compressed)
 	if err != nil {
 		return nil, nil, 0, err
-	}
-	// The JSON of a TOC is usually 6 to 7 times its compressed size.
-	var js bytes.Buffer
-	js.Grow(8 * len(compressed))
-	_, err = js.ReadFrom(tr)
-	if cerr := tr.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
 	toc := new(estargz.JTOC)
 	// Like json.Decoder, which estargz uses, Parse ignores what follows
 	// the TOC's object.
-	if _, err := json.Parse(js.Bytes(), toc, 0); err != nil {
+	if _, err := json.Parse(js, toc, 0); err != nil {
 		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
-	d := &decodedTOC{toc: toc, dgst: digest.FromBytes(js.Bytes())}
+	d := &decodedTOC{toc: toc, dgst: digest.FromBytes(js)}
 	r, err = estargz.Open(io.NewSectionReader(&hiddenFooter{size: sr.Size()}, 0, sr.Size()), estargz.WithDecompressors(d))
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	return r, toc.Entries, tocOff, nil
 }
+
+// tocJSON returns the JSON of a TOC stored as the blob stores it, the one
+// file of a tar in a gzip stream, failing as estargz's DecompressTOC does.
+// klauspost/compress's gzip inflates it about 20% faster than the
+// standard library's.
+func tocJSON(compressed []byte) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("malformed TOC gzip header: %v", err)
+	}
+	zr.Multistream(false)
+	tr := tar.NewReader(zr)
+	h, err := tr.Next()
+	if err != nil {
+		return nil, fmt.Errorf("failed to find tar header in TOC gzip stream: %v", err)
+	}
+	if h.Name != estargz.TOCTarName {
+		return nil, fmt.Errorf("TOC tar entry had name %q; expected %q", h.Name, estargz.TOCTarName)
+	}
+	// Room for the size the header says, but no more than deflate can
+	// inflate to, and for ReadFrom's last read, which finds the end.
+	var js bytes.Buffer
+	js.Grow(int(min(h.Size, maxInflation*int64(len(compressed)))) + bytes.MinRead)
+	_, err = js.ReadFrom(tr)
+	if cerr := zr.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("error decoding TOC JSON: %v", err)
+	}
+	return js.Bytes(), nil
+}
+
+// maxInflation is the largest ratio of deflate's output to its input.
+const maxInflation = 1032
 
 // decodedTOC is an estargz.Decompressor that hands estargz.Open a TOC
 // decoded already. Open tries its own gzip Decompressors before those it is
