@@ -30,13 +30,18 @@ type chunkTable struct {
 	used       []bool    // a reader asked for the chunk: read-ahead hit it
 }
 
-// buildChunks lists the chunks of the regular files of the tree.
-func (s *source) buildChunks() {
-	t := &chunkTable{idx: map[*estargz.TOCEntry]int{}}
-	seen := map[chunkID]bool{}
-	for e := range s.ino {
+// buildChunks lists the chunks of the regular files of the tree. entries
+// are those of the TOC, in its order, which for the layers estargz builds
+// is the order of their content in the blob: the sort finds the chunks in
+// order.
+func (s *source) buildChunks(entries []*estargz.TOCEntry) {
+	t := &chunkTable{cs: make([]chunk, 0, len(entries))}
+	for _, e := range entries {
 		if e.Type != "reg" || e.Size <= 0 {
 			continue
+		}
+		if _, ok := s.ino[e]; !ok {
+			continue // not in the tree: replaced by a later entry of its name
 		}
 		for off := int64(0); off < e.Size; {
 			ce, ok := s.r.ChunkEntryForOffset(e.Name, off)
@@ -48,16 +53,17 @@ func (s *source) buildChunks() {
 				start: ce.Offset, end: min(ce.NextOffset(), s.payloadEnd), inner: ce.InnerOffset,
 			}
 			off = c.off + c.size
-			if c.end <= c.start || seen[chunkID{c.start, c.inner}] {
-				continue
+			if c.end > c.start {
+				t.cs = append(t.cs, c)
 			}
-			seen[chunkID{c.start, c.inner}] = true
-			t.cs = append(t.cs, c)
 		}
 	}
-	slices.SortFunc(t.cs, func(a, b chunk) int {
+	// Stable, so that of chunks at one place the first in the TOC stays.
+	slices.SortStableFunc(t.cs, func(a, b chunk) int {
 		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.inner, b.inner))
 	})
+	t.cs = slices.CompactFunc(t.cs, func(a, b chunk) bool { return a.start == b.start && a.inner == b.inner })
+	t.idx = make(map[*estargz.TOCEntry]int, len(t.cs))
 	for i := range t.cs {
 		t.cs[i].idx = i
 		t.idx[t.cs[i].e] = i
@@ -67,9 +73,6 @@ func (s *source) buildChunks() {
 	t.used = make([]bool, len(t.cs))
 	s.chunks = t
 }
-
-// chunkID names a chunk within a blob.
-type chunkID struct{ start, inner int64 }
 
 // index returns the position of chunk entry ce in the table, or -1.
 func (t *chunkTable) index(ce *estargz.TOCEntry) int {

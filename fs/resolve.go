@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -113,7 +113,7 @@ func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst dig
 	}
 }
 
-// open fetches the blob's tail and parses the TOC with the estargz module.
+// open fetches the blob's tail and parses the TOC.
 func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (*source, error) {
 	began := time.Now()
 	blob, tail, err := f.opener.Open(ctx, ref, dgst, f.cfg.tailSize)
@@ -121,50 +121,59 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: open blob: %w", dgst, err)
 	}
-	size := blob.Size()
-	if int64(len(tail)) > size {
-		return nil, fmt.Errorf("layer %s: tail of %d bytes exceeds blob size %d: %w", dgst, len(tail), size, errdefs.ErrInvalidArgument)
-	}
-	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
-	defer tr.drop()
-	r, err := estargz.Open(io.NewSectionReader(tr, 0, size))
+	src, err := parse(ctx, dgst, blob, tail)
 	if err != nil {
-		if fetchErr := tr.fetchErr(); fetchErr != nil {
-			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
-		}
-		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
+		return nil, err
 	}
-	tocOff, _, err := estargz.OpenFooter(io.NewSectionReader(tr, 0, size))
-	if err != nil {
-		return nil, fmt.Errorf("not an eStargz blob: layer %s: footer: %v: %w", dgst, err, errdefs.ErrNotImplemented)
-	}
-	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff}
-	if err := src.buildIndex(); err != nil {
-		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
-	}
-	src.buildChunks()
 	log.G(ctx).WithFields(log.Fields{
 		"layer": dgst, "fetch": fetched.Sub(began), "parse": time.Since(fetched), "entries": len(src.ino),
 	}).Debug("layer resolved")
 	return src, nil
 }
 
-func (s *source) buildIndex() error {
+// parse reads the TOC of blob, whose last bytes are tail, and indexes it.
+func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*source, error) {
+	size := blob.Size()
+	if int64(len(tail)) > size {
+		return nil, fmt.Errorf("layer %s: tail of %d bytes exceeds blob size %d: %w", dgst, len(tail), size, errdefs.ErrInvalidArgument)
+	}
+	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
+	defer tr.drop()
+	r, entries, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size))
+	if err != nil {
+		if fetchErr := tr.fetchErr(); fetchErr != nil {
+			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
+		}
+		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
+	}
+	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff}
+	if err := src.buildIndex(len(entries)); err != nil {
+		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
+	}
+	src.buildChunks(entries)
+	return src, nil
+}
+
+// buildIndex numbers the entries of the tree; n, the number of entries of
+// the TOC, is about as many.
+func (s *source) buildIndex(n int) error {
 	root, ok := s.r.Lookup("")
 	if !ok {
 		return errors.New("TOC has no root directory")
 	}
-	s.ino = map[*estargz.TOCEntry]uint64{root: 1}
+	s.ino = make(map[*estargz.TOCEntry]uint64, n)
+	s.ino[root] = 1
 	stack := []*estargz.TOCEntry{root}
+	var names []string
 	for len(stack) > 0 {
 		dir := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		var names []string
+		names = names[:0]
 		dir.ForeachChild(func(name string, _ *estargz.TOCEntry) bool {
 			names = append(names, name)
 			return true
 		})
-		sort.Strings(names)
+		slices.Sort(names)
 		// Pushed in reverse so that the walk visits names in order.
 		for i := len(names) - 1; i >= 0; i-- {
 			e, _ := dir.LookupChild(names[i])
@@ -183,7 +192,7 @@ func (s *source) buildIndex() error {
 	return nil
 }
 
-// tailReader serves estargz.Open from the tail fetched with the blob and
+// tailReader serves openTOC from the tail fetched with the blob and
 // fetches what lies before it, which for a TOC larger than the tail is one
 // read.
 type tailReader struct {
@@ -227,8 +236,8 @@ func (t *tailReader) fetchErr() error {
 	return t.err
 }
 
-// drop releases the tail: the estargz.Reader keeps its ReaderAt, but content
-// is read through the layer's own fetch path, never through it.
+// drop releases the tail once the TOC is read: content is read through the
+// layer's own fetch path.
 func (t *tailReader) drop() {
 	t.mu.Lock()
 	t.tail = nil
