@@ -61,10 +61,12 @@ func (l *layer) spawn(fn func()) bool {
 	}
 	f.wg.Add(1)
 	l.wg.Add(1)
+	l.spawned.Add(1)
 	f.mu.Unlock()
 	go func() {
 		defer f.wg.Done()
 		defer l.wg.Done()
+		defer l.spawned.Add(-1)
 		fn()
 	}()
 	return true

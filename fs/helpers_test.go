@@ -494,7 +494,15 @@ func waitFetches(t testing.TB, f *FileSystem) {
 		}
 	}
 	f.mu.Unlock()
+	// Not l.wg.Wait: a read the kernel still has in flight may start a
+	// fetch, and a WaitGroup must not grow from zero during a Wait.
+	deadline := time.Now().Add(30 * time.Second)
 	for _, l := range ls {
-		l.wg.Wait()
+		for l.spawned.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("fetches still running after 30s")
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }

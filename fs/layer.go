@@ -36,6 +36,9 @@ type layer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// spawned counts the goroutines of spawn still running: unlike wg,
+	// it may be watched while reads start more.
+	spawned atomic.Int64
 
 	reads, fetches, fetched atomic.Int64 // FUSE reads served, blob reads, bytes
 }
