@@ -254,6 +254,26 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 		read <- err
 	}()
 	cache := l.fsys.cfg.cache
+	// The cache is written behind the decoding: a file write per chunk
+	// would hold up the next chunks' readers (a directory's hundred small
+	// files in one read).
+	store := make(chan int, len(cs))
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		for i := range store {
+			c := cs[i]
+			if perr := cache.Put(l.cacheKey(c), calls[i].data); perr != nil {
+				log.G(ctx).WithError(perr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Warn("cache put failed")
+			} else {
+				l.src.chunks.setLocal(c.idx, true)
+			}
+		}
+	}()
+	defer func() {
+		close(store)
+		<-stored
+	}()
 	next := 0 // cs[:next] have finished
 	for i, c := range cs {
 		data, cerr := l.decode(c, arr.reader(int(c.start-start), int(c.end-start)))
@@ -271,12 +291,8 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 			l.fsys.mem.put(l.memKey(c), data)
 		}
 		l.flights.finish(calls[i], data, nil)
-		if key := l.cacheKey(c); key != "" && cache != nil {
-			if perr := cache.Put(key, data); perr != nil {
-				log.G(ctx).WithError(perr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Warn("cache put failed")
-			} else {
-				l.src.chunks.setLocal(c.idx, true)
-			}
+		if l.cacheKey(c) != "" && cache != nil {
+			store <- i
 		}
 	}
 	err := <-read
