@@ -226,6 +226,7 @@ func (l *layer) loaderPrefetch(name string, head []byte) {
 		stack := l.fsys.stack(l)
 		if deps.Interp != "" {
 			l.fsys.prefetchPaths(stack, deps.Interp, ldSoCache)
+			l.fsys.prefetchPython(stack, "/"+e.Name)
 		} else if sharedObject(head) {
 			l.prefetchSiblingLibs(e.Name)
 		}

@@ -363,3 +363,67 @@ func fetchedReading(t *testing.T, o *testOpener, p string) bool {
 	}
 	return reads(o) > before
 }
+
+// TestPythonPrefetch checks that when a Python interpreter's start is read,
+// the modules it imports as it starts (the encodings package, with the
+// rest of its directory, the distribution's sitecustomize, and before 3.11
+// the modules later versions freeze) and the .pth files of its site
+// directories are fetched along, and nothing else.
+func TestPythonPrefetch(t *testing.T) {
+	lower, _, _ := loaderImage(t)
+	for _, v := range []struct {
+		version, tag string
+		frozen       bool
+	}{{"3.11", "311", true}, {"3.9", "39", false}} {
+		stdlib := "usr/lib/python" + v.version + "/"
+		pyc := func(dir, mod string) string { return dir + "__pycache__/" + mod + ".cpython-" + v.tag + ".pyc" }
+		upper := buildLayer(t, []tarEntry{
+			dir("usr/", 0o755), dir("usr/bin/", 0o755), file("usr/bin/python"+v.version, 0o755, hostFile(t, "/usr/bin/ls")),
+			link(tar.TypeSymlink, "usr/bin/python3", "python"+v.version),
+			dir(stdlib, 0o755), dir(stdlib+"__pycache__/", 0o755), dir(stdlib+"encodings/", 0o755), dir(stdlib+"encodings/__pycache__/", 0o755),
+			file(stdlib+"encodings/__init__.py", 0o644, randomBytes(20, 5000)),
+			file(pyc(stdlib+"encodings/", "__init__"), 0o644, randomBytes(21, 3000)),
+			file(pyc(stdlib+"encodings/", "aliases"), 0o644, randomBytes(22, 5000)),
+			file(pyc(stdlib+"encodings/", "utf_8"), 0o644, randomBytes(23, 1000)),
+			file(pyc(stdlib+"encodings/", "latin_1"), 0o644, randomBytes(24, 1000)),
+			file(pyc(stdlib, "sitecustomize"), 0o644, randomBytes(25, 400)),
+			// Too large together for the directory prefetch.
+			file(pyc(stdlib, "os"), 0o644, randomBytes(26, 40<<10)),
+			file(pyc(stdlib, "unrelated"), 0o644, randomBytes(27, 40<<10)),
+			dir("usr/lib/python3/", 0o755), dir("usr/lib/python3/dist-packages/", 0o755),
+			file("usr/lib/python3/dist-packages/distutils-precedence.pth", 0o644, []byte("import _distutils_hack\n")),
+			file("usr/lib/python3/dist-packages/README", 0o644, randomBytes(28, 3000)),
+		})
+		o := newOpener(lower, upper)
+		f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(32<<10))
+		mps := map[*testLayer]string{}
+		for _, l := range []*testLayer{lower, upper} {
+			labels := l.labels()
+			labels[LabelImageLayers] = lower.dgst.String() + "," + upper.dgst.String()
+			mps[l] = mountpoint(t)
+			if err := f.Mount(context.Background(), mps[l], labels); err != nil {
+				t.Fatal(err)
+			}
+		}
+		readHead(t, filepath.Join(mps[upper], "usr/bin/python3"))
+		waitFetches(t, f)
+		for _, c := range []struct {
+			name    string
+			fetches bool
+		}{
+			{pyc(stdlib+"encodings/", "__init__"), false},
+			{pyc(stdlib+"encodings/", "aliases"), false},
+			{pyc(stdlib+"encodings/", "utf_8"), false},
+			{pyc(stdlib+"encodings/", "latin_1"), false},
+			{pyc(stdlib, "sitecustomize"), false},
+			{pyc(stdlib, "os"), v.frozen},
+			{pyc(stdlib, "unrelated"), true},
+			{"usr/lib/python3/dist-packages/distutils-precedence.pth", false},
+			{"usr/lib/python3/dist-packages/README", true},
+		} {
+			if fetched := fetchedReading(t, o, filepath.Join(mps[upper], c.name)); fetched != c.fetches {
+				t.Errorf("python%s: reading %s fetched: %v, want %v", v.version, c.name, fetched, c.fetches)
+			}
+		}
+	}
+}
