@@ -3,7 +3,6 @@ package fs
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"path"
@@ -105,7 +104,6 @@ func (f *FileSystem) loadEntrypoint(ctx context.Context, mr ManifestReader, ref 
 		// All of it at once: the loader reads its dynamic section, often
 		// chunks away from its start, before it opens anything else.
 		l.prefetchFile(e)
-		f.prefetchImageLibc(stack, img.Architecture)
 		head := make([]byte, min(e.Size, entrypointHead))
 		n, err := (&fileReader{ctx: ctx, l: l, e: e}).ReadAt(head, 0)
 		if err != nil && n == 0 {
@@ -121,39 +119,6 @@ func (f *FileSystem) loadEntrypoint(ctx context.Context, mr ManifestReader, ref 
 		prog = interp
 	}
 	return nil
-}
-
-// glibcLoaders are the GNU C library's dynamic loaders, by OCI
-// architecture, with the ELF machine and class of their programs.
-var glibcLoaders = map[string]elfDeps{
-	"amd64":   {Interp: "/lib64/ld-linux-x86-64.so.2", Machine: elf.EM_X86_64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB},
-	"arm64":   {Interp: "/lib/ld-linux-aarch64.so.1", Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB},
-	"ppc64le": {Interp: "/lib64/ld64.so.2", Machine: elf.EM_PPC64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB},
-	"s390x":   {Interp: "/lib/ld64.so.1", Machine: elf.EM_S390, Class: elf.ELFCLASS64, Data: elf.ELFDATA2MSB},
-}
-
-// prefetchImageLibc starts fetching, along with an image's program, the
-// GNU C library of the image (of architecture arch), if it has one: its
-// loader, /etc/ld.so.cache, libc.so.6 and what it reads as a program
-// starts. The program, unless static, needs them all, and the loader
-// prefetch would find them only once the program's dynamic section is in.
-func (f *FileSystem) prefetchImageLibc(stack []*layer, arch string) {
-	d, ok := glibcLoaders[arch]
-	if !ok {
-		return
-	}
-	if _, e := lookupImage(stack, d.Interp); e == nil {
-		return
-	}
-	f.prefetchPaths(stack, d.Interp, ldSoCache)
-	for _, dir := range libSearchDirs("/", d) {
-		p := path.Join(dir, "libc.so.6")
-		if _, e := lookupImage(stack, p); e != nil {
-			f.prefetchPaths(stack, p)
-			f.prefetchLibc(stack, dir)
-			return
-		}
-	}
 }
 
 // imageConfig reads the manifest md of ref and the image configuration it

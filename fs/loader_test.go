@@ -170,36 +170,6 @@ func TestEntrypointPrefetch(t *testing.T) {
 	}
 }
 
-// TestEntrypointPrefetchesLibc checks that an image's C library comes
-// along with its program, before the program's dynamic section says so:
-// here the program is a script whose interpreter is not even ELF. Only
-// for the architectures whose loader lazypull knows.
-func TestEntrypointPrefetchesLibc(t *testing.T) {
-	lower, _, _ := loaderImage(t)
-	for _, tc := range []struct {
-		arch string
-		want bool
-	}{{"amd64", true}, {"riscv64", false}} {
-		upper := buildLayer(t, []tarEntry{dir("usr/", 0o755), dir("usr/bin/", 0o755),
-			file("usr/bin/tool", 0o755, []byte("#!/usr/bin/sh -e\nexit 0\n")),
-			file("usr/bin/sh", 0o755, randomBytes(7, 30<<10)),
-		})
-		config := fmt.Sprintf(`{"architecture":%q,"os":"linux","config":{"Entrypoint":["/usr/bin/tool"]},"rootfs":{"type":"layers","diff_ids":[]}}`, tc.arch)
-		o, mps := mountImage(t, config, lower, upper)
-		if !fetchedReading(t, o, filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu/libunrelated.so.1")) {
-			t.Errorf("%s: an unrelated library was fetched", tc.arch)
-		}
-		// The loader's files last: reading them starts their own loader
-		// prefetch.
-		paths := []string{"etc/nsswitch.conf", "usr/lib/locale/C.utf8/LC_CTYPE", "etc/ld.so.cache", "lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libc.so.6"}
-		for _, p := range paths {
-			if fetched := fetchedReading(t, o, filepath.Join(mps[lower], p)); fetched == tc.want {
-				t.Errorf("%s: reading %s fetched: %v, want %v", tc.arch, p, fetched, !tc.want)
-			}
-		}
-	}
-}
-
 // mountImage mounts layers (bottom first) as the image of configuration
 // config, whose manifest the opener serves, and waits for what the mounts
 // started.
