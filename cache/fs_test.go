@@ -143,8 +143,7 @@ func entryFiles(t *testing.T, root string) []string {
 
 // TestFSRejectsTornEntries checks that entries a crash left short or
 // garbled are fetched again rather than served, and are then repaired when
-// read; and
-// that intact entries are served after a restart with no fetch.
+// read; and that intact entries are served after a restart with no fetch.
 func TestFSRejectsTornEntries(t *testing.T) {
 	l := newLayer(t, 100<<10)
 	root := t.TempDir()
