@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -630,6 +631,42 @@ func TestOpenedFileFetchedWhole(t *testing.T) {
 		fh.Close()
 		if fetched := reads(o) > before; fetched == tc.whole {
 			t.Errorf("%s: a read far from the start fetched: %v; want the file fetched whole: %v", tc.name, fetched, tc.whole)
+		}
+	}
+}
+
+// TestPassthroughReopen checks that a file opened again and again, each
+// open right after the last handle's release, always opens: the kernel
+// refuses, with EIO, an open with a new passthrough backing file while the
+// inode is still in the io mode of the handle being released. Here a file
+// of several chunks served from its whole-file entry, read whole each time.
+func TestPassthroughReopen(t *testing.T) {
+	l := fullLayer(t)
+	want := l.entries[7].data // big: 40 chunks
+	f := newFS(t, newOpener(l), WithCache(newDirCache(t)), WithBackgroundFetch(false))
+	mp := mountLayer(t, f, l)
+	if f.mounts[mp].server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		t.Skip("kernel without FUSE passthrough")
+	}
+	p := filepath.Join(mp, "big")
+	if !waitPassthrough(t, f, p, want) {
+		t.Fatal("the file is not served by passthrough")
+	}
+	buf := make([]byte, 128<<10)
+	for i := range 2000 {
+		fh, err := os.Open(p)
+		if err != nil {
+			t.Fatalf("open %d: %v", i+1, err)
+		}
+		var got int
+		for err == nil {
+			var n int
+			n, err = fh.Read(buf)
+			got += n
+		}
+		fh.Close()
+		if err != io.EOF || got != len(want) {
+			t.Fatalf("read %d: %d bytes, %v", i+1, got, err)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -71,6 +72,8 @@ func (l *layer) passthroughKey(e *estargz.TOCEntry) (key digest.Digest, whole bo
 type opens struct {
 	mu sync.Mutex
 	n  int
+	// closed is when a handle was released last (see PassthroughFd).
+	closed time.Time
 	// verified identifies the cache entry file last verified, so that
 	// opening the same file again does not hash it again; rejected the one
 	// last found corrupt, so that it is not hashed again either.
@@ -175,15 +178,25 @@ func (n *fileNode) openEntry(key digest.Digest, check bool) *os.File {
 
 var _ = (gofs.FilePassthroughFder)((*ptHandle)(nil))
 
+// reopenQuiet is how long after a handle of a file is released its opens
+// are served without passthrough. The kernel leaves the io mode of the
+// released handle (and lets go of its backing file) when it has the answer
+// to the release, which may reach it after the answer to the next open; an
+// open with a new backing file meanwhile fails with EIO, while an open
+// without passthrough waits for the old mode to end.
+const reopenQuiet = 10 * time.Millisecond
+
 // PassthroughFd returns the verified cache entry if the handle is still the
-// only one open. go-fuse calls it at most once per handle, right after
-// Open, and falls back to reads through the FileSystem when it returns
-// false or the kernel refuses the file.
+// only one open and no handle of the file was released within reopenQuiet.
+// go-fuse calls it only when no handle of the file is served by passthrough
+// (otherwise it gives the new handle the same backing file), right after
+// Open, and serves the handle through the FileSystem when it returns false.
 func (h *ptHandle) PassthroughFd() (int, bool) {
 	h.n.opens.mu.Lock()
 	alone := h.n.opens.n == 1
+	quiet := time.Since(h.n.opens.closed) >= reopenQuiet
 	h.n.opens.mu.Unlock()
-	if !alone || h.f == nil {
+	if !alone || !quiet || h.f == nil {
 		return 0, false
 	}
 	return int(h.f.Fd()), true
@@ -197,6 +210,7 @@ var _ = (gofs.FileReleaser)((*ptHandle)(nil))
 func (h *ptHandle) Release(ctx context.Context) syscall.Errno {
 	h.n.opens.mu.Lock()
 	h.n.opens.n--
+	h.n.opens.closed = time.Now()
 	h.n.opens.mu.Unlock()
 	if h.f != nil {
 		h.f.Close()

@@ -62,9 +62,12 @@ func waitPassthrough(t testing.TB, f *FileSystem, p string, want []byte) bool {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		if readCheck(t, f, p, want) {
+			// An open right after a release is not served by
+			// passthrough (see reopenQuiet).
+			time.Sleep(2 * reopenQuiet)
 			return true
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(2 * reopenQuiet)
 	}
 	return false
 }
