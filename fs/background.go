@@ -107,15 +107,32 @@ func (l *layer) start(ctx context.Context) <-chan struct{} {
 var runtimeFiles = []string{"etc/passwd", "etc/group"}
 
 // prefetchChunks returns the chunks before the layer's prefetch landmark:
-// the files that the image's builder saw a workload read at start-up.
+// the files that the image's builder saw a workload read at start-up. Of a
+// file larger than maxRandomWhole compressed, only the first chunk: the
+// list names files, not what of them was read, and a workload that opens
+// so large a file at start-up reads parts of it (a JVM's module image, 45
+// MB, of which it reads a tenth), which the whole would only delay.
 func (l *layer) prefetchChunks() []chunk {
 	lm, ok := l.src.r.Lookup(estargz.PrefetchLandmark)
 	if !ok {
 		return nil
 	}
 	cs := l.src.chunks.cs
-	n := sort.Search(len(cs), func(i int) bool { return cs[i].start >= lm.Offset })
-	return cs[:n]
+	cs = cs[:sort.Search(len(cs), func(i int) bool { return cs[i].start >= lm.Offset })]
+	var out []chunk
+	for i := 0; i < len(cs); {
+		j := i + 1
+		for j < len(cs) && cs[j].e.Name == cs[i].e.Name {
+			j++
+		}
+		if cs[j-1].end-cs[i].start > maxRandomWhole {
+			out = append(out, cs[i])
+		} else {
+			out = append(out, cs[i:j]...)
+		}
+		i = j
+	}
+	return out
 }
 
 // prefetch fetches cs in parallel parts, as demand: background fetch waits
