@@ -212,16 +212,22 @@ func TestLyingContentRange(t *testing.T) {
 	}
 }
 
-func TestShortBody(t *testing.T) {
-	reg := newRegistry(t, 10_000)
-	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+// serveHalf answers a range request of reg's 10,000-byte blob with the
+// right headers and half the body.
+func serveHalf(reg *registry) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
 		start, end, _ := firstRange(r.Header.Get("Range"), 10_000)
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/10000", start, end))
 		w.Header().Set("Content-Length", strconv.FormatInt(end-start+1, 10))
 		w.WriteHeader(http.StatusPartialContent)
 		w.Write(reg.blob[start : start+(end-start)/2])
 	}
+}
+
+func TestShortBody(t *testing.T) {
+	reg := newRegistry(t, 10_000)
+	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+	reg.serve = serveHalf(reg)
 	n, err := b.ReadAt(context.Background(), make([]byte, 1000), 0)
 	if n != 0 || err == nil || !IsTemporary(err) || !errdefs.IsUnavailable(err) {
 		t.Errorf("ReadAt of a short body = %d, %v", n, err)
@@ -283,38 +289,15 @@ func TestReadRangesParallelBound(t *testing.T) {
 // TCP's slow start, which on a long link is several more.
 func TestConnectionsReused(t *testing.T) {
 	reg := newRegistry(t, 1<<20)
-	var mu sync.Mutex
-	conns := map[string]bool{} // client addresses seen: one per connection
-	serve := reg.serve
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		conns[r.RemoteAddr] = true
-		mu.Unlock()
-		time.Sleep(20 * time.Millisecond) // keep the requests concurrent
-		serve(w, r)
-	}
+	conns := countConnections(reg)
 	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
 	const n = 8
 	for round := range 2 {
 		// Let the last round's connections go back to the idle pool.
 		time.Sleep(50 * time.Millisecond)
-		mu.Lock()
-		before := len(conns)
-		mu.Unlock()
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				p := make([]byte, 1000)
-				if _, err := b.ReadAt(context.Background(), p, int64(i)*100_000); err != nil {
-					t.Error(err)
-				}
-			})
-		}
-		wg.Wait()
-		mu.Lock()
-		opened := len(conns) - before
-		mu.Unlock()
-		if round == 1 && opened != 0 {
+		before := conns()
+		readConcurrently(t, b, n)
+		if opened := conns() - before; round == 1 && opened != 0 {
 			t.Errorf("a second round of %d concurrent reads opened %d new connections, want 0", n, opened)
 		}
 	}
@@ -324,16 +307,7 @@ func TestConnectionsReused(t *testing.T) {
 // find connections open: the resolver warmed them in the background.
 func TestWarmConnections(t *testing.T) {
 	reg := newRegistry(t, 1<<20)
-	var mu sync.Mutex
-	conns := map[string]bool{} // client addresses seen: one per connection
-	serve := reg.serve
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		conns[r.RemoteAddr] = true
-		mu.Unlock()
-		time.Sleep(20 * time.Millisecond) // keep the requests concurrent
-		serve(w, r)
-	}
+	conns := countConnections(reg)
 	const n = 6
 	r := newTestResolver(t, reg, WithWarmConnections(n))
 	b, _ := mustOpen(t, r, reg, 10)
@@ -342,25 +316,12 @@ func TestWarmConnections(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(50 * time.Millisecond) // let the warm-up's connections go idle
-	mu.Lock()
-	before := len(conns)
-	mu.Unlock()
+	before := conns()
 	if before < n {
 		t.Fatalf("after Open, %d connections were opened, want at least %d", before, n)
 	}
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			if _, err := b.ReadAt(context.Background(), make([]byte, 1000), int64(i)*100_000); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	mu.Lock()
-	opened := len(conns) - before
-	mu.Unlock()
-	if opened != 0 {
+	readConcurrently(t, b, n)
+	if opened := conns() - before; opened != 0 {
 		t.Errorf("%d concurrent reads after the warm-up opened %d new connections, want 0", n, opened)
 	}
 	// Opening another blob of the host soon after warms nothing again.
@@ -370,6 +331,40 @@ func TestWarmConnections(t *testing.T) {
 	if got := len(reg.requests()) - had; got != 1 {
 		t.Errorf("a second Open made %d requests, want 1", got)
 	}
+}
+
+// countConnections makes reg count the connections requests come on,
+// holding each request a moment so that concurrent ones stay concurrent,
+// and returns the count so far.
+func countConnections(reg *registry) func() int {
+	var mu sync.Mutex
+	conns := map[string]bool{} // client addresses seen: one per connection
+	serve := reg.serve
+	reg.serve = func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr] = true
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+		serve(w, r)
+	}
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(conns)
+	}
+}
+
+// readConcurrently reads n small ranges of b at once.
+func readConcurrently(t *testing.T, b *Blob, n int) {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := b.ReadAt(context.Background(), make([]byte, 1000), int64(i)*100_000); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // A caller of ReadAtProgress may work on the start of a read while the
@@ -413,13 +408,7 @@ func TestReadAtProgress(t *testing.T) {
 	t.Run("short body", func(t *testing.T) {
 		reg := newRegistry(t, 10_000)
 		b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
-		reg.serve = func(w http.ResponseWriter, r *http.Request) {
-			start, end, _ := firstRange(r.Header.Get("Range"), 10_000)
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/10000", start, end))
-			w.Header().Set("Content-Length", strconv.FormatInt(end-start+1, 10))
-			w.WriteHeader(http.StatusPartialContent)
-			w.Write(reg.blob[start : start+(end-start)/2])
-		}
+		reg.serve = serveHalf(reg)
 		most := 0
 		_, err := b.ReadAtProgress(context.Background(), make([]byte, 1000), 0, func(n int) { most = n })
 		if err == nil || !errdefs.IsUnavailable(err) || most >= 1000/2+1 {
