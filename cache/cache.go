@@ -286,8 +286,20 @@ func (d *Dir) Open(key digest.Digest) (*os.File, error) {
 
 // Has returns the size of key's entry, if there is one, without reading it
 // and without counting a hit or a use: for a caller that takes stock of what
-// is cached (background fetch) rather than reading it.
+// is cached (read-ahead, background fetch) rather than reading it. Once the
+// entries found at start are indexed, the index answers, with no system
+// call; until then, the entry's file.
 func (d *Dir) Has(key digest.Digest) (size int64, ok bool) {
+	d.mu.Lock()
+	el, indexed := d.entries[key]
+	if indexed {
+		size = el.Value.(*entry).size
+	}
+	indexing := d.indexing
+	d.mu.Unlock()
+	if indexed || !indexing {
+		return size, indexed
+	}
 	path, err := d.path(key)
 	if err != nil {
 		return 0, false

@@ -297,9 +297,9 @@ func TestRestart(t *testing.T) {
 	checkIndex(t, d)
 }
 
-// TestUseWhileIndexing checks that Get and Put work before the index is
-// complete, that eviction waits for it, and that an old entry hit meanwhile
-// counts as recently used.
+// TestUseWhileIndexing checks that Get, Put and Has work before the index
+// is complete, that eviction waits for it, and that an old entry hit
+// meanwhile counts as recently used.
 func TestUseWhileIndexing(t *testing.T) {
 	root := t.TempDir()
 	d := indexed(newDir(t, root, WithMaxSize(0)))
@@ -330,12 +330,20 @@ func TestUseWhileIndexing(t *testing.T) {
 	if st := d.Stats(); !st.Indexing || st.Evictions != 0 {
 		t.Fatalf("Stats while indexing = %+v", st)
 	}
+	for key, want := range map[digest.Digest]bool{fresh: true, old[1]: true, old[3]: false} {
+		if size, ok := d.Has(key); ok != want || ok && size != 100 {
+			t.Errorf("Has(%s) while indexing = %d, %v; want present: %v", key, size, ok, want)
+		}
+	}
 	close(indexGate)
 	indexed(d)
 	// Candidates, most recent first: fresh, 0 (hit), 2, 1; 3 is gone.
 	for key, want := range map[digest.Digest]bool{fresh: true, old[0]: true, old[2]: true, old[1]: false, old[3]: false} {
 		if has(d, key) != want {
 			t.Errorf("%s present = %v, want %v", key, !want, want)
+		}
+		if size, ok := d.Has(key); ok != want || ok && size != 100 {
+			t.Errorf("Has(%s) = %d, %v; want present: %v", key, size, ok, want)
 		}
 	}
 	checkIndex(t, d)

@@ -293,13 +293,6 @@ func (l *layer) inCache(c chunk, buf *[]byte) bool {
 	return ok && int64(n) == c.size
 }
 
-// inCacheCheaply reports whether the Cache holds an entry of c's size under
-// c's key, when the Cache tells without reading the entry.
-func (l *layer) inCacheCheaply(c chunk) bool {
-	has, _ := l.cacheHas(c)
-	return has
-}
-
 // cacheHas reports whether the Cache holds an entry of c's size under c's
 // key, and whether it could tell without reading the entry.
 func (l *layer) cacheHas(c chunk) (has, known bool) {

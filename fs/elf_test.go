@@ -88,19 +88,26 @@ func realELFFiles(t *testing.T) []string {
 	return files
 }
 
+// realELF returns the ELF file at p and what debug/elf finds in it.
+func realELF(t *testing.T, p string) ([]byte, elfDeps) {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Skip(err)
+	}
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := elfDepsOf(t, f)
+	want.Flags = elfFlags(f, b)
+	return b, want
+}
+
 func TestParseELFDepsRealFiles(t *testing.T) {
 	for _, p := range realELFFiles(t) {
 		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				t.Skip(err)
-			}
-			f, err := elf.NewFile(bytes.NewReader(b))
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := elfDepsOf(t, f)
-			want.Flags = elfFlags(f, b)
+			b, want := realELF(t, p)
 			got, ok, err := parseELFDeps(b)
 			if !ok || err != nil {
 				t.Fatalf("parseELFDeps: ok=%v err=%v", ok, err)
@@ -131,16 +138,7 @@ func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 func TestParseELFDepsAt(t *testing.T) {
 	for i, p := range realELFFiles(t) {
 		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				t.Skip(err)
-			}
-			f, err := elf.NewFile(bytes.NewReader(b))
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := elfDepsOf(t, f)
-			want.Flags = elfFlags(f, b)
+			b, want := realELF(t, p)
 			r := &countingReaderAt{r: bytes.NewReader(b)}
 			got, ok, err := parseELFDepsAt(r, int64(len(b)))
 			if !ok || err != nil {

@@ -168,7 +168,7 @@ func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
 		if l.src.chunks.isLocal(c.idx) || l.fsys.mem.has(l.memKey(c)) {
 			continue
 		}
-		if l.inCacheCheaply(c) {
+		if has, _ := l.cacheHas(c); has {
 			// Cached before this mount (by another layer, or before a
 			// restart): a read finds and verifies it there.
 			l.src.chunks.setLocal(c.idx, true)
@@ -257,23 +257,26 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 	// The cache is written behind the decoding: a file write per chunk
 	// would hold up the next chunks' readers (a directory's hundred small
 	// files in one read).
-	store := make(chan int, len(cs))
-	stored := make(chan struct{})
-	go func() {
-		defer close(stored)
-		for i := range store {
-			c := cs[i]
-			if perr := cache.Put(l.cacheKey(c), calls[i].data); perr != nil {
-				log.G(ctx).WithError(perr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Warn("cache put failed")
-			} else {
-				l.src.chunks.setLocal(c.idx, true)
+	var store chan int
+	if cache != nil {
+		store = make(chan int, len(cs))
+		stored := make(chan struct{})
+		go func() {
+			defer close(stored)
+			for i := range store {
+				c := cs[i]
+				if perr := cache.Put(l.cacheKey(c), calls[i].data); perr != nil {
+					log.G(ctx).WithError(perr).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name}).Warn("cache put failed")
+				} else {
+					l.src.chunks.setLocal(c.idx, true)
+				}
 			}
-		}
-	}()
-	defer func() {
-		close(store)
-		<-stored
-	}()
+		}()
+		defer func() {
+			close(store)
+			<-stored
+		}()
+	}
 	next := 0 // cs[:next] have finished
 	for i, c := range cs {
 		data, cerr := l.decode(c, arr.reader(int(c.start-start), int(c.end-start)))
@@ -291,7 +294,7 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 			l.fsys.mem.put(l.memKey(c), data)
 		}
 		l.flights.finish(calls[i], data, nil)
-		if l.cacheKey(c) != "" && cache != nil {
+		if store != nil && l.cacheKey(c) != "" {
 			store <- i
 		}
 	}

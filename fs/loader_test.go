@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -262,16 +263,7 @@ func TestSiblingLibsPrefetch(t *testing.T) {
 		file("plugins/_three.cpython-311-x86_64-linux-gnu.so", 0o755, hostFile(t, lib+"libz.so.1")),
 		file("plugins/README", 0o644, randomBytes(9, 200<<10)),
 	})
-	o := newOpener(l)
-	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
-	mp := mountLayer(t, f, l)
-	readHead(t, filepath.Join(mp, "plugins/libone.so"))
-	waitFetches(t, f)
-	for _, name := range []string{"libtwo.so.2", "_three.cpython-311-x86_64-linux-gnu.so", "README"} {
-		if fetched, want := fetchedReading(t, o, filepath.Join(mp, "plugins", name)), name == "README"; fetched != want {
-			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
-		}
-	}
+	checkLoadBrings(t, l, "plugins/libone.so", "plugins/", []string{"libtwo.so.2", "_three.cpython-311-x86_64-linux-gnu.so"}, "README")
 }
 
 // TestRunPathSiblingsPrefetch checks that a library found through a
@@ -287,13 +279,21 @@ func TestRunPathSiblingsPrefetch(t *testing.T) {
 		file("jdk/lib/libplugin.so", 0o644, hostFile(t, "/usr/lib/x86_64-linux-gnu/libz.so.1")),
 		file("jdk/lib/data.bin", 0o644, randomBytes(6, 100<<10)),
 	})
+	checkLoadBrings(t, l, "jdk/bin/java", "jdk/lib/", []string{"libjli.so", "libplugin.so"}, "data.bin")
+}
+
+// checkLoadBrings mounts l, reads the start of file head as the loader
+// does, and checks that reading the files brought of dir then costs no
+// fetch, and reading other, which was not brought, does.
+func checkLoadBrings(t *testing.T, l *testLayer, head, dir string, brought []string, other string) {
+	t.Helper()
 	o := newOpener(l)
 	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetch(false), WithReadahead(0), WithDirPrefetch(0))
 	mp := mountLayer(t, f, l)
-	readHead(t, filepath.Join(mp, "jdk/bin/java"))
+	readHead(t, filepath.Join(mp, head))
 	waitFetches(t, f)
-	for _, name := range []string{"libjli.so", "libplugin.so", "data.bin"} {
-		if fetched, want := fetchedReading(t, o, filepath.Join(mp, "jdk/lib", name)), name == "data.bin"; fetched != want {
+	for _, name := range append(slices.Clone(brought), other) {
+		if fetched, want := fetchedReading(t, o, filepath.Join(mp, dir, name)), name == other; fetched != want {
 			t.Errorf("reading %s fetched: %v, want %v", name, fetched, want)
 		}
 	}

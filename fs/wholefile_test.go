@@ -35,6 +35,29 @@ func skipWithoutPassthrough(t testing.TB, f *FileSystem, mp string) {
 	}
 }
 
+// wholeMount is multiLayer mounted with a directory cache and no
+// background fetch, on a kernel with FUSE passthrough.
+type wholeMount struct {
+	l    *testLayer
+	want []byte // the content of its file of several chunks, multi
+	c    *dirCache
+	o    *testOpener
+	f    *FileSystem
+	p    string // the path of multi
+}
+
+func mountWhole(t *testing.T) wholeMount {
+	t.Helper()
+	m := wholeMount{l: multiLayer(t), c: newDirCache(t)}
+	m.want = m.l.entries[0].data
+	m.o = newOpener(m.l)
+	m.f = newFS(t, m.o, WithCache(m.c), WithBackgroundFetch(false))
+	mp := mountLayer(t, m.f, m.l)
+	skipWithoutPassthrough(t, m.f, mp)
+	m.p = filepath.Join(mp, "multi")
+	return m
+}
+
 // readCheck opens p, drops the mount's page cache of it, reads it whole and
 // checks its content. It reports whether no read reached f, that is
 // whether the open was served by passthrough.
@@ -85,13 +108,8 @@ func cachedAs(t testing.TB, c *dirCache, want []byte) bool {
 // verifies it, in the background); and that with passthrough off no entry
 // is assembled.
 func TestWholeFilePassthrough(t *testing.T) {
-	l := multiLayer(t)
-	want := l.entries[0].data
-	c := newDirCache(t)
-	f := newFS(t, newOpener(l), WithCache(c), WithBackgroundFetch(false))
-	mp := mountLayer(t, f, l)
-	skipWithoutPassthrough(t, f, mp)
-	p := filepath.Join(mp, "multi")
+	m := mountWhole(t)
+	l, want, c, f, p := m.l, m.want, m.c, m.f, m.p
 	if readCheck(t, f, p, want) {
 		t.Fatal("the first read, of a file not cached, was not served by the FileSystem")
 	}
@@ -153,13 +171,9 @@ func TestWholeFileAfterBackgroundFetch(t *testing.T) {
 // torn is never served: every read returns the file's bytes, and the entry
 // is assembled again from the chunks, then served.
 func TestWholeFileCorrupt(t *testing.T) {
-	l := multiLayer(t)
-	want := l.entries[0].data
-	c := newDirCache(t)
-	f := newFS(t, newOpener(l), WithCache(c), WithBackgroundFetch(false))
-	mp := mountLayer(t, f, l)
-	skipWithoutPassthrough(t, f, mp)
-	if !waitPassthrough(t, f, filepath.Join(mp, "multi"), want) {
+	m := mountWhole(t)
+	l, want, c := m.l, m.want, m.c
+	if !waitPassthrough(t, m.f, m.p, want) {
 		t.Fatal("no passthrough to begin with")
 	}
 	for name, bad := range map[string][]byte{
@@ -190,14 +204,8 @@ func TestWholeFileCorrupt(t *testing.T) {
 // reads correctly after its entry is evicted, and that the next open is
 // served from the chunks.
 func TestWholeFileEvictedWhileOpen(t *testing.T) {
-	l := multiLayer(t)
-	want := l.entries[0].data
-	c := newDirCache(t)
-	o := newOpener(l)
-	f := newFS(t, o, WithCache(c), WithBackgroundFetch(false))
-	mp := mountLayer(t, f, l)
-	skipWithoutPassthrough(t, f, mp)
-	p := filepath.Join(mp, "multi")
+	m := mountWhole(t)
+	want, c, o, f, p := m.want, m.c, m.o, m.f, m.p
 	if !waitPassthrough(t, f, p, want) {
 		t.Fatal("no passthrough to begin with")
 	}
@@ -229,13 +237,8 @@ func TestWholeFileEvictedWhileOpen(t *testing.T) {
 // other way round), and that an open while one with passthrough is open
 // shares its backing file.
 func TestWholeFileMixedOpens(t *testing.T) {
-	l := multiLayer(t)
-	want := l.entries[0].data
-	c := newDirCache(t)
-	f := newFS(t, newOpener(l), WithCache(c), WithBackgroundFetch(false))
-	mp := mountLayer(t, f, l)
-	skipWithoutPassthrough(t, f, mp)
-	p := filepath.Join(mp, "multi")
+	m := mountWhole(t)
+	want, c, f, p := m.want, m.c, m.f, m.p
 	first, err := os.Open(p)
 	if err != nil {
 		t.Fatal(err)
