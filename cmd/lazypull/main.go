@@ -16,6 +16,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
 func main() {
 	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
 }
@@ -59,6 +62,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 	return &cli.App{
 		Name:            "lazypull",
+		Version:         version,
 		Usage:           "convert images to eStargz and pull them lazily through containerd",
 		Writer:          stdout,
 		ErrWriter:       stderr,
