@@ -191,9 +191,10 @@ type FS struct {
 // lazily pulled layer of the node.
 type Cache struct {
 	// Dir is the directory of the cache. Empty means <root>/cache. It must
-	// be an absolute path; it is created (mode 0700) when missing, and only
-	// one daemon may use it at a time. The cache survives restarts: a
-	// restarted daemon serves what it holds without fetching it again.
+	// be an absolute path; it is created (mode 0700) when missing. The
+	// data planes of the daemon share it (two of them during an upgrade,
+	// when max_size holds for each, not for both together). The cache
+	// survives restarts: what it holds is not fetched again.
 	Dir string `toml:"dir"`
 
 	// MaxSize bounds the bytes the cache keeps: beyond it, the least
