@@ -210,7 +210,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 	f.storeTOC(ctx, l.src)
 	log.G(ctx).WithFields(log.Fields{
 		"layer": dgst, "mountpoint": mountpoint, "verified": l.verified,
-		"toc_bytes": l.src.blob.Size() - l.src.payloadEnd, // footer included
+		"toc_bytes":  l.src.blob.Size() - l.src.payloadEnd, // footer included
 		"toc_stored": l.src.stored,
 	}).Info("layer mounted")
 	if w := f.cfg.prefetchWait; w > 0 {
