@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -41,9 +42,12 @@ type Server struct {
 }
 
 // NewServer returns a Server of fsys that answers Info with info. stop is
-// called once, after the answer to a Shutdown call that succeeded: the
-// data plane should then stop serving (Server.Shutdown) and exit. Layers
-// are unmounted only through fsys.Unmount; the Server holds nothing that
+// called once, after the answer to the first Shutdown call that was not
+// refused; it must not block: the data plane should then stop serving
+// (Server.Shutdown) and exit. A Shutdown that unmounts closes fsys if it is
+// an io.Closer (whose Close must unmount every layer: fs.FileSystem's keeps
+// what it keeps for layers that are only stopped, not removed), and calls
+// fsys.Unmount for each layer otherwise. The Server holds nothing that
 // needs closing besides what Serve holds.
 func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 	s := &Server{fs: fsys, info: info, stop: stop, mounts: map[string]map[string]string{}, busy: map[string]bool{}}
@@ -175,7 +179,14 @@ func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
 	s.stopping = true
 	s.mu.Unlock()
 	var errs []error
-	if req.Unmount {
+	if c, ok := s.fs.(io.Closer); ok && req.Unmount {
+		// Close unmounts every layer, and keeps what a layer that is
+		// only stopped, not removed, keeps.
+		errs = append(errs, c.Close())
+		s.mu.Lock()
+		clear(s.mounts)
+		s.mu.Unlock()
+	} else if req.Unmount {
 		for _, m := range s.Mounts() {
 			err := s.fs.Unmount(r.Context(), m.Mountpoint)
 			if err != nil && !errdefs.IsNotFound(err) {
