@@ -72,7 +72,24 @@ func newEnv(t *testing.T) *env {
 	if err := os.WriteFile(e.config, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Registered first, so it runs after the daemons are stopped: the data
+	// planes they started outlive them.
+	t.Cleanup(func() { stopPlanes(t, e.root) })
 	return e
+}
+
+// stopPlanes runs `lazypulld --stop-data-planes` on root, with the default
+// configuration, and fails t if it fails.
+func stopPlanes(t *testing.T, root string) {
+	t.Helper()
+	empty := filepath.Join(t.TempDir(), "empty.toml")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binary, "--config", empty, "--root", root, "--stop-data-planes").CombinedOutput()
+	if err != nil {
+		t.Errorf("lazypulld --stop-data-planes: %v\n%s", err, out)
+	}
 }
 
 func (e *env) args(extra ...string) []string {

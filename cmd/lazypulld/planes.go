@@ -191,8 +191,17 @@ func (p *planes) lost(pl *plane) {
 	}
 	logger.WithField("mountpoints", mps).Error("data plane exited unexpectedly: reads of its layers fail (ENOTCONN) until they are mounted again")
 	removePlaneDir(p.life, pl.dir, "it exited unexpectedly")
-	if len(mps) > 0 && onLost != nil && !closed {
+	if closed {
+		return
+	}
+	if len(mps) > 0 && onLost != nil {
+		// The re-mounts start the replacement.
 		onLost(mps, fmt.Sprintf("data plane %d (lazypulld %s) exited", pl.info.PID, pl.info.Version))
+		return
+	}
+	// Have the replacement ready for the next Mount.
+	if _, err := p.ensureCurrent(p.life); err != nil {
+		logger.WithError(err).Error("cannot start a data plane; layers are pulled normally until one starts")
 	}
 }
 

@@ -204,7 +204,10 @@ func (p *planes) start(ctx context.Context) (_ *plane, retErr error) {
 		w.close()
 	}
 	_ = ready.SetReadDeadline(time.Now().Add(planeStartTimeout))
-	if line, err := bufio.NewReader(ready).ReadString('\n'); err != nil || line != "ready\n" {
+	unblock := context.AfterFunc(ctx, func() { _ = ready.SetReadDeadline(time.Now()) })
+	line, err := bufio.NewReader(ready).ReadString('\n')
+	unblock()
+	if err != nil || line != "ready\n" {
 		kill()
 		return nil, fmt.Errorf("data plane did not start: %v (see its log above)", err)
 	}

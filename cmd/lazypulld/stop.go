@@ -30,9 +30,12 @@ const stopTimeout = 30 * time.Second
 // readers get errors. The snapshots stay; a daemon started afterwards
 // mounts their layers again.
 func stopDataPlanes(cfg *config.Config, out io.Writer) error {
+	if _, err := os.Stat(cfg.Root); errors.Is(err, os.ErrNotExist) {
+		return nil // nothing ever ran there
+	}
 	lock, err := lockRoot(cfg.Root)
 	if err != nil {
-		return fmt.Errorf("%w; stop it first", err)
+		return err
 	}
 	defer lock.release()
 	dir := filepath.Join(cfg.Root, planesDir)
