@@ -39,8 +39,16 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		retErr = errors.Join(retErr, lock.release())
 	}()
 
+	// The socket is claimed before the data planes are started, so that
+	// a daemon refused for a busy socket starts none; it is served once
+	// the snapshotter is ready (a call that comes earlier waits).
+	l, err := listen(ctx, cfg.Address)
+	if err != nil {
+		return err
+	}
 	sn, closeSnapshotter, err := newSnapshotter(ctx, cfg)
 	if err != nil {
+		l.Close()
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
 	defer func() {
@@ -49,12 +57,6 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		}
 	}()
 
-	// The socket appears only once the snapshotter is ready, so whoever
-	// waits for it can call at once.
-	l, err := listen(ctx, cfg.Address)
-	if err != nil {
-		return err
-	}
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 
