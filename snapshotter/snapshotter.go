@@ -82,8 +82,8 @@ type snapshotter struct {
 	cancel     context.CancelFunc
 	restoreSem chan struct{} // bounds concurrent restores
 	wg         sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 // New returns a snapshotter storing its snapshots and metadata under root

@@ -167,4 +167,3 @@ func TestNotify(t *testing.T) {
 	}
 	d.wait(t)
 }
-
