@@ -39,9 +39,11 @@ var LogLevels = []string{"trace", "debug", "info", "warn", "error"}
 // not valid; start from Default or Load.
 type Config struct {
 	// Root is the directory that holds lazypulld's state: the snapshot
-	// metadata database, the snapshot directories and the lock file that
-	// keeps a second daemon off the same state. It must be an absolute path;
-	// it is created (mode 0700) when missing.
+	// metadata database, the snapshot directories, the lock file that
+	// keeps a second daemon off the same state, the data planes' sockets
+	// and logs (dataplanes/) and the stored tables of contents of mounted
+	// layers (fs/toc/). It must be an absolute path; it is created (mode
+	// 0700) when missing.
 	Root string `toml:"root"`
 
 	// Address is the path of the unix socket on which lazypulld serves

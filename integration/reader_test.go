@@ -51,8 +51,9 @@ func (b *lockedBuffer) String() string {
 }
 
 // startReader runs image ref as container id, reading on request. It is
-// stopped at cleanup (the container then exits and is removed).
-func startReader(t *testing.T, ctx context.Context, lb *lazyBed, ref, id string) *reader {
+// stopped at cleanup (the container then exits and is removed), not when
+// the test's context ends.
+func startReader(t *testing.T, lb *lazyBed, ref, id string) *reader {
 	t.Helper()
 	dir := testbed.Dir(t, "io")
 	for _, n := range []string{"req", "resp"} {
@@ -70,7 +71,7 @@ func startReader(t *testing.T, ctx context.Context, lb *lazyBed, ref, id string)
 		t.Fatal(err)
 	}
 	r.resp = bufio.NewReader(r.respF)
-	r.cmd = lb.Containerd.RunCommandWith(ctx, testbed.SnapshotterName, ref, id,
+	r.cmd = lb.Containerd.RunCommandWith(context.Background(), testbed.SnapshotterName, ref, id,
 		[]string{"--mount", "type=bind,src=" + dir + ",dst=/io,options=rbind:rw"},
 		"/"+testimage.EntrypointPath, "-loop", "/io")
 	r.cmd.Stdout, r.cmd.Stderr = &r.output, &r.output
@@ -164,3 +165,10 @@ func dropCaches(t *testing.T) {
 
 // killPID kills process pid with SIGKILL.
 func killPID(pid int) error { return unix.Kill(pid, unix.SIGKILL) }
+
+// processGone reports whether process pid has exited (a zombie counts: its
+// new parent may not reap it at once).
+func processGone(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err != nil || strings.Contains(string(st), ") Z ")
+}

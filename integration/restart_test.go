@@ -36,7 +36,7 @@ func TestDaemonRestartKeepsContainersReading(t *testing.T) {
 		paths := testimage.ProbeFiles
 		want := probeOutput(t, img.expected, paths...)
 
-		r := startReader(t, ctx, lb, ref, "restart-reader")
+		r := startReader(t, lb, ref, "restart-reader")
 		requireReads(t, r, paths, want, "before any restart")
 		dp := onePlane(t, ctx, lb)
 
@@ -113,7 +113,7 @@ func TestDataPlaneKilled(t *testing.T) {
 		paths := testimage.ProbeFiles
 		want := probeOutput(t, img.expected, paths...)
 
-		r := startReader(t, ctx, lb, ref, "killed-reader")
+		r := startReader(t, lb, ref, "killed-reader")
 		requireReads(t, r, paths, want, "before the data plane is killed")
 		dp := onePlane(t, ctx, lb)
 

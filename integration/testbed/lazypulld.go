@@ -91,7 +91,12 @@ func (l *Lazypulld) Start(t T) error {
 	if l.proc != nil && !l.proc.exited() {
 		return fmt.Errorf("lazypulld is already running")
 	}
-	p, err := startProcess(t, "lazypulld", l.LogPath, os.Environ(), l.opts.Binary,
+	env := os.Environ()
+	if _, ok := os.LookupEnv("GORACE"); !ok {
+		// A -race binary otherwise sleeps a second before it exits.
+		env = append(env, "GORACE=atexit_sleep_ms=0")
+	}
+	p, err := startProcess(t, "lazypulld", l.LogPath, env, l.opts.Binary,
 		"--config", l.ConfigPath, "--root", l.Root, "--address", l.Socket, "--log-level", l.opts.LogLevel)
 	if err != nil {
 		return err
