@@ -107,9 +107,9 @@ func TestReadoptLayers(t *testing.T) {
 	for i, l := range layers {
 		chain := fmt.Sprintf("chain-%03d", i)
 		_, err := sn.Prepare(ctx, "extract-"+chain, parent, snapshots.WithLabels(map[string]string{
-			snapshots.LabelSnapshotRef:                  chain,
-			"containerd.io/snapshot/cri.image-ref":      ref,
-			"containerd.io/snapshot/cri.layer-digest":   l.digest,
+			snapshots.LabelSnapshotRef:                 chain,
+			"containerd.io/snapshot/cri.image-ref":     ref,
+			"containerd.io/snapshot/cri.layer-digest":  l.digest,
 			"containerd.io/snapshot/stargz/toc.digest": l.toc,
 		}))
 		if !errdefs.IsAlreadyExists(err) {
