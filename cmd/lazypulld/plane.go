@@ -36,7 +36,8 @@ const (
 	// planeSocket is where the data plane serves the dataplane protocol,
 	// with mode 0600.
 	planeSocket = "sock"
-	// planeLog gets the data plane's stderr unless that is the journal.
+	// planeLog gets the data plane's stderr when the daemon's is neither
+	// the journal nor a file (see planeOutput).
 	planeLog = "log"
 	// readyFDEnv names the descriptor on which a starting data plane says
 	// it serves: one line, then it closes it.

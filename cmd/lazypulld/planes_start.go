@@ -273,17 +273,20 @@ func planeEnv() []string {
 }
 
 // planeOutput is where a data plane's stderr goes: the daemon's own, if
-// that is the journal (systemd says so in JOURNAL_STREAM), which outlives
-// the daemon; otherwise dir's log file.
+// that outlives the daemon and others read it - the journal (systemd says
+// so in JOURNAL_STREAM) or a file - so that one log tells what both did;
+// otherwise (a pipe, a terminal) dir's log file.
 func planeOutput(dir string) (*os.File, error) {
 	var st unix.Stat_t
-	if js := os.Getenv("JOURNAL_STREAM"); js != "" && unix.Fstat(2, &st) == nil &&
-		js == fmt.Sprintf("%d:%d", st.Dev, st.Ino) {
-		fd, err := unix.Dup(2)
-		if err != nil {
-			return nil, err
+	if unix.Fstat(2, &st) == nil {
+		js := os.Getenv("JOURNAL_STREAM")
+		if st.Mode&unix.S_IFMT == unix.S_IFREG || (js != "" && js == fmt.Sprintf("%d:%d", st.Dev, st.Ino)) {
+			fd, err := unix.Dup(2)
+			if err != nil {
+				return nil, err
+			}
+			return os.NewFile(uintptr(fd), "stderr"), nil
 		}
-		return os.NewFile(uintptr(fd), "stderr"), nil
 	}
 	return os.OpenFile(filepath.Join(dir, planeLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 }
