@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -75,6 +76,11 @@ func (p *planes) Mount(ctx context.Context, mountpoint string, labels map[string
 		return fmt.Errorf("no data plane to serve the layer: %w", err)
 	}
 	if err := pl.client.Mount(ctx, mountpoint, labels); err != nil {
+		if ctx.Err() != nil {
+			// The data plane may finish a Mount its caller gave up on:
+			// undo it, or the layer stays mounted with nobody to use it.
+			p.undoMount(ctx, pl, mountpoint)
+		}
 		return err
 	}
 	p.mu.Lock()
@@ -86,6 +92,27 @@ func (p *planes) Mount(ctx context.Context, mountpoint string, labels map[string
 	}
 	p.owner[mountpoint] = pl
 	return nil
+}
+
+// undoMount unmounts mountpoint on pl, waiting (for at most askTimeout)
+// for the Mount still in progress there to end.
+func (p *planes) undoMount(ctx context.Context, pl *plane, mountpoint string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), askTimeout)
+	defer cancel()
+	for {
+		err := pl.client.Unmount(ctx, mountpoint)
+		if err == nil || errdefs.IsNotFound(err) {
+			return
+		}
+		if !errdefs.IsConflict(err) || ctx.Err() != nil {
+			log.G(ctx).WithError(err).WithField("mountpoint", mountpoint).Warn("undo an abandoned mount")
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Check asks the data plane serving mountpoint; a mountpoint no data plane

@@ -14,7 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/moby/sys/mountinfo"
 	toml "github.com/pelletier/go-toml/v2"
 	"golang.org/x/sys/unix"
 
@@ -82,11 +84,17 @@ func (p *planes) discover(ctx context.Context) {
 			continue
 		}
 		dir := filepath.Join(p.dir, e.Name())
+		if _, err := os.Lstat(filepath.Join(dir, planeSocket)); errors.Is(err, os.ErrNotExist) {
+			// It exited cleanly (its socket went with it), or never served.
+			removePlaneDir(ctx, dir, "")
+			continue
+		}
 		pl, mounts, err := p.adopt(ctx, e.Name(), dir)
 		if err != nil {
 			removePlaneDir(ctx, dir, fmt.Sprintf("it does not answer (%v)", err))
 			continue
 		}
+		mounts = forgetUnmounted(ctx, pl, mounts)
 		log.G(ctx).WithFields(log.Fields{
 			"pid": pl.info.PID, "version": pl.info.Version, "data_plane": pl.id,
 			"layers": len(mounts), "same_build": pl.info.Build == p.build,
@@ -114,6 +122,32 @@ func (p *planes) adopt(ctx context.Context, id, dir string) (*plane, []dataplane
 		return nil, nil, err
 	}
 	return pl, mounts, nil
+}
+
+// forgetUnmounted has pl forget the mounts it lists whose mountpoint is
+// not mounted any more (unmounted behind its back, as the snapshotter does
+// with a layer whose Mount it gave up on), and returns the others: a
+// record left so would keep an old data plane from ever draining.
+func forgetUnmounted(ctx context.Context, pl *plane, mounts []dataplane.Mount) []dataplane.Mount {
+	infos, err := mountinfo.GetMounts(nil)
+	if err != nil {
+		return mounts
+	}
+	mounted := map[string]bool{}
+	for _, m := range infos {
+		mounted[m.Mountpoint] = true
+	}
+	kept := mounts[:0]
+	for _, m := range mounts {
+		if mounted[m.Mountpoint] {
+			kept = append(kept, m)
+			continue
+		}
+		if err := pl.client.Unmount(ctx, m.Mountpoint); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).WithField("mountpoint", m.Mountpoint).Warn("data plane lists a mount that is gone")
+		}
+	}
+	return kept
 }
 
 // connect asks the data plane behind c who it is and watches its process.
