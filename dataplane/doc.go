@@ -44,6 +44,17 @@
 // other side ignores, and new calls are new paths; a change that an older
 // peer would misread takes a new version prefix.
 //
+// # Extending
+//
+// A call that only some FileSystems can answer is served when the
+// FileSystem has the method (the Server checks with a type assertion, as
+// it does for io.Closer at Shutdown) and answered "not implemented"
+// otherwise: per-layer status (/v1/status: digest, mountpoint, bytes local,
+// verification state), credentials pushed by a CRI proxy (/v1/credentials)
+// and the data plane's metrics (/v1/metrics, Prometheus text) fit this
+// shape, each a path, a request and an answer type here, and a method on
+// the Client.
+//
 // # Concurrency
 //
 // Calls are served concurrently. The Server serialises nothing but its

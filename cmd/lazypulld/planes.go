@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -132,7 +133,7 @@ func (p *planes) Unmount(ctx context.Context, mountpoint string) error {
 	pl := p.ownerOf(mountpoint)
 	if pl == nil {
 		err := unix.Unmount(mountpoint, unix.MNT_DETACH)
-		if err == unix.EINVAL || err == unix.ENOENT {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("no data plane serves %s: %w", mountpoint, errdefs.ErrNotFound)
 		}
 		if err != nil {
