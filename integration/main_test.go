@@ -27,6 +27,8 @@ var (
 	lazypulldBin  string
 	lazypullBin   string
 	entrypointBin string
+	// daemonFlags are the flags lazypulldBin was built with.
+	daemonFlags []string
 )
 
 func TestMain(m *testing.M) {
@@ -56,7 +58,6 @@ func testMain(m *testing.M) int {
 	lazypulldBin = filepath.Join(dir, "lazypulld")
 	lazypullBin = filepath.Join(dir, "lazypull")
 	entrypointBin = filepath.Join(dir, "hashfiles")
-	var daemonFlags []string
 	if raceEnabled {
 		daemonFlags = append(daemonFlags, "-race")
 	}
