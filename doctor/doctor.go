@@ -153,12 +153,12 @@ type Options struct {
 
 // run holds what the checks share while they run.
 type run struct {
-	opts     Options
-	report   Report
-	version  ctrdVersion
-	cfg      *ctrdConfig // nil when it could not be loaded
-	daemon   daemonInfo  // the running lazypulld, when found
-	cri      criInfo     // how the CRI plugin pulls, when it pulls into the snapshotter
+	opts    Options
+	report  Report
+	version ctrdVersion
+	cfg     *ctrdConfig // nil when it could not be loaded
+	daemon  daemonInfo  // the running lazypulld, when found
+	cri     criInfo     // how the CRI plugin pulls, when it pulls into the snapshotter
 }
 
 // Run checks the node. It never returns an error: what could not be
