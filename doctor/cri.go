@@ -56,6 +56,13 @@ func (r *run) checkCRI() {
 	}
 	sn := str(t["snapshotter"], "overlayfs")
 	dsa := boolean(t["disable_snapshot_annotations"], true)
+	if r.version.Major >= 2 {
+		if dropped := r.droppedCRIKeys(t); dropped != "" {
+			r.add(check, Fail, fmt.Sprintf("%s, which containerd %s ignores: it reads the CRI's snapshotter from %s, and moves these keys there only from a version 2 file whose table also has runtimes; CRI pulls go to %q", dropped, r.version, section, sn),
+				fmt.Sprintf("write snapshotter = %q and disable_snapshot_annotations = false in %s (a version 3 file)", name, section))
+			return
+		}
+	}
 	if sn != name {
 		r.add(check, notOurs, fmt.Sprintf("CRI pulls (Kubernetes) go to snapshotter %q, not %s", sn, name),
 			fmt.Sprintf("if this node runs Kubernetes, set snapshotter = %q and disable_snapshot_annotations = false in %s", name, section))
@@ -131,4 +138,14 @@ func (r *run) localPullReason(t map[string]any) string {
 		}
 	}
 	return strings.Join(why, ", ")
+}
+
+// droppedCRIKeys names the 1.x CRI keys of a version 2 file that name
+// the snapshotter but did not reach containerd 2.x's image service.
+func (r *run) droppedCRIKeys(images map[string]any) string {
+	old := r.cfg.pluginTable(criV1, "containerd")
+	if s, ok := old["snapshotter"].(string); ok && s == r.opts.Snapshotter && str(images["snapshotter"], "overlayfs") != s {
+		return fmt.Sprintf("[plugins.%q.containerd] sets snapshotter = %q", criV1, s)
+	}
+	return ""
 }

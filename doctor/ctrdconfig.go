@@ -263,7 +263,9 @@ func criMigration(maxVersion int) srvconfig.PluginFunc {
 				dst[k] = val
 			}
 		}
-		if c, ok := src["containerd"].(map[string]any); ok {
+		// containerd moves these only from a containerd table that has
+		// runtimes: without one, they are silently dropped.
+		if c, ok := src["containerd"].(map[string]any); ok && c["runtimes"] != nil {
 			for _, k := range []string{"snapshotter", "disable_snapshot_annotations", "discard_unpacked_layers"} {
 				if val, ok := c[k]; ok {
 					dst[k] = val

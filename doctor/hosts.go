@@ -126,27 +126,42 @@ func (r *run) checkHosts(ctx context.Context) {
 				is.add(Fail, fmt.Sprintf("%s cannot use the hosts.toml for %s: %v (containerd then pulls from https://%s)", o.name, reg, err, reg), "fix the file")
 				continue
 			}
-			if slices.Equal(got.endpoints, want.endpoints) {
+			s, why := compareViews(got.endpoints, want.endpoints)
+			if s == OK {
 				continue
 			}
-			s := Warn
-			if schemes(got.endpoints) != schemes(want.endpoints) {
-				s = Fail // lazypulld cannot reach what containerd reaches
-			}
-			is.add(s, fmt.Sprintf("%s pulls %s from %s (%s), lazypulld from %s (%s): lazypulld's reads fail or go elsewhere, and layers fall back to full pulls",
-				o.name, reg, strings.Join(got.endpoints, ", "), orNone(got.dir), strings.Join(want.endpoints, ", "), orNone(want.dir)),
+			is.add(s, fmt.Sprintf("%s pulls %s from %s (%s), lazypulld from %s (%s): %s",
+				o.name, reg, strings.Join(got.endpoints, ", "), orNone(got.dir), strings.Join(want.endpoints, ", "), orNone(want.dir), why),
 				hostsFix(reg, got, r.opts.Lazypull.HostsDir))
 		}
 		r.finish(check, is, fmt.Sprintf("pulled from %s (%s) by lazypulld and containerd alike", strings.Join(want.endpoints, ", "), orNone(want.dir)))
 	}
 }
 
-func schemes(endpoints []string) string {
-	var s []string
-	for _, e := range endpoints {
-		s = append(s, e[:strings.Index(e, "://")])
+// compareViews says whether lazypulld (want) reaches a registry where a
+// containerd client (got) does.
+func compareViews(got, want []string) (Status, string) {
+	if slices.Equal(got, want) {
+		return OK, ""
 	}
-	return strings.Join(s, ",")
+	if len(got) != len(want) {
+		return Warn, "lazypulld reads from other hosts (mirrors) than containerd"
+	}
+	s, why := OK, ""
+	for i := range got {
+		gs, gh, _ := strings.Cut(got[i], "://")
+		ws, wh, _ := strings.Cut(want[i], "://")
+		switch {
+		case gh != wh:
+			s, why = max(s, Warn), "lazypulld reads from other hosts (mirrors) than containerd"
+		case gs == ws, gs == "https-then-http" && ws == "http":
+		case gs == "https-then-http":
+			s, why = max(s, Warn), "containerd falls back to plain HTTP for a local registry, lazypulld does not: if it speaks plain HTTP, lazypulld's reads fail and layers fall back to full pulls"
+		default:
+			return Fail, "lazypulld's reads fail or go elsewhere, and layers fall back to full pulls"
+		}
+	}
+	return s, why
 }
 
 func hostsFix(reg string, containerd view, lazypullDir string) string {
@@ -154,12 +169,9 @@ func hostsFix(reg string, containerd view, lazypullDir string) string {
 		return fmt.Sprintf("give lazypulld the same hosts.toml: [remote] hosts_dir = %q in its config (now %s)", filepath.Dir(containerd.dir), orNone(lazypullDir))
 	}
 	for _, e := range containerd.endpoints {
-		if strings.HasPrefix(e, "http") && !strings.HasPrefix(e, "https://") {
-			scheme := "http"
-			if lazypullDir == "" {
-				lazypullDir = "/etc/containerd/certs.d"
-			}
-			return fmt.Sprintf("write %s/%s/hosts.toml with server = \"%s://%s\" (and point containerd's clients at the same directory)", lazypullDir, reg, scheme, reg)
+		if !strings.HasPrefix(e, "https://") {
+			return fmt.Sprintf("if %s speaks plain HTTP, write %s/%s/hosts.toml with server = \"http://%s\" (and use the same directory for containerd's clients)",
+				reg, orDefault(lazypullDir, "/etc/containerd/certs.d"), reg, reg)
 		}
 	}
 	return "use the same hosts directory for containerd and lazypulld"
