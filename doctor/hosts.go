@@ -68,7 +68,9 @@ func (p puller) resolve(ctx context.Context, registry string) (view, error) {
 				scheme = "https-then-http"
 			}
 		}
-		v.endpoints = append(v.endpoints, scheme+"://"+h.Host+h.Path)
+		if e := scheme + "://" + h.Host + h.Path; !slices.Contains(v.endpoints, e) {
+			v.endpoints = append(v.endpoints, e)
+		}
 	}
 	return v, nil
 }
@@ -139,29 +141,28 @@ func (r *run) checkHosts(ctx context.Context) {
 }
 
 // compareViews says whether lazypulld (want) reaches a registry where a
-// containerd client (got) does.
+// containerd client (got) does. The last endpoint is the registry's
+// server, the others its mirrors.
 func compareViews(got, want []string) (Status, string) {
-	if slices.Equal(got, want) {
+	if slices.Equal(got, want) || len(got) == 0 || len(want) == 0 {
 		return OK, ""
 	}
-	if len(got) != len(want) {
-		return Warn, "lazypulld reads from other hosts (mirrors) than containerd"
+	const mirrors = "lazypulld reads from other hosts (mirrors) than containerd"
+	gs, gh, _ := strings.Cut(got[len(got)-1], "://")
+	ws, wh, _ := strings.Cut(want[len(want)-1], "://")
+	switch {
+	case gh != wh:
+		return Warn, mirrors
+	case gs == ws, gs == "https-then-http" && ws == "http":
+	case gs == "https-then-http":
+		return Warn, "containerd falls back to plain HTTP for a local registry, lazypulld does not: if it speaks plain HTTP, lazypulld's reads fail and layers fall back to full pulls"
+	default:
+		return Fail, "lazypulld's reads fail or go elsewhere, and layers fall back to full pulls"
 	}
-	s, why := OK, ""
-	for i := range got {
-		gs, gh, _ := strings.Cut(got[i], "://")
-		ws, wh, _ := strings.Cut(want[i], "://")
-		switch {
-		case gh != wh:
-			s, why = max(s, Warn), "lazypulld reads from other hosts (mirrors) than containerd"
-		case gs == ws, gs == "https-then-http" && ws == "http":
-		case gs == "https-then-http":
-			s, why = max(s, Warn), "containerd falls back to plain HTTP for a local registry, lazypulld does not: if it speaks plain HTTP, lazypulld's reads fail and layers fall back to full pulls"
-		default:
-			return Fail, "lazypulld's reads fail or go elsewhere, and layers fall back to full pulls"
-		}
+	if !slices.Equal(got[:len(got)-1], want[:len(want)-1]) {
+		return Warn, mirrors
 	}
-	return s, why
+	return OK, ""
 }
 
 func hostsFix(reg string, containerd view, lazypullDir string) string {

@@ -90,6 +90,7 @@ func credsWhere(c creds, env map[string]string) string {
 // layers can be mounted lazily.
 func (r *run) checkRegistry(ctx context.Context, ref string, env map[string]string) {
 	check := "registry " + ref
+	ctx, _ = captureLogs(ctx) // containerd's resolver logs each failed request
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 	defer cancel()
 	hosts := dockerconfig.HostOptions{

@@ -37,9 +37,9 @@ func (r Report) summary() string {
 	fails, warns := r.Count(Fail), r.Count(Warn)
 	switch {
 	case fails > 0:
-		return fmt.Sprintf("%d failed, %d warnings: lazy pulls will not work until the failures are fixed", fails, warns)
+		return fmt.Sprintf("%d failed, %s: lazy pulls will not work until the failures are fixed", fails, plural(warns, "warning"))
 	case warns > 0:
-		return fmt.Sprintf("no failures, %d warnings: lazy pulls work", warns)
+		return fmt.Sprintf("no failures, %s: lazy pulls work", plural(warns, "warning"))
 	}
 	return "no failures, no warnings: lazy pulls work"
 }
@@ -55,4 +55,11 @@ func (r Report) WriteJSON(w io.Writer) error {
 		Warnings int       `json:"warnings"`
 		Findings []Finding `json:"findings"`
 	}{!r.Failed(), r.Count(Fail), r.Count(Warn), r.Findings})
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
