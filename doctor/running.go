@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -64,7 +65,7 @@ func (r *run) checkRunningContainerd(ctx context.Context, c *containerd.Client) 
 		}
 	}
 	if is.status < Fail && found {
-		if err := walkOne(ctx, c, name); err != nil {
+		if err := walkOneRetrying(ctx, c, name); err != nil {
 			is.add(Fail, fmt.Sprintf("containerd cannot list %q's snapshots: %v", name, err),
 				"check that lazypulld serves on "+exports["address"])
 		}
@@ -76,6 +77,30 @@ func (r *run) checkRunningContainerd(ctx context.Context, c *containerd.Client) 
 func (c *ctrdConfig) disabledSafe(id string) bool {
 	return c != nil && c.disabled(id)
 }
+
+// walkOneRetrying is walkOne, again for a few seconds while it fails: a
+// containerd whose snapshotter restarted reconnects after a backoff of up
+// to 3s (its proxy plugins' gRPC connect parameters). The error that comes
+// meanwhile is not always classed unavailable (containerd 2.x passes the
+// dial error as unknown), so any error is retried.
+func walkOneRetrying(ctx context.Context, c *containerd.Client, name string) error {
+	deadline := time.Now().Add(reconnectWait)
+	for {
+		err := walkOne(ctx, c, name)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// reconnectWait is how long a containerd that cannot reach the snapshotter
+// is given to reconnect.
+const reconnectWait = 5 * time.Second
 
 // walkOne lists the snapshotter's snapshots through containerd until it
 // finds one: containerd asks the snapshotter to Stat each, so an error
