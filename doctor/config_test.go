@@ -119,12 +119,17 @@ func TestConfigFile(t *testing.T) {
 		expect(t, r, "containerd.proxy_plugin", Fail, "has no [proxy_plugins.lazypull]", "")
 	})
 	t.Run("imports", func(t *testing.T) {
-		// The proxy plugin in a drop-in, imported by a relative glob.
-		for _, v := range []string{"1.6.20", "2.4.2"} {
+		// The proxy plugin in a drop-in, imported by a glob relative to
+		// the main file (1.7 and later) or absolute.
+		for _, v := range []string{"1.6.20", "1.7.22", "2.4.2"} {
 			n := newNode(t)
-			main, drop := "version = 2\nimports = [\"conf.d/*.toml\"]\n", goodV2
-			if v != "1.6.20" {
-				main, drop = "version = 3\nimports = [\"conf.d/*.toml\"]\n", goodV3
+			glob := "conf.d/*.toml"
+			if v == "1.6.20" {
+				glob = filepath.Join(n.dir, glob)
+			}
+			main, drop := "version = 2\nimports = [\""+glob+"\"]\n", goodV2
+			if v == "2.4.2" {
+				main, drop = "version = 3\nimports = [\""+glob+"\"]\n", goodV3
 			}
 			n.write("config.toml", main)
 			p := n.write("conf.d/lazypull.toml", drop)
@@ -132,6 +137,16 @@ func TestConfigFile(t *testing.T) {
 			expect(t, r, "containerd.config", OK, "imports "+p, "")
 			expect(t, r, "containerd.proxy_plugin", OK, p, "")
 		}
+	})
+	t.Run("relative glob on 1.6", func(t *testing.T) {
+		// containerd 1.6 expands it in its working directory, not the
+		// file's: the drop-in is not read.
+		n := newNode(t)
+		n.write("config.toml", "version = 2\nimports = [\"conf.d/*.toml\"]\n")
+		n.write("conf.d/lazypull.toml", goodV2)
+		r := n.run("1.6.20")
+		expect(t, r, "containerd.config", Warn, `containerd 1.6 expands the relative import "conf.d/*.toml"`, "absolute paths")
+		expect(t, r, "containerd.proxy_plugin", Fail, "has no [proxy_plugins.lazypull]", "")
 	})
 }
 
@@ -168,7 +183,7 @@ func TestUnpackConfig(t *testing.T) {
 	}{
 		{"none", proxy, Fail, "unpacks only into overlayfs", `snapshotter = "lazypull"`},
 		{"without overlayfs", proxy + fmt.Sprintf(entry, "linux/amd64", "lazypull"), Warn, "does not list overlayfs", `snapshotter = "overlayfs"`},
-		{"other OS", proxy + fmt.Sprintf(entry, "linux/amd64", "overlayfs") + fmt.Sprintf(entry, "windows/amd64", "lazypull"), Fail, `"windows/amd64" does not match this machine`, "platform"},
+		{"other OS", proxy + fmt.Sprintf(entry, "linux/amd64", "overlayfs") + fmt.Sprintf(entry, "windows/amd64", "lazypull"), Fail, `has platform "windows/amd64", which does not match this machine`, `set platform = "linux/`},
 		{"bad platform", proxy + fmt.Sprintf(entry, "linux/amd64", "overlayfs") + fmt.Sprintf(entry, "linux/x/y/z", "lazypull"), Fail, "does not parse", "fix the platform"},
 		{"ok", goodV3, OK, "lists lazypull and overlayfs", ""},
 	} {

@@ -94,6 +94,8 @@ func TestConfigAsContainerdReadsIt(t *testing.T) {
 			"config.toml": goodV2 + "imports = [\"drop.toml\"]\n" + strings.Replace(criV1Lazy, "= false", "= true", 1), "drop.toml": drop}},
 		{"version 2 with runtimes", []string{"1.6.20", "2.4.2"}, map[string]string{"config.toml": goodV2 + criV1Runtimes}},
 		{"version 2 without runtimes", []string{"2.4.2"}, map[string]string{"config.toml": goodV2 + criV1Lazy}},
+		{"relative glob", []string{"1.6.20", "2.4.2"}, map[string]string{
+			"config.toml": "version = 2\nimports = [\"conf.d/*.toml\"]\n", "conf.d/proxy.toml": goodV2}},
 		{"version 3 drop-ins", []string{"2.4.2"}, map[string]string{
 			"config.toml":        "version = 3\nimports = [\"conf.d/*.toml\"]\n" + criV3Lazy,
 			"conf.d/a.toml":      "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  disable_snapshot_annotations = false\n",
@@ -113,7 +115,9 @@ func TestConfigAsContainerdReadsIt(t *testing.T) {
 				for name, content := range tc.files {
 					n.write(name, content)
 				}
-				out, err := exec.Command(bin, "--config", n.opts.ContainerdConfig, "config", "dump").Output()
+				cmd := exec.Command(bin, "--config", n.opts.ContainerdConfig, "config", "dump")
+				cmd.Dir = "/" // as a service
+				out, err := cmd.Output()
 				if err != nil {
 					t.Fatalf("containerd config dump: %v", err)
 				}

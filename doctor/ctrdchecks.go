@@ -169,26 +169,27 @@ func (r *run) unpackConfig() ([]unpackEntry, bool) {
 func (r *run) transferUnpacksInto(name string) bool {
 	entries, _ := r.unpackConfig()
 	for _, e := range entries {
-		if e.Snapshotter == name && r.platformMatches(e.Platform) == nil {
+		if ok, err := r.platformMatches(e.Platform); e.Snapshotter == name && ok && err == nil {
 			return true
 		}
 	}
 	return false
 }
 
-// platformMatches is the transfer service's test: the OS, and the whole
-// platform with check_platform_supported.
-func (r *run) platformMatches(s string) error {
+// platformMatches is the transfer service's test of an unpack_config
+// platform: the OS, and the whole platform with check_platform_supported.
+// An error means it does not parse, and the transfer service does not
+// start.
+func (r *run) platformMatches(s string) (bool, error) {
 	p, err := platforms.Parse(s)
 	if err != nil {
-		return fmt.Errorf("platform %q does not parse: %v", s, err)
+		return false, fmt.Errorf("unpack_config: platform %q does not parse: %v: the transfer service does not start", s, err)
 	}
 	host := platforms.DefaultSpec()
-	strict := boolean(r.cfg.pluginTable(transferV2)["check_platform_supported"], false)
-	if strict && !platforms.Only(p).Match(host) || !strict && !platforms.OnlyOS(p).Match(host) {
-		return fmt.Errorf("platform %q does not match this machine (%s)", s, platforms.Format(host))
+	if boolean(r.cfg.pluginTable(transferV2)["check_platform_supported"], false) {
+		return platforms.Only(p).Match(host), nil
 	}
-	return nil
+	return platforms.OnlyOS(p).Match(host), nil
 }
 
 func (r *run) unpackSnippet(name string) string {
@@ -216,21 +217,19 @@ func (r *run) checkUnpackConfig() {
 	}
 	var is issues
 	var ours, overlay bool
+	host := platforms.Format(platforms.DefaultSpec())
 	for _, e := range entries {
-		err := r.platformMatches(e.Platform)
-		if err != nil && strings.Contains(err.Error(), "parse") {
-			is.add(Fail, "unpack_config: "+err.Error()+": the transfer service does not start", "fix the platform (e.g. \"linux/"+runtime.GOARCH+"\")")
-			continue
-		}
-		switch e.Snapshotter {
-		case name:
-			if err != nil {
-				is.add(Fail, fmt.Sprintf("unpack_config entry for %s: %v", name, err), fmt.Sprintf("set platform = \"linux/%s\"", runtime.GOARCH))
-			} else {
-				ours = true
-			}
-		case "overlayfs":
-			overlay = overlay || err == nil
+		ok, err := r.platformMatches(e.Platform)
+		switch {
+		case err != nil:
+			is.add(Fail, err.Error(), "fix the platform (e.g. \"linux/"+runtime.GOARCH+"\")")
+		case e.Snapshotter == name && !ok:
+			is.add(Fail, fmt.Sprintf("the unpack_config entry for %s has platform %q, which does not match this machine (%s)", name, e.Platform, host),
+				fmt.Sprintf("set platform = \"linux/%s\"", runtime.GOARCH))
+		case e.Snapshotter == name:
+			ours = true
+		case e.Snapshotter == "overlayfs":
+			overlay = overlay || ok
 		}
 	}
 	if !ours && is.status < Fail {

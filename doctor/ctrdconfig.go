@@ -69,7 +69,8 @@ func (c *ctrdConfig) disabled(ids ...string) bool {
 func (r *run) loadContainerdConfig() {
 	const check = "containerd.config"
 	path := r.opts.ContainerdConfig
-	files, versions, err := configFiles(path)
+	legacy := r.version.Major == 1 && r.version.Minor <= 6
+	files, versions, notes, err := configFiles(path, legacy)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && len(files) == 0:
 		r.add(check, Fail, fmt.Sprintf("%s does not exist: containerd runs with its defaults, which know no lazypull snapshotter", path),
@@ -96,6 +97,7 @@ func (r *run) loadContainerdConfig() {
 		r.add(check, Fail, fmt.Sprintf("containerd would not start: %v", err), "fix the file, then restart containerd")
 		return
 	}
+	warnings = append(warnings, notes...)
 	cfg.Version, cfg.Files = main, files
 	cfg.ProxyFile = proxyFiles(files)
 	r.cfg = cfg
@@ -105,7 +107,7 @@ func (r *run) loadContainerdConfig() {
 	}
 	switch {
 	case len(warnings) > 0:
-		r.add(check, Warn, found+"; containerd ignores: "+strings.Join(warnings, "; "), "remove or correct what containerd ignores")
+		r.add(check, Warn, found+"; "+strings.Join(warnings, "; "), "remove or correct what containerd ignores, and write imports as absolute paths")
 	case main < maxV && r.version.Major >= 2 && main < 3:
 		r.add(check, Warn, found+fmt.Sprintf("; containerd %s migrates it at every start", r.version),
 			fmt.Sprintf("write it as version = %d (`containerd config migrate` prints it): in version 3 the CRI keys live under [plugins.'%s']", maxV, criImagesV2))
@@ -125,10 +127,9 @@ func versionHint(v int) string {
 }
 
 // configFiles lists the main file and its imports in the order containerd
-// loads them, with each file's version.
-func configFiles(path string) ([]string, []int, error) {
-	var files []string
-	var versions []int
+// loads them, with each file's version. legacy is containerd 1.6's rule
+// for a relative glob (see resolveImports); notes say where it applied.
+func configFiles(path string, legacy bool) (files []string, versions []int, notes []string, err error) {
 	pending := []string{path}
 	seen := map[string]bool{}
 	for len(pending) > 0 {
@@ -140,32 +141,37 @@ func configFiles(path string) ([]string, []int, error) {
 		seen[p] = true
 		data, err := os.ReadFile(p)
 		if err != nil {
-			return files, versions, err
+			return files, versions, notes, err
 		}
 		var head struct {
 			Version int      `toml:"version"`
 			Imports []string `toml:"imports"`
 		}
 		if err := toml.Unmarshal(data, &head); err != nil {
-			return files, versions, fmt.Errorf("%s: %w", p, tomlError(err))
+			return files, versions, notes, fmt.Errorf("%s: %w", p, tomlError(err))
 		}
 		files, versions = append(files, p), append(versions, head.Version)
-		imports, err := resolveImports(p, head.Imports)
+		imports, n, err := resolveImports(p, head.Imports, legacy)
 		if err != nil {
-			return files, versions, err
+			return files, versions, notes, err
 		}
-		pending = append(pending, imports...)
+		pending, notes = append(pending, imports...), append(notes, n...)
 	}
-	return files, versions, nil
+	return files, versions, notes, nil
 }
 
 // resolveImports is containerd's rule: relative to the importing file's
-// directory, globs expanded.
-func resolveImports(parent string, imports []string) ([]string, error) {
-	var out []string
+// directory, globs expanded. containerd 1.6 (legacy) expands a relative
+// glob against its working directory instead, "/" for a service.
+func resolveImports(parent string, imports []string, legacy bool) (out, notes []string, err error) {
 	for _, p := range imports {
 		p = filepath.Clean(p)
-		if !filepath.IsAbs(p) {
+		switch {
+		case filepath.IsAbs(p):
+		case legacy && strings.Contains(p, "*"):
+			notes = append(notes, fmt.Sprintf("containerd 1.6 expands the relative import %q of %s in its working directory (/ for a service), not the file's", p, parent))
+			p = filepath.Join("/", p)
+		default:
 			p = filepath.Join(filepath.Dir(parent), p)
 		}
 		if !strings.Contains(p, "*") {
@@ -174,11 +180,11 @@ func resolveImports(parent string, imports []string) ([]string, error) {
 		}
 		matches, err := filepath.Glob(p)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, matches...)
 	}
-	return out, nil
+	return out, notes, nil
 }
 
 func tomlError(err error) error {
@@ -235,7 +241,7 @@ func (r *run) mergeConfig(path string) (*ctrdConfig, []string, error) {
 	var ignored []string
 	for _, e := range logs.entries {
 		if key, ok := e.Data["key"]; ok && strings.Contains(e.Message, "unknown key") {
-			ignored = append(ignored, fmt.Sprintf("unknown key %q (%v line %v)", key, e.Data["file"], e.Data["row"]))
+			ignored = append(ignored, fmt.Sprintf("containerd ignores the unknown key %q (%v line %v)", key, e.Data["file"], e.Data["row"]))
 		}
 	}
 	return cfg, ignored, nil
@@ -286,7 +292,7 @@ func criMigration(maxVersion int) srvconfig.PluginFunc {
 // mergeReplacing is containerd 1.6's loader: a later file's plugin table
 // replaces the earlier one whole; proxy plugins by name; lists appended.
 func mergeReplacing(path string) (*ctrdConfig, []string, error) {
-	files, _, err := configFiles(path)
+	files, _, _, err := configFiles(path, true)
 	if err != nil {
 		return nil, nil, err
 	}
