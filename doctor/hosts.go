@@ -134,7 +134,7 @@ func (r *run) checkHosts(ctx context.Context) {
 			}
 			is.add(s, fmt.Sprintf("%s pulls %s from %s (%s), lazypulld from %s (%s): %s",
 				o.name, reg, strings.Join(got.endpoints, ", "), orNone(got.dir), strings.Join(want.endpoints, ", "), orNone(want.dir), why),
-				hostsFix(reg, got, r.opts.Lazypull.HostsDir))
+				hostsFix(reg, got, want, r.opts.Lazypull.HostsDir))
 		}
 		r.finish(check, is, fmt.Sprintf("pulled from %s (%s) by lazypulld and containerd alike", strings.Join(want.endpoints, ", "), orNone(want.dir)))
 	}
@@ -157,7 +157,7 @@ func compareViews(got, want []string) (Status, string) {
 	case gs == "https-then-http":
 		return Warn, "containerd falls back to plain HTTP for a local registry, lazypulld does not: if it speaks plain HTTP, lazypulld's reads fail and layers fall back to full pulls"
 	default:
-		return Fail, "lazypulld's reads fail or go elsewhere, and layers fall back to full pulls"
+		return Fail, "they disagree on plain HTTP, so one of them cannot reach the registry (a lazypulld that cannot read layers falls back to full pulls)"
 	}
 	if !slices.Equal(got[:len(got)-1], want[:len(want)-1]) {
 		return Warn, mirrors
@@ -165,9 +165,12 @@ func compareViews(got, want []string) (Status, string) {
 	return OK, ""
 }
 
-func hostsFix(reg string, containerd view, lazypullDir string) string {
-	if containerd.dir != "" {
+func hostsFix(reg string, containerd, lazypulld view, lazypullDir string) string {
+	switch {
+	case containerd.dir != "":
 		return fmt.Sprintf("give lazypulld the same hosts.toml: [remote] hosts_dir = %q in its config (now %s)", filepath.Dir(containerd.dir), orNone(lazypullDir))
+	case lazypulld.dir != "":
+		return fmt.Sprintf("make containerd read the same hosts directory, %s (the CRI's registry config_path; --hosts-dir of ctr and lazypull pull)", filepath.Dir(lazypulld.dir))
 	}
 	for _, e := range containerd.endpoints {
 		if !strings.HasPrefix(e, "https://") {

@@ -53,3 +53,16 @@ func TestHosts(t *testing.T) {
 		})
 	}
 }
+
+// containerd 1.x's CRI reads no hosts.toml unless config_path is set: a
+// registry lazypulld knows as plain HTTP is HTTPS to the CRI.
+func TestHostsCRIWithoutConfigPath(t *testing.T) {
+	n := newNode(t)
+	n.write("config.toml", goodV2+criV1Lazy)
+	n.write("certs.d/registry.local:5000/hosts.toml", "server = \"http://registry.local:5000\"\n")
+	n.opts.HostsDir = ""
+	r := n.run("1.6.20")
+	expect(t, r, "hosts_dir", Warn, "the CRI reads hosts.toml from (none), lazypulld from "+n.opts.Lazypull.HostsDir, `config_path to "`+n.opts.Lazypull.HostsDir+`"`)
+	expect(t, r, "hosts registry.local:5000", Fail, "the CRI pulls registry.local:5000 from https://registry.local:5000/v2 ((none)), lazypulld from http://registry.local:5000/v2",
+		"make containerd read the same hosts directory, "+n.opts.Lazypull.HostsDir)
+}
