@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	srvconfig "github.com/containerd/containerd/v2/cmd/containerd/server/config"
@@ -20,7 +21,7 @@ type issues struct {
 func (is *issues) add(s Status, found, fix string) {
 	is.status = max(is.status, s)
 	is.found = append(is.found, found)
-	if fix != "" {
+	if fix != "" && !slices.Contains(is.fix, fix) {
 		is.fix = append(is.fix, fix)
 	}
 }

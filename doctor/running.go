@@ -61,7 +61,7 @@ func (r *run) checkRunningContainerd(ctx context.Context, c *containerd.Client) 
 	// snapshotter stops the transfer service).
 	for _, p := range []struct{ typ, id string }{{"io.containerd.grpc.v1", "cri"}, {"io.containerd.cri.v1", "images"}, {"io.containerd.transfer.v1", "local"}} {
 		if ok, e, _ := pluginState(plugins, p.typ, p.id); ok && e != "" && !r.cfg.disabledSafe(p.typ+"."+p.id) {
-			is.add(Fail, fmt.Sprintf("the running containerd could not load %s.%s: %s", p.typ, p.id, e), "fix its configuration, then "+restart)
+			is.add(Fail, fmt.Sprintf("the running containerd could not load %s.%s: %s", p.typ, p.id, e), "fix the configuration, then "+restart)
 		}
 	}
 	if is.status < Fail && found {
