@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -24,8 +25,11 @@ func (r *run) checkRunningContainerd(ctx context.Context, c *containerd.Client) 
 		return
 	}
 	if c == nil {
-		r.add(check, Warn, fmt.Sprintf("containerd does not answer on %s: what it runs with was not checked", addr),
-			"start containerd (systemctl start containerd), or name its socket with --containerd-address")
+		fix := "start containerd (systemctl start containerd), or name its socket with --containerd-address"
+		if os.Geteuid() != 0 {
+			fix = "run doctor as root; " + fix
+		}
+		r.add(check, Warn, fmt.Sprintf("containerd does not answer on %s: what it runs with was not checked", addr), fix)
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)

@@ -118,7 +118,10 @@ func (r *run) detectVersion(ctx context.Context, live *containerd.Client) ctrdVe
 		cancel()
 	}
 	if bin := r.opts.ContainerdBinary; bin != "" {
-		if out, err := exec.CommandContext(ctx, bin, "--version").Output(); err == nil {
+		vctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+		out, err := exec.CommandContext(vctx, bin, "--version").Output()
+		cancel()
+		if err == nil {
 			// "containerd github.com/containerd/containerd/v2 2.4.2 <commit>"
 			if f := strings.Fields(string(out)); len(f) >= 3 {
 				installed, _ = parseVersion(f[2])
