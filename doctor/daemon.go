@@ -13,7 +13,6 @@ import (
 	"os"
 	"regexp"
 	"strconv"
-	"strings"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
@@ -164,24 +163,4 @@ func binaryVersion(path string) string {
 		return "dev (" + rev[:min(12, len(rev))] + ")"
 	}
 	return "dev"
-}
-
-// pluginError returns the init error of the plugin typ.id of the running
-// containerd, whether containerd has it, and its exports.
-func pluginState(plugins []pluginInfo, typ, id string) (found bool, initErr string, exports map[string]string) {
-	for _, p := range plugins {
-		if p.typ == typ && p.id == id {
-			return true, p.initErr, p.exports
-		}
-	}
-	return false, "", nil
-}
-
-type pluginInfo struct {
-	typ, id, initErr string
-	exports          map[string]string
-}
-
-func trimErr(s string) string {
-	return strings.TrimSpace(strings.TrimSuffix(s, ": skip plugin"))
 }

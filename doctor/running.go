@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -125,4 +126,27 @@ func walkOne(ctx context.Context, c *containerd.Client, name string) error {
 		}
 	}
 	return nil
+}
+
+// pluginState says whether the running containerd has the plugin typ.id,
+// its init error ("" when it loaded) and its exports.
+func pluginState(plugins []pluginInfo, typ, id string) (found bool, initErr string, exports map[string]string) {
+	for _, p := range plugins {
+		if p.typ == typ && p.id == id {
+			return true, p.initErr, p.exports
+		}
+	}
+	return false, "", nil
+}
+
+// pluginInfo is a plugin of the running containerd.
+type pluginInfo struct {
+	typ, id, initErr string
+	exports          map[string]string
+}
+
+// trimErr drops the note containerd adds to the error of a plugin it
+// skipped.
+func trimErr(s string) string {
+	return strings.TrimSpace(strings.TrimSuffix(s, ": skip plugin"))
 }
