@@ -85,28 +85,38 @@ func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 }
 
 // lazyCandidate returns an error wrapping errdefs.ErrAlreadyExists if target
-// is already committed on parent, and otherwise why the layer cannot be
-// served lazily ("" if it may be).
+// is already committed on parent and bound to what the labels ask for (see
+// boundTo), and otherwise why the layer cannot be served lazily ("" if it
+// may be). It sets, in labels, the parent's chain ID (see chainLabels).
 func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, labels map[string]string) (string, error) {
 	var (
-		info   snapshots.Info
-		exists bool
+		id, reason string
+		info       snapshots.Info
+		exists     bool
 	)
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		_, i, _, err := storage.GetInfo(ctx, target)
-		if errdefs.IsNotFound(err) {
-			return nil
+		i, in, _, err := storage.GetInfo(ctx, target)
+		switch {
+		case errdefs.IsNotFound(err):
+		case err != nil:
+			return err
+		default:
+			id, info, exists = i, in, true
 		}
-		info, exists = i, err == nil
+		reason, err = chainLabels(ctx, parent, labels)
 		return err
 	}); err != nil {
 		return "", err
 	}
 	if exists {
-		if info.Kind == snapshots.KindCommitted && info.Parent == parent && info.Labels[snapshots.LabelSnapshotRef] == target {
-			return "", fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+		if info.Kind != snapshots.KindCommitted || info.Parent != parent || info.Labels[snapshots.LabelSnapshotRef] != target {
+			return fmt.Sprintf("snapshot %s exists as %v with parent %q, not committed on %q", target, info.Kind, info.Parent, parent), nil
 		}
-		return fmt.Sprintf("snapshot %s exists as %v with parent %q, not committed on %q", target, info.Kind, info.Parent, parent), nil
+		why, err := boundTo(s.snapshotDir(id), target, labels)
+		if err != nil || why != "" {
+			return why, err
+		}
+		return "", fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 	}
 	var missing []string
 	for _, k := range []string{snapshotters.TargetRefLabel, snapshotters.TargetLayerDigestLabel} {
@@ -117,7 +127,7 @@ func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, 
 	if len(missing) > 0 {
 		return fmt.Sprintf("no %s label: the pull was not annotated for remote snapshotters", strings.Join(missing, ", ")), nil
 	}
-	return "", nil
+	return reason, nil
 }
 
 // commitRemote commits the active snapshot key, whose layer is mounted, as
@@ -230,7 +240,8 @@ func (s *snapshotter) forgetLayer(id string) *remoteLayer {
 // starts re-mounting their layers, at most limit at a time, in goroutines
 // that stop when ctx is cancelled.
 func (s *snapshotter) restoreLayers(ctx context.Context, limit int) error {
-	names := map[string]string{} // id -> name of committed snapshots
+	names := map[string]string{}   // id -> name of committed snapshots
+	parents := map[string]string{} // id -> parent, of those with one
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		ids, err := idMap(ctx)
 		if err != nil {
@@ -243,6 +254,9 @@ func (s *snapshotter) restoreLayers(ctx context.Context, limit int) error {
 			}
 			if info.Kind == snapshots.KindCommitted {
 				names[id] = name
+				if info.Parent != "" {
+					parents[id] = info.Parent
+				}
 			}
 		}
 		return nil
@@ -254,6 +268,13 @@ func (s *snapshotter) restoreLayers(ctx context.Context, limit int) error {
 		labels, err := readRemoteFile(s.snapshotDir(id))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
+		}
+		if err == nil && labels[labelParentChainID] == "" && parents[id] != "" {
+			// Mounted by a version that did not record it.
+			err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+				_, err := chainLabels(ctx, parents[id], labels)
+				return err
+			})
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		l := &remoteLayer{name: name, labels: labels, cancel: cancel, ready: make(chan struct{})}

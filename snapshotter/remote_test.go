@@ -24,11 +24,20 @@ import (
 // layer's digest.
 type bindFS struct {
 	mu     sync.Mutex
-	dirs   map[string]string // layer digest -> directory
-	mounts int               // successful Mount calls
+	dirs   map[string]string            // layer digest -> directory
+	labels map[string]map[string]string // layer digest -> labels of its last Mount
+	mounts int                          // successful Mount calls
 }
 
-func newBindFS() *bindFS { return &bindFS{dirs: map[string]string{}} }
+func newBindFS() *bindFS {
+	return &bindFS{dirs: map[string]string{}, labels: map[string]map[string]string{}}
+}
+
+func (b *bindFS) mountLabels(digest string) map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.labels[digest]
+}
 
 func (b *bindFS) add(digest, dir string) {
 	b.mu.Lock()
@@ -58,6 +67,7 @@ func (b *bindFS) Mount(ctx context.Context, mountpoint string, labels map[string
 		return err
 	}
 	b.mounts++
+	b.labels[digest] = labels
 	return nil
 }
 

@@ -1,0 +1,201 @@
+package snapshotter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+const (
+	// verdictFile, in a remote snapshot's directory, holds the outcome of
+	// checking its layer against the DiffID its chain ID implies. It, not
+	// LabelVerification (which clients may change), is what Prepare
+	// trusts.
+	verdictFile = "verification.json"
+	// labelPrefix starts every label this package sets. Prepare and Commit
+	// drop such labels from what they are given: they come from image
+	// annotations, which whoever publishes an image controls.
+	labelPrefix = "containerd.io/snapshot/lazypull."
+	// labelTOCDigest is the eStargz TOC digest annotation, which a remote
+	// snapshot is bound to along with its layer digest.
+	labelTOCDigest = "containerd.io/snapshot/stargz/toc.digest"
+	// labelParentChainID names the chain ID of the layer below; containerd
+	// 2.3+ sets it, and Prepare sets it for every remote layer from the
+	// parent snapshot itself, so that the FileSystem can tell which DiffID
+	// the layer must have.
+	labelParentChainID = "containerd.io/snapshot/parent-chain-id"
+)
+
+// Values of LabelVerification.
+const (
+	// Verified: the layer's uncompressed digest gives the snapshot's chain
+	// ID, and the files served are those of that tar.
+	Verified = "verified"
+	// FailedPrefix starts the value of a layer that failed; the reason
+	// follows.
+	FailedPrefix = "failed: "
+)
+
+// verdict is the content of verdictFile.
+type verdict struct {
+	// Layer is the layer digest the verdict is about.
+	Layer string `json:"layer"`
+	// Failure is why verification failed; empty if the layer is verified.
+	Failure string `json:"failure,omitempty"`
+}
+
+// SetVerification records the outcome of verifying the layer of remote
+// snapshot name (a chain ID), mounted from layer (a digest): verified if
+// failure is empty, failed for that reason otherwise. From then on Prepare
+// shares a verified snapshot with any pull of its chain ID and falls back
+// for a failed one, and the snapshot carries LabelVerification. A verdict
+// about another layer than the snapshot's (a snapshot removed and made
+// again meanwhile) is ignored; a failure is final. It returns an error of
+// class NotFound if name is not a remote snapshot.
+func (s *snapshotter) SetVerification(ctx context.Context, name, layer, failure string) error {
+	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		id, info, _, err := storage.GetInfo(ctx, name)
+		if err != nil {
+			return fmt.Errorf("verification of snapshot %s: %w", name, err)
+		}
+		dir := s.snapshotDir(id)
+		labels, err := readRemoteFile(dir)
+		if errors.Is(err, os.ErrNotExist) || info.Kind != snapshots.KindCommitted {
+			return fmt.Errorf("verification of snapshot %s: not a committed remote snapshot: %w", name, errdefs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if have := labels[snapshotters.TargetLayerDigestLabel]; have != layer {
+			log.G(ctx).WithFields(log.Fields{"snapshot": name, "layer": layer, "snapshot_layer": have}).Debug("verification of another layer ignored")
+			return nil
+		}
+		old, err := readVerdict(dir)
+		if err != nil {
+			return err
+		}
+		if old != nil && (old.Failure != "" || failure == "") {
+			return nil // final, or unchanged
+		}
+		if err := writeVerdict(dir, verdict{Layer: layer, Failure: failure}); err != nil {
+			return fmt.Errorf("verification of snapshot %s: %w", name, err)
+		}
+		value := Verified
+		if failure != "" {
+			value = shortReason(FailedPrefix + failure)
+		}
+		_, err = storage.UpdateInfo(ctx, snapshots.Info{Name: name, Labels: map[string]string{LabelVerification: value}},
+			"labels."+LabelVerification)
+		return err
+	})
+}
+
+// boundTo returns why the committed remote snapshot in dir may not answer
+// a Prepare of its chain ID with the labels given ("" if it may): a
+// verified layer serves any pull of its chain ID, for its files are those
+// of the tar that chain ID names; a failed one none; one not verified yet
+// only a pull of the layer digest and TOC digest it was mounted from. A
+// snapshot without remoteFile was applied, not mounted: not ours to judge.
+func boundTo(dir, target string, labels map[string]string) (string, error) {
+	mounted, err := readRemoteFile(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	v, err := readVerdict(dir)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case v != nil && v.Failure != "":
+		return fmt.Sprintf("snapshot %s failed verification: %s", target, v.Failure), nil
+	case v != nil:
+		return "", nil
+	}
+	want, have := labels[snapshotters.TargetLayerDigestLabel], mounted[snapshotters.TargetLayerDigestLabel]
+	if want == "" {
+		return fmt.Sprintf("snapshot %s is a lazily mounted layer not verified yet, and the pull does not say which layer it wants (no %s label)",
+			target, snapshotters.TargetLayerDigestLabel), nil
+	}
+	if want != have {
+		return fmt.Sprintf("snapshot %s was mounted from layer %s, not %s, and is not verified yet", target, have, want), nil
+	}
+	if want, have := labels[labelTOCDigest], mounted[labelTOCDigest]; want != have {
+		return fmt.Sprintf("snapshot %s was mounted with TOC digest %q, not %q, and is not verified yet", target, have, want), nil
+	}
+	return "", nil
+}
+
+// withoutOwnLabels drops the labels of this package from the labels an Opt
+// sets: they come from image annotations, which whoever publishes an image
+// controls, and a forged LabelVerification must not show a layer verified.
+func withoutOwnLabels(info *snapshots.Info) error {
+	for k := range info.Labels {
+		if strings.HasPrefix(k, labelPrefix) {
+			delete(info.Labels, k)
+		}
+	}
+	return nil
+}
+
+// chainLabels sets, in the labels a remote layer is mounted with, the
+// chain ID of the layer below it (that of snapshot parent), which with the
+// layer's own chain ID tells which DiffID the layer must have; any such
+// label that came with the Prepare is replaced, or dropped for a layer
+// without a parent. It runs in a transaction. It returns why the layer
+// cannot be verified ("" if it can).
+func chainLabels(ctx context.Context, parent string, labels map[string]string) (string, error) {
+	delete(labels, labelParentChainID)
+	if parent == "" {
+		return "", nil
+	}
+	_, info, _, err := storage.GetInfo(ctx, parent)
+	if err != nil {
+		return "", fmt.Errorf("parent %s: %w", parent, err)
+	}
+	chainID := info.Labels[snapshots.LabelSnapshotRef]
+	if chainID == "" {
+		return fmt.Sprintf("parent snapshot %s has no %s label: no chain ID to verify the layer's DiffID with", parent, snapshots.LabelSnapshotRef), nil
+	}
+	labels[labelParentChainID] = chainID
+	return "", nil
+}
+
+func readVerdict(dir string) (*verdict, error) {
+	b, err := os.ReadFile(filepath.Join(dir, verdictFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var v verdict
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, verdictFile), err)
+	}
+	return &v, nil
+}
+
+func writeVerdict(dir string, v verdict) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, verdictFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, verdictFile))
+}
