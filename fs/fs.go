@@ -101,6 +101,13 @@ type FileSystem struct {
 	pending  map[digest.Digest]struct{} // queued for background resolution
 	mounts   map[string]*mount          // by mountpoint
 	mounted  chan struct{}              // closed, and replaced, when a mount is added
+
+	// Verification (see verify.go).
+	verifySem     chan struct{} // bounds verifications running at once
+	spoolq        spoolQueue
+	spoolBudget   spoolBudget
+	verifyGen     uint64        // under mu: moves on with each verdict
+	verifyChanged chan struct{} // under mu: closed, and replaced, when verifyGen moves
 }
 
 // mount is one mounted layer. server is nil while the mount is being set up.
@@ -110,8 +117,9 @@ type mount struct {
 }
 
 // New returns a FileSystem that reads blobs through opener. root is the
-// directory reserved for its state, created if missing; nothing is stored
-// there yet (TOCs and mount records that outlive a restart will be).
+// directory reserved for its state, created if missing: what verification
+// found of layers (kept across restarts) and the spools of layers waiting
+// for it (deleted by New).
 func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	if opener == nil {
 		return nil, fmt.Errorf("fs: nil opener: %w", errdefs.ErrInvalidArgument)
@@ -125,8 +133,11 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("fs: %w", err)
 	}
+	if err := prepareVerifyDirs(root); err != nil {
+		return nil, fmt.Errorf("fs: %w", err)
+	}
 	life, cancel := context.WithCancel(context.Background())
-	return &FileSystem{
+	f := &FileSystem{
 		root:     root,
 		opener:   opener,
 		cfg:      cfg,
@@ -141,7 +152,18 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		pending:  map[digest.Digest]struct{}{},
 		mounts:   map[string]*mount{},
 		mounted:  make(chan struct{}),
-	}, nil
+
+		verifySem:     make(chan struct{}, cfg.verifyConcurrency),
+		spoolq:        spoolQueue{ch: make(chan spoolWrite, 64)},
+		spoolBudget:   spoolBudget{max: cfg.spoolSize},
+		verifyGen:     1,
+		verifyChanged: make(chan struct{}),
+	}
+	if cfg.verify != VerifyOff {
+		f.wg.Add(1)
+		go f.writeSpools()
+	}
+	return f, nil
 }
 
 // Mount mounts the layer the labels name at mountpoint. The error, if any,
@@ -185,6 +207,9 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 			l.stop()
 		}
 	}()
+	if err := f.attachVerification(ctx, l, labels); err != nil {
+		return err
+	}
 	// The container that will read the layer starts soon.
 	f.demand.touch()
 	prefetched := l.start(ctx)
@@ -260,7 +285,11 @@ func (f *FileSystem) Unmount(ctx context.Context, mountpoint string) error {
 	f.mu.Lock()
 	delete(f.mounts, mountpoint)
 	f.forgetLocked(m.layer.src.dgst)
+	last := f.resolved[m.layer.src.dgst] != m.layer.src
 	f.mu.Unlock()
+	if c := m.layer.src.check.Load(); c != nil && last {
+		f.dropSpool(c) // no mount left to verify the blob for
+	}
 	log.G(ctx).WithFields(log.Fields{"layer": m.layer.src.dgst, "mountpoint": mountpoint}).Info("layer unmounted")
 	return nil
 }
@@ -279,6 +308,9 @@ func (f *FileSystem) Close() error {
 	for mp, m := range mounts {
 		if m.server == nil {
 			continue
+		}
+		if c := m.layer.src.check.Load(); c != nil {
+			f.dropSpool(c)
 		}
 		if err := m.server.Unmount(); err != nil {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))

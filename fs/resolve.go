@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -27,6 +28,9 @@ type source struct {
 	payloadEnd int64
 	index
 	chunks *chunkTable
+	// entries are the TOC's, in its order, for verification.
+	entries []*estargz.TOCEntry
+	check   atomic.Pointer[blobCheck] // set once verification is wanted
 }
 
 // index gives every entry of the tree a stable inode number: its position in
@@ -151,6 +155,7 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
 	src.buildChunks(entries)
+	src.entries = entries
 	return src, nil
 }
 
