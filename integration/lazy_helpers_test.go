@@ -106,7 +106,7 @@ func convertImage(t *testing.T, ctx context.Context, src, dst string) string {
 
 // pullStatus is one row of `lazypull pull`'s table.
 type pullStatus struct {
-	Layer, ChainID, Lazy, Reason string
+	Layer, ChainID, Lazy, Verified, Reason string
 }
 
 // lazypullPull pulls ref into lazypull with `lazypull pull`, which adds
@@ -127,10 +127,10 @@ func lazypullPull(t *testing.T, ctx context.Context, lb *lazyBed, ref string) []
 	lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n")
 	for _, line := range lines {
 		f := strings.Fields(line)
-		if len(f) < 3 || !strings.HasPrefix(f[0], "sha256:") {
+		if len(f) < 4 || !strings.HasPrefix(f[0], "sha256:") {
 			continue
 		}
-		rows = append(rows, pullStatus{Layer: f[0], ChainID: f[1], Lazy: f[2], Reason: strings.Join(f[3:], " ")})
+		rows = append(rows, pullStatus{Layer: f[0], ChainID: f[1], Lazy: f[2], Verified: f[3], Reason: strings.Join(f[4:], " ")})
 	}
 	if len(rows) == 0 {
 		t.Fatalf("lazypull pull printed no layer table:\n%s", stdout.String())

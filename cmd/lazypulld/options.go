@@ -20,14 +20,16 @@ import (
 // of the packages the daemon is built from: the registry client feeds the
 // layer filesystems, which the snapshotter mounts lazy layers with. The
 // returned close function closes the snapshotter (which unmounts its
-// layers), then the filesystems, then the chunk cache.
-func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, error) {
+// layers), then the filesystems, then the chunk cache. The layer
+// filesystems are returned too (nil with [fs] disable), for their
+// verification verdicts.
+func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, *fs.FileSystem, func() error, error) {
 	if cfg.FS.Disable {
 		sn, err := snapshotter.New(cfg.Root)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return sn, sn.Close, nil
+		return sn, nil, sn.Close, nil
 	}
 	resolver, err := remote.NewResolver(
 		remote.WithHostsDir(cfg.Remote.HostsDir),
@@ -38,11 +40,11 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		remote.WithUserAgent("lazypull/"+version),
 	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("registry client: %w", err)
+		return nil, nil, nil, fmt.Errorf("registry client: %w", err)
 	}
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -59,15 +61,33 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		fs.WithBackgroundFetchDelay(cfg.FS.BackgroundFetchDelay.Duration),
 		fs.WithBackgroundFetchConcurrency(cfg.FS.BackgroundFetchConcurrency),
 		fs.WithPassthrough(cfg.FS.Passthrough),
+		fs.WithVerify(verifyMode(&cfg.FS)),
+		fs.WithVerifyConcurrency(cfg.FS.VerifyConcurrency),
+		fs.WithSpoolSize(cfg.FS.VerifySpoolSize.Int64()),
 	)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
+		return nil, nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
 	}
 	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(layers))
 	if err != nil {
-		return nil, nil, errors.Join(err, layers.Close(), chunks.Close())
+		return nil, nil, nil, errors.Join(err, layers.Close(), chunks.Close())
 	}
-	return sn, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close()) }, nil
+	return sn, layers, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close()) }, nil
+}
+
+// verifyMode is [fs] verify as fs has it.
+func verifyMode(c *config.FS) fs.VerifyMode {
+	switch c.Verify {
+	case "background":
+		return fs.VerifyBackground
+	case "before-commit":
+		return fs.VerifyBeforeMount
+	case "auto":
+		if c.BackgroundFetch {
+			return fs.VerifyBackground
+		}
+	}
+	return fs.VerifyOff
 }
 
 // The chunk cache is a FileCache, which FUSE passthrough needs: fs finds

@@ -5,14 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/config"
+	"github.com/lazypull/lazypull/fs"
 )
 
 // shutdownTimeout bounds how long a stopping daemon waits for calls in
@@ -35,7 +38,7 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		retErr = errors.Join(retErr, lock.release())
 	}()
 
-	sn, closeSnapshotter, err := newSnapshotter(cfg)
+	sn, layers, closeSnapshotter, err := newSnapshotter(cfg)
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
@@ -44,6 +47,8 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 			retErr = errors.Join(retErr, fmt.Errorf("close snapshotter: %w", err))
 		}
 	}()
+	stopVerdicts := handleVerdicts(ctx, cfg, sn, layers)
+	defer stopVerdicts()
 
 	// The socket appears only once the snapshotter is ready, so whoever
 	// waits for it can call at once.
@@ -92,5 +97,35 @@ func stopServer(ctx context.Context, srv *grpc.Server) {
 		log.G(ctx).WithField("timeout", shutdownTimeout).Warn("calls still in flight; cancelling them")
 		srv.Stop()
 		<-done
+	}
+}
+
+// handleVerdicts passes the layer filesystems' verification verdicts to the
+// snapshotter and has containerd forget the snapshots of layers that
+// failed, those of earlier runs included, until the returned function is
+// called.
+func handleVerdicts(ctx context.Context, cfg *config.Config, sn snapshots.Snapshotter, layers *fs.FileSystem) (stop func()) {
+	sink, ok := sn.(verdictSink)
+	if layers == nil || !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var p *purger
+	if cfg.Containerd.Address != "" {
+		p = newPurger(cfg.Containerd.Address, cfg.Containerd.Snapshotter)
+		names, err := failedSnapshots(ctx, sn)
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("cannot list snapshots that failed verification")
+		}
+		for _, name := range names {
+			p.add(name)
+		}
+		wg.Go(func() { p.run(ctx) })
+	}
+	wg.Go(func() { watchVerifications(ctx, layers, sink, p) })
+	return func() {
+		cancel()
+		wg.Wait()
 	}
 }

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/lazypull/lazypull/fs"
+	"github.com/lazypull/lazypull/snapshotter"
+)
+
+// verdictSource is what the daemon reads of the layer filesystems: the
+// verification state of each mounted layer, waiting for the next change.
+type verdictSource interface {
+	Verifications(ctx context.Context, since uint64) ([]fs.Verification, uint64, error)
+}
+
+// verdictSink is what the daemon tells the snapshotter: the outcome of a
+// remote snapshot's verification.
+type verdictSink interface {
+	SetVerification(ctx context.Context, name, layer, failure string) error
+}
+
+// watchVerifications passes every verdict on a mounted layer to the
+// snapshotter and hands failed snapshots to the purger, until ctx ends.
+func watchVerifications(ctx context.Context, src verdictSource, sink verdictSink, p *purger) {
+	told := map[string]fs.VerificationState{} // by mountpoint and layer
+	var gen uint64
+	for {
+		vs, g, err := src.Verifications(ctx, gen)
+		if err != nil {
+			return // ctx ended
+		}
+		gen = g
+		current := make(map[string]bool, len(vs))
+		for _, v := range vs {
+			key := v.Mountpoint + " " + v.Layer.String()
+			current[key] = true
+			if v.State == fs.VerificationPending || told[key] == v.State {
+				continue
+			}
+			told[key] = v.State
+			failure := ""
+			if v.State == fs.VerificationFailed {
+				failure = v.Reason
+			}
+			if err := sink.SetVerification(ctx, v.ChainID, v.Layer.String(), failure); err != nil {
+				log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": v.ChainID, "layer": v.Layer}).Warn("failed to record layer verification")
+				continue
+			}
+			if failure != "" && p != nil {
+				p.add(v.ChainID)
+			}
+		}
+		for key := range told {
+			if !current[key] {
+				delete(told, key) // unmounted
+			}
+		}
+	}
+}
+
+// failedSnapshots returns the snapshots of sn that failed verification.
+func failedSnapshots(ctx context.Context, sn snapshots.Snapshotter) ([]string, error) {
+	var names []string
+	filter := "labels." + strconv.Quote(snapshotter.LabelVerification) + "~=" + strconv.Quote("^"+snapshotter.FailedPrefix)
+	err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		names = append(names, info.Name)
+		return nil
+	}, filter)
+	return names, err
+}
+
+// purgeRetry is how long the purger waits before it tries again to remove
+// a snapshot that containers used, or that it could not reach containerd
+// for.
+const purgeRetry = time.Minute
+
+// purger removes snapshots of layers that failed verification from
+// containerd's records, so that the next pull of an image with the layer
+// does not find it there (containerd's unpacker skips a layer whose chain
+// ID its namespace has, without asking the snapshotter).
+type purger struct {
+	address, snapshotter string
+
+	mu      sync.Mutex
+	pending map[string]bool // chain IDs; bounded by the failed snapshots
+	wake    chan struct{}
+}
+
+func newPurger(address, snapshotter string) *purger {
+	return &purger{address: address, snapshotter: snapshotter, pending: map[string]bool{}, wake: make(chan struct{}, 1)}
+}
+
+// add asks for chainID's removal.
+func (p *purger) add(chainID string) {
+	p.mu.Lock()
+	p.pending[chainID] = true
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run removes what was asked until ctx ends, trying again every purgeRetry
+// for what is still in use or could not be removed.
+func (p *purger) run(ctx context.Context) {
+	for {
+		p.mu.Lock()
+		var ids []string
+		for id := range p.pending {
+			ids = append(ids, id)
+		}
+		p.mu.Unlock()
+		for _, id := range ids {
+			done, err := p.purge(ctx, id)
+			if err != nil && ctx.Err() == nil {
+				log.G(ctx).WithError(err).WithField("snapshot", id).Warn("failed to remove a snapshot that failed verification from containerd")
+			}
+			if done {
+				p.mu.Lock()
+				delete(p.pending, id)
+				p.mu.Unlock()
+			}
+		}
+		var retry <-chan time.Time
+		p.mu.Lock()
+		if len(p.pending) > 0 {
+			t := time.NewTimer(purgeRetry)
+			defer t.Stop()
+			retry = t.C
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.wake:
+		case <-retry:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// purge removes chainID from every namespace of containerd where it names
+// a snapshot that failed verification and no container uses it, with the
+// snapshots above it, and then has containerd collect garbage, which
+// removes it from the snapshotter too. done is false if a namespace still
+// has it.
+func (p *purger) purge(ctx context.Context, chainID string) (done bool, err error) {
+	c, err := dialContainerd(ctx, p.address)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	nss, err := c.NamespaceService().List(ctx)
+	if err != nil {
+		return false, fmt.Errorf("list namespaces: %w", err)
+	}
+	done = true
+	removed := ""
+	var errs []error
+	for _, ns := range nss {
+		ok, gone, err := p.purgeNamespace(ctx, c, ns, chainID)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
+		}
+		done = done && ok && err == nil
+		if gone {
+			removed = ns
+		}
+	}
+	if removed != "" {
+		if err := collectGarbage(ctx, c, removed); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// isFailed reports whether info, as containerd shows it, is a snapshot of
+// lazypulld that failed verification rather than a layer containerd
+// applied under the same chain ID.
+func isFailed(info snapshots.Info) bool {
+	return strings.HasPrefix(info.Labels[snapshotter.LabelVerification], snapshotter.FailedPrefix)
+}
+
+// purgeDone reports errors of class NotFound as nothing to do.
+func purgeDone(err error) error {
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
