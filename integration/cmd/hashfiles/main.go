@@ -1,7 +1,9 @@
 // Command hashfiles is the entrypoint of the integration test image: for each
 // file named on its command line it prints "<sha256>  <path>" (the format of
 // sha256sum), reading the file through the container's root filesystem.
-// It is built static (CGO_ENABLED=0) so the image needs no libc.
+// With -wait as its only argument it waits for a signal instead, to keep a
+// container running. It is built static (CGO_ENABLED=0) so the image needs
+// no libc.
 package main
 
 import (
@@ -10,9 +12,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "-wait" {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+		<-ch
+		return
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
