@@ -223,6 +223,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		f.mounts[mountpoint] = &mount{layer: l, server: server}
 		close(f.mounted)
 		f.mounted = make(chan struct{})
+		f.verificationChangedLocked() // one more layer to report
 	}
 	f.mu.Unlock()
 	if closed {

@@ -102,6 +102,10 @@ func (f *FileSystem) Verifications(ctx context.Context, since uint64) ([]Verific
 func (f *FileSystem) verificationChanged() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.verificationChangedLocked()
+}
+
+func (f *FileSystem) verificationChangedLocked() {
 	f.verifyGen++
 	close(f.verifyChanged)
 	f.verifyChanged = make(chan struct{})

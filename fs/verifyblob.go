@@ -2,6 +2,7 @@ package fs
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 )
 
 // Shape of verification's reads.
@@ -46,9 +48,11 @@ func (l *layer) verifyBlob(ctx context.Context, sp *spool, strict bool) (*blobRe
 	}
 	bs := newBlobStream(ctx, l, sp, strict)
 	defer bs.close()
+	store := l.newChunkStore(ctx)
+	defer store.close()
 	compressed := src.dgst.Algorithm().Digester()
 	cr := io.TeeReader(bs, compressed.Hash())
-	diffID, failure := l.checkStream(cr)
+	diffID, failure := l.checkStream(cr, store.keep)
 	// The verdict stands only on the blob's own bytes: read them all.
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		return nil, bs.stats, fmt.Errorf("layer %s: read blob: %w", src.dgst, err)
@@ -64,7 +68,8 @@ func (l *layer) verifyBlob(ctx context.Context, sp *spool, strict bool) (*blobRe
 
 // checkStream inflates the compressed blob r yields and checks its tar; it
 // returns the tar's digest or how the tar is not what the mount serves.
-func (l *layer) checkStream(r io.Reader) (digest.Digest, error) {
+// keep gets the verified chunks.
+func (l *layer) checkStream(r io.Reader, keep func(*estargz.TOCEntry, []byte)) (digest.Digest, error) {
 	zr, err := gzip.NewReader(r)
 	if err != nil {
 		return "", fmt.Errorf("not gzip: %v", err)
@@ -73,7 +78,7 @@ func (l *layer) checkStream(r io.Reader) (digest.Digest, error) {
 	diff := digest.Canonical.Digester()
 	limit := l.src.tarLimit()
 	lr := &limitReader{r: io.TeeReader(zr, diff.Hash()), n: limit}
-	tc := tarCheck{r: l.src.r, entries: l.src.entries, toc: l.src.r.TOCDigest(), keep: l.keepChunk}
+	tc := tarCheck{r: l.src.r, entries: l.src.entries, toc: l.src.r.TOCDigest(), keep: keep}
 	if err := tc.run(tar.NewReader(lr)); err != nil {
 		return "", err
 	}
@@ -116,12 +121,55 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// keepChunk stores a chunk that verification found in the tar, with the
-// digest the TOC gives it, in the Cache if it is not there.
-func (l *layer) keepChunk(ce *estargz.TOCEntry, data []byte) {
-	cache := l.fsys.cfg.cache
+// Bounds of a chunkStore.
+const (
+	storeBytes   = 32 << 20 // chunks copied and waiting for the Cache
+	storeWorkers = 2
+)
+
+// chunkStore stores, behind verification, the chunks it found in the tar
+// (with the digests the TOC gives them) that the Cache lacks: a layer
+// verified before it is mounted is then local. A few workers write them, so
+// that the Cache's file writes overlap inflating and hashing.
+type chunkStore struct {
+	l      *layer
+	ch     chan kept
+	budget *semaphore.Weighted
+	ctx    context.Context
+	wg     sync.WaitGroup
+}
+
+type kept struct {
+	c    chunk
+	data []byte
+}
+
+func (l *layer) newChunkStore(ctx context.Context) *chunkStore {
+	s := &chunkStore{l: l, ch: make(chan kept), budget: semaphore.NewWeighted(storeBytes), ctx: ctx}
+	if l.fsys.cfg.cache == nil {
+		return s
+	}
+	for range storeWorkers {
+		s.wg.Go(func() {
+			for k := range s.ch {
+				if key := l.cacheKey(k.c); key != "" {
+					if err := l.fsys.cfg.cache.Put(key, k.data); err == nil {
+						l.src.chunks.setLocal(k.c.idx, true)
+					}
+				}
+				s.budget.Release(int64(len(k.data)))
+			}
+		})
+	}
+	return s
+}
+
+// keep queues chunk ce, whose content data the caller keeps, for the Cache
+// if the layer needs it there.
+func (s *chunkStore) keep(ce *estargz.TOCEntry, data []byte) {
+	l := s.l
 	i := l.src.chunks.index(ce)
-	if cache == nil || i < 0 || l.src.chunks.isLocal(i) {
+	if l.fsys.cfg.cache == nil || i < 0 || l.src.chunks.isLocal(i) {
 		return
 	}
 	c := l.src.chunks.cs[i]
@@ -129,11 +177,16 @@ func (l *layer) keepChunk(ce *estargz.TOCEntry, data []byte) {
 		l.src.chunks.setLocal(i, true)
 		return
 	}
-	if key := l.cacheKey(c); key != "" && int64(len(data)) == c.size {
-		if err := cache.Put(key, data); err == nil {
-			l.src.chunks.setLocal(i, true)
-		}
+	if int64(len(data)) != c.size || s.budget.Acquire(s.ctx, c.size) != nil {
+		return
 	}
+	s.ch <- kept{c, bytes.Clone(data)}
+}
+
+// close waits for the chunks queued to be stored.
+func (s *chunkStore) close() {
+	close(s.ch)
+	s.wg.Wait()
 }
 
 // blobStream reads a blob in order: from its spool where the spool holds

@@ -147,9 +147,15 @@ func (s *snapshotter) commitRemote(ctx context.Context, id, key, target string, 
 			if err != nil {
 				return err
 			}
+			// A verdict that came while the layer was being mounted.
+			verdict, err := verdictLabels(s.snapshotDir(id))
+			if err != nil {
+				return err
+			}
 			_, err = storage.CommitActive(ctx, key, target, snapshots.Usage{},
 				snapshots.WithLabels(info.Labels),
-				snapshots.WithLabels(map[string]string{LabelRemote: "true"}))
+				snapshots.WithLabels(map[string]string{LabelRemote: "true"}),
+				snapshots.WithLabels(verdict))
 			return err
 		})
 	}

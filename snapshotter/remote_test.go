@@ -26,11 +26,20 @@ type bindFS struct {
 	mu     sync.Mutex
 	dirs   map[string]string            // layer digest -> directory
 	labels map[string]map[string]string // layer digest -> labels of its last Mount
+	mps    map[string]string            // layer digest -> mountpoint of its last Mount
 	mounts int                          // successful Mount calls
+	// mounted, if set, is called at the end of a successful Mount.
+	mounted func(mountpoint, digest string)
 }
 
 func newBindFS() *bindFS {
-	return &bindFS{dirs: map[string]string{}, labels: map[string]map[string]string{}}
+	return &bindFS{dirs: map[string]string{}, labels: map[string]map[string]string{}, mps: map[string]string{}}
+}
+
+func (b *bindFS) mountpoint(digest string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.mps[digest]
 }
 
 func (b *bindFS) mountLabels(digest string) map[string]string {
@@ -68,6 +77,10 @@ func (b *bindFS) Mount(ctx context.Context, mountpoint string, labels map[string
 	}
 	b.mounts++
 	b.labels[digest] = labels
+	b.mps[digest] = mountpoint
+	if b.mounted != nil {
+		b.mounted(mountpoint, digest)
+	}
 	return nil
 }
 

@@ -13,7 +13,6 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 )
 
 const (
@@ -54,50 +53,99 @@ type verdict struct {
 	Failure string `json:"failure,omitempty"`
 }
 
-// SetVerification records the outcome of verifying the layer of remote
-// snapshot name (a chain ID), mounted from layer (a digest): verified if
-// failure is empty, failed for that reason otherwise. From then on Prepare
-// shares a verified snapshot with any pull of its chain ID and falls back
-// for a failed one, and the snapshot carries LabelVerification. A verdict
-// about another layer than the snapshot's (a snapshot removed and made
-// again meanwhile) is ignored; a failure is final. It returns an error of
-// class NotFound if name is not a remote snapshot.
-func (s *snapshotter) SetVerification(ctx context.Context, name, layer, failure string) error {
+// SetVerification records the outcome of verifying the remote layer
+// mounted at mountpoint from layer (a digest): verified if failure is
+// empty, failed for that reason otherwise. It may come before the snapshot
+// is committed (a layer verified while Prepare mounts it); Commit then
+// applies it. From then on Prepare shares a verified snapshot with any pull
+// of its chain ID and falls back for a failed one, and the committed
+// snapshot carries LabelVerification. A failure is final. It returns an
+// error of class NotFound if no snapshot has that mountpoint.
+func (s *snapshotter) SetVerification(ctx context.Context, mountpoint, layer, failure string) error {
+	id, ok := s.idOfMountpoint(mountpoint)
+	if !ok {
+		return fmt.Errorf("verification of %s: not a snapshot's mountpoint: %w", mountpoint, errdefs.ErrNotFound)
+	}
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
-		id, info, _, err := storage.GetInfo(ctx, name)
-		if err != nil {
-			return fmt.Errorf("verification of snapshot %s: %w", name, err)
-		}
-		dir := s.snapshotDir(id)
-		labels, err := readRemoteFile(dir)
-		if errors.Is(err, os.ErrNotExist) || info.Kind != snapshots.KindCommitted {
-			return fmt.Errorf("verification of snapshot %s: not a committed remote snapshot: %w", name, errdefs.ErrNotFound)
-		}
+		ids, err := idMap(ctx)
 		if err != nil {
 			return err
 		}
-		if have := labels[snapshotters.TargetLayerDigestLabel]; have != layer {
-			log.G(ctx).WithFields(log.Fields{"snapshot": name, "layer": layer, "snapshot_layer": have}).Debug("verification of another layer ignored")
-			return nil
+		name, ok := ids[id]
+		if !ok {
+			return fmt.Errorf("verification of %s: no snapshot: %w", mountpoint, errdefs.ErrNotFound)
+		}
+		dir := s.snapshotDir(id)
+		mounted, err := readRemoteFile(dir)
+		switch {
+		case err == nil && mounted[snapshotters.TargetLayerDigestLabel] != layer:
+			return nil // about another layer: stale
+		case err != nil && !errors.Is(err, os.ErrNotExist):
+			return err
 		}
 		old, err := readVerdict(dir)
 		if err != nil {
 			return err
 		}
-		if old != nil && (old.Failure != "" || failure == "") {
+		if old != nil && old.Layer == layer && (old.Failure != "" || failure == "") {
 			return nil // final, or unchanged
 		}
 		if err := writeVerdict(dir, verdict{Layer: layer, Failure: failure}); err != nil {
 			return fmt.Errorf("verification of snapshot %s: %w", name, err)
 		}
-		value := Verified
-		if failure != "" {
-			value = shortReason(FailedPrefix + failure)
+		_, info, _, err := storage.GetInfo(ctx, name)
+		if err != nil || info.Kind != snapshots.KindCommitted {
+			return err // Commit applies it
 		}
-		_, err = storage.UpdateInfo(ctx, snapshots.Info{Name: name, Labels: map[string]string{LabelVerification: value}},
-			"labels."+LabelVerification)
+		labels, err := verdictLabels(dir)
+		if err != nil || labels == nil {
+			return err
+		}
+		_, err = storage.UpdateInfo(ctx, snapshots.Info{Name: name, Labels: labels}, "labels."+LabelVerification)
 		return err
 	})
+}
+
+// idOfMountpoint returns the id of the snapshot whose layer directory is
+// mountpoint.
+func (s *snapshotter) idOfMountpoint(mountpoint string) (string, bool) {
+	rel, err := filepath.Rel(filepath.Join(s.root, "snapshots"), filepath.Clean(mountpoint))
+	if err != nil {
+		return "", false
+	}
+	id, rest, ok := strings.Cut(rel, string(filepath.Separator))
+	return id, ok && rest == "fs" && id != ".." && id != "."
+}
+
+// verdictLabels returns the LabelVerification label of the remote snapshot
+// in dir, or nil if its layer has no verdict yet.
+func verdictLabels(dir string) (map[string]string, error) {
+	v, err := layerVerdict(dir)
+	if err != nil || v == nil {
+		return nil, err
+	}
+	value := Verified
+	if v.Failure != "" {
+		value = shortReason(FailedPrefix + v.Failure)
+	}
+	return map[string]string{LabelVerification: value}, nil
+}
+
+// layerVerdict returns the verdict on the layer the remote snapshot in dir
+// was mounted from, or nil.
+func layerVerdict(dir string) (*verdict, error) {
+	v, err := readVerdict(dir)
+	if err != nil || v == nil {
+		return nil, err
+	}
+	mounted, err := readRemoteFile(dir)
+	if err != nil {
+		return nil, err
+	}
+	if mounted[snapshotters.TargetLayerDigestLabel] != v.Layer {
+		return nil, nil // about another layer
+	}
+	return v, nil
 }
 
 // boundTo returns why the committed remote snapshot in dir may not answer
@@ -114,7 +162,7 @@ func boundTo(dir, target string, labels map[string]string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	v, err := readVerdict(dir)
+	v, err := layerVerdict(dir)
 	if err != nil {
 		return "", err
 	}

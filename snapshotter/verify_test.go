@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -38,7 +39,7 @@ func prepareFallback(ctx context.Context, t *testing.T, sn snapshots.Snapshotter
 // verifier is what the daemon calls on the snapshotter with the outcome
 // of a layer's verification.
 type verifier interface {
-	SetVerification(ctx context.Context, name, layer, failure string) error
+	SetVerification(ctx context.Context, mountpoint, layer, failure string) error
 }
 
 // TestPrepareBinding: a lazily mounted layer answers a later pull of its
@@ -81,10 +82,10 @@ func TestPrepareBinding(t *testing.T) {
 
 	v := sn.(verifier)
 	// A verdict about another layer (a stale report) changes nothing.
-	if err := v.SetVerification(ctx, "chain-a", "sha256:a2", "made up"); err != nil {
+	if err := v.SetVerification(ctx, e.fs.mountpoint("sha256:aa"), "sha256:a2", "made up"); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.SetVerification(ctx, "chain-a", "sha256:aa", ""); err != nil {
+	if err := v.SetVerification(ctx, e.fs.mountpoint("sha256:aa"), "sha256:aa", ""); err != nil {
 		t.Fatal(err)
 	}
 	requireVerification(ctx, t, sn, "chain-a", Verified)
@@ -96,12 +97,12 @@ func TestPrepareBinding(t *testing.T) {
 	}
 
 	unpackRemote(ctx, t, sn, "chain-b", "chain-a", "sha256:bb")
-	if err := v.SetVerification(ctx, "chain-b", "sha256:bb", "DiffID sha256:99 does not give chain ID chain-b"); err != nil {
+	if err := v.SetVerification(ctx, e.fs.mountpoint("sha256:bb"), "sha256:bb", "DiffID sha256:99 does not give chain ID chain-b"); err != nil {
 		t.Fatal(err)
 	}
 	requireVerification(ctx, t, sn, "chain-b", FailedPrefix+"DiffID sha256:99 does not give chain ID chain-b")
 	// A failure is final.
-	if err := v.SetVerification(ctx, "chain-b", "sha256:bb", ""); err != nil {
+	if err := v.SetVerification(ctx, e.fs.mountpoint("sha256:bb"), "sha256:bb", ""); err != nil {
 		t.Fatal(err)
 	}
 	requireVerification(ctx, t, sn, "chain-b", FailedPrefix+"DiffID sha256:99 does not give chain ID chain-b")
@@ -109,8 +110,10 @@ func TestPrepareBinding(t *testing.T) {
 	if !strings.Contains(got, "failed verification: DiffID sha256:99") {
 		t.Errorf("fallback reason %q, want the verification failure", got)
 	}
-	if err := v.SetVerification(ctx, "no-such", "sha256:bb", ""); !errdefs.IsNotFound(err) {
-		t.Errorf("SetVerification of a missing snapshot: %v, want NotFound", err)
+	for _, mp := range []string{filepath.Join(e.root, "snapshots", "999", "fs"), filepath.Join(e.root, "snapshots", "..", "fs"), "/elsewhere"} {
+		if err := v.SetVerification(ctx, mp, "sha256:bb", ""); !errdefs.IsNotFound(err) {
+			t.Errorf("SetVerification at %s: %v, want NotFound", mp, err)
+		}
 	}
 
 	// The verdicts outlive a restart, and a client cannot relabel them
@@ -130,6 +133,22 @@ func TestPrepareBinding(t *testing.T) {
 	if _, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(layerLabels("chain-a", "sha256:a2"))); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("after a restart: Prepare of a verified chain ID: %v, want ErrAlreadyExists", err)
 	}
+}
+
+// TestVerifiedWhileMounting: a verdict that comes while Prepare mounts the
+// layer (a layer verified before it is committed) is on the snapshot Prepare
+// commits.
+func TestVerifiedWhileMounting(t *testing.T) {
+	e := newRemoteEnv(t)
+	ctx := testContext(t)
+	sn := e.open(t)
+	e.fs.mounted = func(mountpoint, digest string) {
+		if err := sn.(verifier).SetVerification(ctx, mountpoint, digest, ""); err != nil {
+			t.Errorf("SetVerification while mounting: %v", err)
+		}
+	}
+	unpackRemote(ctx, t, sn, "chain-a", "", "sha256:aa")
+	requireVerification(ctx, t, sn, "chain-a", Verified)
 }
 
 func requireVerification(ctx context.Context, t *testing.T, sn snapshots.Snapshotter, name, want string) {

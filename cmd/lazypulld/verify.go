@@ -26,7 +26,7 @@ type verdictSource interface {
 // verdictSink is what the daemon tells the snapshotter: the outcome of a
 // remote snapshot's verification.
 type verdictSink interface {
-	SetVerification(ctx context.Context, name, layer, failure string) error
+	SetVerification(ctx context.Context, mountpoint, layer, failure string) error
 }
 
 // watchVerifications passes every verdict on a mounted layer to the
@@ -52,7 +52,7 @@ func watchVerifications(ctx context.Context, src verdictSource, sink verdictSink
 			if v.State == fs.VerificationFailed {
 				failure = v.Reason
 			}
-			if err := sink.SetVerification(ctx, v.ChainID, v.Layer.String(), failure); err != nil {
+			if err := sink.SetVerification(ctx, v.Mountpoint, v.Layer.String(), failure); err != nil {
 				log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": v.ChainID, "layer": v.Layer}).Warn("failed to record layer verification")
 				continue
 			}
