@@ -207,6 +207,38 @@ func TestChainIDPoisoning(t *testing.T) {
 	})
 }
 
+// TestChainIDPoisoningBeforeCommit: with [fs] verify = "before-commit" a
+// layer is verified before containerd is told it exists, which closes the
+// window: the copying image's layer is not mounted, containerd applies it
+// itself and its pull fails on the DiffID; the genuine image, pulled in the
+// same namespace afterwards, is lazy, verified at once, and has its files.
+func TestChainIDPoisoningBeforeCommit(t *testing.T) {
+	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		defer cancel()
+		lb := newLazyBed(t, f, lazyBedOptions{Front: true, FS: `verify = "before-commit"`})
+		im := pushPoisonImages(t, ctx, lb)
+		cl := lb.Containerd.Client(t)
+		nsCtx := namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+
+		if rows, err := lazypullPullErr(ctx, lb, im.copying); err == nil || !strings.Contains(err.Error(), "wrong diff id") {
+			t.Fatalf("pull of the copying image: %v, report %+v; want containerd to fail it on the DiffID", err, rows)
+		}
+		if _, err := cl.SnapshotService(testbed.SnapshotterName).Stat(nsCtx, im.chainIDs[0].String()); !errdefs.IsNotFound(err) {
+			t.Fatalf("after the failed pull, the genuine image's first chain ID is there (err %v)", err)
+		}
+
+		rows := lazypullPull(t, ctx, lb, im.genuine)
+		for _, r := range rows {
+			if r.Lazy != "yes" || r.Verified != "yes" {
+				t.Errorf("genuine image: layer %s lazy %s, verified %s, want both at the end of the pull", r.Layer, r.Lazy, r.Verified)
+			}
+		}
+		out, err := runHashfiles(ctx, lb, im.genuine, "genuine", "/who")
+		requireWho(t, "the genuine image", out, err, "genuine\n")
+	})
+}
+
 // requireWho fails t unless a container of what printed /who's digest
 // with content want.
 func requireWho(t *testing.T, what, out string, err error, want string) {
