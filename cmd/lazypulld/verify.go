@@ -53,7 +53,12 @@ func watchVerifications(ctx context.Context, src verdictSource, sink verdictSink
 				failure = v.Reason
 			}
 			if err := sink.SetVerification(ctx, v.Mountpoint, v.Layer.String(), failure); err != nil {
-				log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": v.ChainID, "layer": v.Layer}).Warn("failed to record layer verification")
+				lg := log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": v.ChainID, "layer": v.Layer, "mountpoint": v.Mountpoint})
+				if errdefs.IsNotFound(err) {
+					lg.Debug("no snapshot for a verified layer (removed meanwhile)")
+				} else {
+					lg.Warn("failed to record layer verification; trying again with the next verdict")
+				}
 				continue
 			}
 			if failure != "" && p != nil {
