@@ -95,6 +95,7 @@ func pushPoisonImages(t *testing.T, ctx context.Context, lb *lazyBed) poisonImag
 	}
 }
 
+// remoteImage reads image ref from the test registry.
 func remoteImage(t *testing.T, ctx context.Context, ref string) v1.Image {
 	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)

@@ -344,15 +344,20 @@ func isRemote(dir string) bool {
 }
 
 func writeRemoteFile(dir string, labels map[string]string) error {
-	b, err := json.Marshal(labels)
+	return writeJSON(filepath.Join(dir, remoteFile), labels)
+}
+
+// writeJSON replaces the file at path with v as JSON, atomically.
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, remoteFile+".tmp")
+	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(dir, remoteFile))
+	return os.Rename(tmp, path)
 }
 
 func readRemoteFile(dir string) (map[string]string, error) {

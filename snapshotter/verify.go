@@ -237,13 +237,5 @@ func readVerdict(dir string) (*verdict, error) {
 }
 
 func writeVerdict(dir string, v verdict) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, verdictFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, verdictFile))
+	return writeJSON(filepath.Join(dir, verdictFile), v)
 }
