@@ -65,6 +65,11 @@ type Config struct {
 	// Cache configures the node-wide cache of file contents fetched from
 	// registries.
 	Cache Cache `toml:"cache"`
+
+	// Containerd says how lazypulld reaches the containerd it serves, to
+	// remove from containerd's records the snapshots of layers that failed
+	// verification.
+	Containerd Containerd `toml:"containerd"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -187,7 +192,30 @@ type FS struct {
 	// Without kernel support, files are read through lazypulld as when it
 	// is off.
 	Passthrough bool `toml:"passthrough"`
+
+	// Verify says when a lazily mounted layer is checked against the DiffID
+	// of the image configuration that named it, which containerd checks
+	// only for layers it applies itself: "background" once the layer is
+	// local (after its background fetch; without one, by fetching the
+	// layer the same way), "before-commit" before the pull is told the
+	// layer exists (the layer is fetched whole, at full speed, while the
+	// pull waits), "off", or "auto": "background" with background_fetch,
+	// else "off". A layer that fails is read as I/O errors, and the pull
+	// of its chain ID falls back to a normal pull.
+	Verify string `toml:"verify"`
+
+	// VerifyConcurrency bounds the layers verified at once on the node;
+	// each takes a core to inflate and hash its layer.
+	VerifyConcurrency int `toml:"verify_concurrency"`
+
+	// VerifySpoolSize bounds the disk space under root that the compressed
+	// bytes of layers waiting for verification take, all layers together.
+	// A layer that does not fit is fetched again, whole, to be verified.
+	VerifySpoolSize Size `toml:"verify_spool_size"`
 }
+
+// VerifyModes are the values of fs.verify.
+var VerifyModes = []string{"auto", "background", "before-commit", "off"}
 
 // Cache is the [cache] table: the on-disk chunk cache shared by every
 // lazily pulled layer of the node.
@@ -204,6 +232,17 @@ type Cache struct {
 	// disk; when the disk fills up, the cache shrinks and pauses writing
 	// rather than failing reads.
 	MaxSize Size `toml:"max_size"`
+}
+
+// Containerd is the [containerd] table: the containerd lazypulld serves.
+type Containerd struct {
+	// Address is the path of containerd's gRPC socket. Empty turns off the
+	// removal of failed layers from containerd's records.
+	Address string `toml:"address"`
+
+	// Snapshotter is the name lazypulld has in containerd's configuration
+	// (the NAME of its [proxy_plugins.NAME] table).
+	Snapshotter string `toml:"snapshotter"`
 }
 
 // minCacheSize is the least non-zero cache.max_size accepted: a smaller
@@ -237,9 +276,16 @@ func Default() *Config {
 			BackgroundFetchConcurrency: 4,
 			Passthrough:                true,
 			LoaderPrefetch:             true,
+			Verify:                     "auto",
+			VerifyConcurrency:          2,
+			VerifySpoolSize:            8 * GiB,
 		},
 		Cache: Cache{
 			MaxSize: 10 * GiB,
+		},
+		Containerd: Containerd{
+			Address:     "/run/containerd/containerd.sock",
+			Snapshotter: "lazypull",
 		},
 	}
 }
@@ -289,6 +335,18 @@ func (c *Config) Validate() error {
 	}
 	if c.FS.BackgroundFetchConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("fs.background_fetch_concurrency: %d is less than 1", c.FS.BackgroundFetchConcurrency))
+	}
+	if !slices.Contains(VerifyModes, c.FS.Verify) {
+		errs = append(errs, fmt.Errorf("fs.verify: %q is not one of %v", c.FS.Verify, VerifyModes))
+	}
+	if c.FS.VerifyConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("fs.verify_concurrency: %d is less than 1", c.FS.VerifyConcurrency))
+	}
+	if c.Containerd.Address != "" && !filepath.IsAbs(c.Containerd.Address) {
+		errs = append(errs, fmt.Errorf("containerd.address: %q is not an absolute path", c.Containerd.Address))
+	}
+	if c.Containerd.Address != "" && c.Containerd.Snapshotter == "" {
+		errs = append(errs, errors.New("containerd.snapshotter: must not be empty when containerd.address is set"))
 	}
 	if c.Cache.Dir != "" {
 		if err := absPath(c.Cache.Dir); err != nil {

@@ -135,6 +135,12 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`: fs.readahead_size: 1GiB is more than 256MiB`, "fs.fetch_concurrency: 0 is less than 1", "fs.background_fetch_concurrency: -1 is less than 1"},
 		},
 		{
+			name: "bad verification settings",
+			doc:  "[fs]\nverify = \"always\"\nverify_concurrency = 0\n[containerd]\naddress = \"containerd.sock\"\nsnapshotter = \"\"\n",
+			want: []string{`: fs.verify: "always" is not one of [auto background before-commit off]`, "fs.verify_concurrency: 0 is less than 1",
+				`containerd.address: "containerd.sock" is not an absolute path`, "containerd.snapshotter: must not be empty"},
+		},
+		{
 			name: "negative prefetch wait",
 			doc:  "[fs]\nprefetch_wait = \"-1s\"\n",
 			want: []string{`:2: key "fs.prefetch_wait"`},

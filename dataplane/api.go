@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -16,6 +17,8 @@ const (
 	PathCheck    = "/v1/check"
 	PathUnmount  = "/v1/unmount"
 	PathShutdown = "/v1/shutdown"
+	// PathVerifications is a long poll; see VerificationList.
+	PathVerifications = "/v1/verifications"
 )
 
 // Info says which data plane answers.
@@ -59,6 +62,53 @@ type ShutdownRequest struct {
 	// data plane keeps serving.
 	Unmount bool `json:"unmount"`
 }
+
+// States of a layer's verification (Verification.State).
+const (
+	VerificationPending  = "pending"
+	VerificationVerified = "verified"
+	VerificationFailed   = "failed"
+)
+
+// Verification is where the check of a layer a data plane serves against
+// the DiffID its chain ID implies stands (fs.Verification).
+type Verification struct {
+	Mountpoint string `json:"mountpoint"`
+	// Layer is the layer (blob) digest.
+	Layer string `json:"layer"`
+	// ChainID is the chain ID the layer was mounted for.
+	ChainID string `json:"chainID,omitempty"`
+	// State is VerificationPending, VerificationVerified or
+	// VerificationFailed.
+	State string `json:"state"`
+	// Reason says why the layer failed.
+	Reason string `json:"reason,omitempty"`
+	// DiffID is the digest of the layer's tar, once known.
+	DiffID string `json:"diffID,omitempty"`
+	// Mounted is when the layer was mounted; Decided, when its state
+	// became verified or failed.
+	Mounted time.Time `json:"mounted"`
+	Decided time.Time `json:"decided,omitzero"`
+}
+
+// VerificationList is the answer of
+//
+//	GET /v1/verifications?since=<generation>[&wait=<duration>]
+//
+// the verification state of every layer the data plane serves, once its
+// Generation is past since: the data plane answers as soon as it is, or,
+// if nothing changes, after wait (at most MaxPollWait, the default) with
+// Generation equal to since and no Verifications. A caller passes the
+// Generation it got last to wait for the next change; since=0 (or none)
+// answers at once.
+type VerificationList struct {
+	Generation    uint64         `json:"generation"`
+	Verifications []Verification `json:"verifications"`
+}
+
+// MaxPollWait bounds how long a data plane holds a call to
+// /v1/verifications before it answers that nothing changed.
+const MaxPollWait = 30 * time.Second
 
 // Error is the body of a failed call.
 type Error struct {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -80,6 +82,21 @@ func (c *Client) Unmount(ctx context.Context, mountpoint string) error {
 // once the data plane has answered, before it has exited.
 func (c *Client) Shutdown(ctx context.Context, unmount bool) error {
 	return c.call(ctx, http.MethodPost, PathShutdown, ShutdownRequest{Unmount: unmount}, nil)
+}
+
+// Verifications returns the verification state of every layer the data
+// plane serves and its generation, once the generation is past since, or,
+// after the data plane's bound (MaxPollWait) with nothing new, no state
+// and since as the generation: the caller then asks again. Cancelling ctx
+// ends the call. A data plane that does not verify layers (or predates
+// the call) answers with an error of class NotImplemented.
+func (c *Client) Verifications(ctx context.Context, since uint64) ([]Verification, uint64, error) {
+	var l VerificationList
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	if err := c.call(ctx, http.MethodGet, PathVerifications+"?"+q.Encode(), nil, &l); err != nil {
+		return nil, since, err
+	}
+	return l.Verifications, l.Generation, nil
 }
 
 // call sends a request with body in as JSON (if not nil) and decodes a

@@ -79,6 +79,13 @@ func (f *testFS) Unmount(ctx context.Context, mp string) error {
 // function is called.
 func serve(t *testing.T, fsys FileSystem) (*Client, <-chan struct{}) {
 	t.Helper()
+	c, _, stopped := serveServer(t, fsys)
+	return c, stopped
+}
+
+// serveServer is serve that also returns the Server.
+func serveServer(t *testing.T, fsys FileSystem) (*Client, *Server, <-chan struct{}) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -100,7 +107,7 @@ func serve(t *testing.T, fsys FileSystem) (*Client, <-chan struct{}) {
 			t.Errorf("Serve returned %v", err)
 		}
 	})
-	return c, stopped
+	return c, s, stopped
 }
 
 // Every errdefs class the FileSystem gives an error crosses the socket as

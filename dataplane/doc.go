@@ -5,7 +5,8 @@
 //
 // A data plane serves the three calls of the snapshotter's FileSystem
 // (Mount, Check, Unmount), says what it serves (Mounts) and who it is
-// (Info), and stops when asked (Shutdown). The Server serves any
+// (Info), reports how the check of each layer against its DiffID stands
+// (Verifications, a long poll), and stops when asked (Shutdown). The Server serves any
 // FileSystem; the Client is what the daemon calls it with. The package
 // imports no other package of lazypull: cmd/lazypulld wires a Server to
 // fs.FileSystem and the snapshotter to Clients.
@@ -20,10 +21,18 @@
 //	POST /v1/check     MountRequest    -> 204 No Content
 //	POST /v1/unmount   UnmountRequest  -> 204 No Content
 //	POST /v1/shutdown  ShutdownRequest -> 204 No Content
+//	GET  /v1/verifications?since=N[&wait=D] -> VerificationList
+//
+// /v1/verifications is a long poll: the data plane answers once its
+// verification state has changed since generation N (at once for N = 0),
+// or after D (at most MaxPollWait, the default) with nothing new; the
+// caller then asks again with the generation it got. A stopping data
+// plane ends the polls it holds with an error of class Unavailable.
 //
 // so that an operator can ask a data plane by hand:
 //
 //	curl --unix-socket /var/lib/lazypull/dataplanes/<id>/sock http://dataplane/v1/mounts
+//	curl --unix-socket /var/lib/lazypull/dataplanes/<id>/sock http://dataplane/v1/verifications
 //
 // A failed call is answered with the HTTP status closest to the error's
 // errdefs class (404 for not found, 409 for already exists, ...) and an
@@ -48,12 +57,14 @@
 //
 // A call that only some FileSystems can answer is served when the
 // FileSystem has the method (the Server checks with a type assertion, as
-// it does for io.Closer at Shutdown) and answered "not implemented"
-// otherwise: per-layer status (/v1/status: digest, mountpoint, bytes local,
-// verification state), credentials pushed by a CRI proxy (/v1/credentials)
-// and the data plane's metrics (/v1/metrics, Prometheus text) fit this
-// shape, each a path, a request and an answer type here, and a method on
-// the Client.
+// it does for io.Closer at Shutdown and for Verifier at
+// /v1/verifications) and answered "not implemented" otherwise: per-layer
+// status (/v1/status: digest, mountpoint, bytes local), credentials pushed
+// by a CRI proxy (/v1/credentials) and the data plane's metrics
+// (/v1/metrics, Prometheus text) fit this shape, each a path, a request
+// and an answer type here, and a method on the Client. A call that waits
+// for an event is a long poll bounded as /v1/verifications is, so that
+// Shutdown need not wait for it.
 //
 // # Concurrency
 //

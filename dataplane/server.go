@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -28,12 +30,28 @@ type FileSystem interface {
 	Unmount(ctx context.Context, mountpoint string) error
 }
 
+// Verifier is what a FileSystem has if it verifies the layers it serves
+// (fs.FileSystem does, through cmd/lazypulld's adapter): Verifications
+// returns the state of every layer it serves and a generation number once
+// the generation is past since, and waits for that, or for ctx, otherwise.
+// The Server answers /v1/verifications with it; without it, with "not
+// implemented".
+type Verifier interface {
+	Verifications(ctx context.Context, since uint64) ([]Verification, uint64, error)
+}
+
 // Server serves a FileSystem over the protocol. Make it with NewServer.
 type Server struct {
 	fs   FileSystem
 	info Info
 	stop func()
 	srv  *http.Server
+
+	// polls ends the long polls of /v1/verifications, which Shutdown
+	// would otherwise wait for; pollWait bounds each (MaxPollWait).
+	polls    context.Context
+	endPolls context.CancelFunc
+	pollWait atomic.Int64 // a time.Duration
 
 	mu       sync.Mutex
 	mounts   map[string]map[string]string // served, by mountpoint
@@ -51,6 +69,8 @@ type Server struct {
 // needs closing besides what Serve holds.
 func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 	s := &Server{fs: fsys, info: info, stop: stop, mounts: map[string]map[string]string{}, busy: map[string]bool{}}
+	s.pollWait.Store(int64(MaxPollWait))
+	s.polls, s.endPolls = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathInfo, s.handleInfo)
 	mux.HandleFunc("GET "+PathMounts, s.handleMounts)
@@ -58,6 +78,7 @@ func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 	mux.HandleFunc("POST "+PathCheck, s.handleCheck)
 	mux.HandleFunc("POST "+PathUnmount, s.handleUnmount)
 	mux.HandleFunc("POST "+PathShutdown, s.handleShutdown)
+	mux.HandleFunc("GET "+PathVerifications, s.handleVerifications)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotImplemented))
 	})
@@ -69,9 +90,13 @@ func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 // http.ErrServerClosed.
 func (s *Server) Serve(l net.Listener) error { return s.srv.Serve(l) }
 
-// Shutdown stops accepting calls and waits for those in flight, until ctx
-// ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Shutdown stops accepting calls, ends the long polls (whose callers get
+// an error of class Unavailable) and waits for the other calls in flight,
+// until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.endPolls()
+	return s.srv.Shutdown(ctx)
+}
 
 // Mounts returns what the Server has mounted and not unmounted, in
 // mountpoint order.
@@ -161,6 +186,47 @@ func (s *Server) release(mountpoint string, update func()) {
 	defer s.mu.Unlock()
 	update()
 	delete(s.busy, mountpoint)
+}
+
+func (s *Server) handleVerifications(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.fs.(Verifier)
+	if !ok {
+		writeError(w, fmt.Errorf("%s: this data plane does not verify layers: %w", r.URL.Path, errdefs.ErrNotImplemented))
+		return
+	}
+	q := r.URL.Query()
+	var since uint64
+	if q.Has("since") {
+		n, err := strconv.ParseUint(q.Get("since"), 10, 64)
+		if err != nil {
+			writeError(w, fmt.Errorf("%s: since: %v: %w", r.URL.Path, err, errdefs.ErrInvalidArgument))
+			return
+		}
+		since = n
+	}
+	wait := time.Duration(s.pollWait.Load())
+	if q.Has("wait") {
+		d, err := time.ParseDuration(q.Get("wait"))
+		if err != nil || d < 0 {
+			writeError(w, fmt.Errorf("%s: wait %q: not a duration of 0 or more: %w", r.URL.Path, q.Get("wait"), errdefs.ErrInvalidArgument))
+			return
+		}
+		wait = min(d, wait)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	defer context.AfterFunc(s.polls, cancel)()
+	vs, gen, err := v.Verifications(ctx, since)
+	switch {
+	case err == nil:
+		writeJSON(w, VerificationList{Generation: gen, Verifications: vs})
+	case s.polls.Err() != nil:
+		writeError(w, fmt.Errorf("data plane %d is stopping: %w", s.info.PID, errdefs.ErrUnavailable))
+	case r.Context().Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		writeJSON(w, VerificationList{Generation: since}) // nothing new
+	default:
+		writeError(w, err)
+	}
 }
 
 func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {

@@ -97,6 +97,17 @@ func (l *layer) start(ctx context.Context) <-chan struct{} {
 	cfg := &l.fsys.cfg
 	if cfg.background && cfg.cache != nil && l.verifier != nil && len(l.src.chunks.cs) > 0 {
 		l.spawn(func() { l.background(lg) })
+	} else if cfg.verify == VerifyBackground && l.verdict.Load() == nil {
+		// Nothing will make the layer local: verification fetches it.
+		l.spawn(func() {
+			t := time.NewTimer(cfg.backgroundDelay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				l.verifyLater(lg)
+			case <-l.ctx.Done():
+			}
+		})
 	}
 	return done
 }
@@ -238,11 +249,13 @@ func (l *layer) background(lg *log.Entry) {
 		}
 		if _, _, _, full := t.state(); !full.IsZero() {
 			lg.WithField("duration", time.Since(started)).Info("layer fully local")
+			l.verifyLater(lg)
 			return
 		}
 	}
 	n, local, _, _ := t.state()
 	lg.WithFields(log.Fields{"chunks": n, "local": local}).Warn("background fetch left chunks behind")
+	l.verifyLater(lg) // fetching, as it must, what is not local
 }
 
 // backgroundSlot waits for one of the FileSystem's background request

@@ -299,6 +299,9 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 		}
 	}
 	err := <-read
+	if err == nil {
+		l.fsys.spoolFetched(l.src, buf, start)
+	}
 	if next == len(cs) {
 		return
 	}

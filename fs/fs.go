@@ -103,6 +103,15 @@ type FileSystem struct {
 	pending  map[digest.Digest]struct{} // queued for background resolution
 	mounts   map[string]*mount          // by mountpoint
 	mounted  chan struct{}              // closed, and replaced, when a mount is added
+
+	// Verification (see verify.go).
+	spoolDir      string        // this FileSystem's, under root/spool
+	spoolLock     *os.File      // holds spoolDir's lock until Close
+	verifySem     chan struct{} // bounds verifications running at once
+	spoolq        spoolQueue
+	spoolBudget   spoolBudget
+	verifyGen     uint64        // under mu: moves on with each verdict
+	verifyChanged chan struct{} // under mu: closed, and replaced, when verifyGen moves
 }
 
 // mount is one mounted layer. server is nil while the mount is being set up.
@@ -115,8 +124,12 @@ type mount struct {
 // directory of its state, created if missing: the TOC of every layer it
 // mounts is stored under root/toc, keyed by layer digest, until the layer
 // is unmounted, so that with a SizedOpener a layer mounted before is
-// mounted again without the network (after a restart or a reboot).
-// Several FileSystems, in one process or several, may share root.
+// mounted again without the network (after a restart or a reboot); what
+// verification found of layers is kept under root/verified, so that a
+// layer is verified once, whichever process mounts it and however often;
+// and the blobs of layers waiting for verification are spooled under
+// root/spool. Several FileSystems, in one process or several, may share
+// root.
 func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	if opener == nil {
 		return nil, fmt.Errorf("fs: nil opener: %w", errdefs.ErrInvalidArgument)
@@ -131,8 +144,12 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	if err := os.MkdirAll(tocs.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("fs: %w", err)
 	}
+	spools, spoolLock, err := prepareVerifyDirs(root)
+	if err != nil {
+		return nil, fmt.Errorf("fs: %w", err)
+	}
 	life, cancel := context.WithCancel(context.Background())
-	return &FileSystem{
+	f := &FileSystem{
 		root:     root,
 		opener:   opener,
 		tocs:     tocs,
@@ -148,7 +165,20 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		pending:  map[digest.Digest]struct{}{},
 		mounts:   map[string]*mount{},
 		mounted:  make(chan struct{}),
-	}, nil
+
+		spoolDir:      spools,
+		spoolLock:     spoolLock,
+		verifySem:     make(chan struct{}, cfg.verifyConcurrency),
+		spoolq:        spoolQueue{ch: make(chan spoolWrite, 64)},
+		spoolBudget:   spoolBudget{max: cfg.spoolSize},
+		verifyGen:     1,
+		verifyChanged: make(chan struct{}),
+	}
+	if cfg.verify != VerifyOff {
+		f.wg.Add(1)
+		go f.writeSpools()
+	}
+	return f, nil
 }
 
 // Mount mounts the layer the labels name at mountpoint. The error, if any,
@@ -188,6 +218,9 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 			l.stop()
 		}
 	}()
+	if err := f.attachVerification(ctx, l, labels); err != nil {
+		return err
+	}
 	// The container that will read the layer starts soon.
 	f.demand.touch()
 	prefetched := l.start(ctx)
@@ -201,6 +234,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		f.mounts[mountpoint] = &mount{layer: l, server: server}
 		close(f.mounted)
 		f.mounted = make(chan struct{})
+		f.verificationChangedLocked() // one more layer to report
 	}
 	f.mu.Unlock()
 	if closed {
@@ -265,11 +299,16 @@ func (f *FileSystem) Unmount(ctx context.Context, mountpoint string) error {
 	f.mu.Lock()
 	delete(f.mounts, mountpoint)
 	unused := f.forgetLocked(m.layer.src.dgst)
+	// The last mount of this source: no mount left to verify the blob for.
+	last := unused || f.resolved[m.layer.src.dgst] != m.layer.src
 	f.mu.Unlock()
 	if unused {
 		// The layer's snapshot is being removed: its TOC is not needed
 		// to mount it again.
 		f.tocs.remove(m.layer.src.dgst)
+	}
+	if c := m.layer.src.check.Load(); c != nil && last {
+		f.dropSpool(c)
 	}
 	log.G(ctx).WithFields(log.Fields{"layer": m.layer.src.dgst, "mountpoint": mountpoint}).Info("layer unmounted")
 	return nil
@@ -290,10 +329,17 @@ func (f *FileSystem) Close() error {
 		if m.server == nil {
 			continue
 		}
+		if c := m.layer.src.check.Load(); c != nil {
+			f.dropSpool(c)
+		}
 		if err := m.server.Unmount(); err != nil {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
 		}
 	}
+	if err := os.RemoveAll(f.spoolDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove spools: %w", err))
+	}
+	f.spoolLock.Close()
 	return errors.Join(errs...)
 }
 

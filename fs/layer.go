@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -41,6 +42,14 @@ type layer struct {
 	spawned atomic.Int64
 
 	reads, fetches, fetched atomic.Int64 // FUSE reads served, blob reads, bytes
+
+	// Verification (see verify.go): what the labels expect of the layer's
+	// DiffID, when it was mounted, the verdict once known (a failed layer's
+	// reads fail), and the root of its tree once served.
+	expect  expectation
+	mounted time.Time
+	verdict atomic.Pointer[verdict]
+	root    atomic.Pointer[dirNode]
 }
 
 // newLayer checks src's TOC against tocDgst (when given) and returns the
@@ -102,7 +111,9 @@ func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
 		// holding the TOC can answer the kernel about nodes it already knows.
 		ExternalNodeID: true,
 	}
-	return gofs.Mount(mountpoint, &dirNode{node{l: l, e: root, ino: 1}}, opts)
+	rootNode := &dirNode{node{l: l, e: root, ino: 1}}
+	l.root.Store(rootNode)
+	return gofs.Mount(mountpoint, rootNode, opts)
 }
 
 // chunk is one compressed piece of a file: ChunkSize bytes at ChunkOffset of

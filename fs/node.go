@@ -241,6 +241,9 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
 
 func (s *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if s.l.failed() {
+		return nil, syscall.EIO
+	}
 	return []byte(s.e.LinkName), 0
 }
 
@@ -249,6 +252,9 @@ var _ = (gofs.NodeOpener)((*fileNode)(nil))
 func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
+	}
+	if f.l.failed() {
+		return nil, 0, syscall.EIO
 	}
 	if key, whole := f.l.passthroughKey(f.e); key != "" {
 		return f.openHandle(key, whole), fuse.FOPEN_KEEP_CACHE, 0
@@ -268,6 +274,9 @@ var _ = (gofs.NodeReader)((*fileNode)(nil))
 
 func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.l.reads.Add(1)
+	if f.l.failed() {
+		return nil, syscall.EIO
+	}
 	n, err := f.l.readAt(ctx, f.e, dest, off)
 	if err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"layer": f.l.src.dgst, "file": f.e.Name}).Debug("read failed")

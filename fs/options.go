@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
 )
 
 // Option configures a FileSystem.
@@ -28,6 +29,12 @@ type config struct {
 	backgroundDelay       time.Duration
 	backgroundConcurrency int
 	passthrough           bool
+
+	verify            VerifyMode
+	verifyConcurrency int
+	spoolSize         int64
+	verifyRetry       time.Duration
+	verifiedBlob      func(dgst digest.Digest, path string)
 }
 
 // Defaults of the options.
@@ -60,6 +67,12 @@ const (
 	// DefaultBackgroundConcurrency bounds the requests of one layer's
 	// background fetch: a few, to fill a long-latency link.
 	DefaultBackgroundConcurrency = 4
+	// DefaultVerifyConcurrency bounds the layers verified at once: each
+	// takes a core to inflate and hash its blob.
+	DefaultVerifyConcurrency = 2
+	// DefaultSpoolSize bounds the disk space of spools, all layers
+	// together.
+	DefaultSpoolSize = 8 << 30
 )
 
 func defaultConfig() config {
@@ -78,6 +91,10 @@ func defaultConfig() config {
 		backgroundConcurrency: DefaultBackgroundConcurrency,
 		passthrough:           true,
 		loaderPrefetch:        true,
+
+		verifyConcurrency: DefaultVerifyConcurrency,
+		spoolSize:         DefaultSpoolSize,
+		verifyRetry:       minVerifyRetry,
 	}
 }
 
@@ -293,6 +310,64 @@ func WithBackgroundFetchConcurrency(n int) Option {
 func WithPassthrough(on bool) Option {
 	return func(c *config) error {
 		c.passthrough = on
+		return nil
+	}
+}
+
+// WithVerify sets when a mounted layer is checked against the DiffID its
+// chain ID labels imply (default VerifyOff). Verification reads the blob
+// whole, in order: it must hash to the layer digest, inflate to a tar
+// whose digest gives the chain ID, and that tar must hold, entry by entry
+// and chunk by chunk, what the layer's TOC serves. A layer that fails
+// verification fails its reads from then on. With VerifyBackground, a
+// layer is verified once its background fetch has made it local (without
+// background fetch, by fetching what it lacks the same way); the bytes
+// every fetch brings are kept for it in a spool under the FileSystem's
+// root until then. With VerifyBeforeMount, Mount fetches the blob whole at
+// full speed and verifies it before it returns. Outcomes are kept under
+// the root, so that a blob is verified once; Verifications reports them.
+func WithVerify(mode VerifyMode) Option {
+	return func(c *config) error {
+		if mode < VerifyOff || mode > VerifyBeforeMount {
+			return fmt.Errorf("verify mode %d: %w", mode, errdefs.ErrInvalidArgument)
+		}
+		c.verify = mode
+		return nil
+	}
+}
+
+// WithVerifyConcurrency bounds how many layers are verified at once
+// (default DefaultVerifyConcurrency).
+func WithVerifyConcurrency(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("verify concurrency %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.verifyConcurrency = n
+		return nil
+	}
+}
+
+// WithSpoolSize bounds, in bytes, the disk space that the spools of layers
+// waiting for verification take, all together (default DefaultSpoolSize).
+// A layer whose blob does not fit is not spooled: its verification fetches
+// it whole again. 0 spools nothing.
+func WithSpoolSize(n int64) Option {
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("spool size %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.spoolSize = n
+		return nil
+	}
+}
+
+// WithVerifiedBlob has fn called with the path of a blob's complete copy,
+// once verified against its digest and DiffID, before the copy is deleted:
+// fn may link it elsewhere (a content store). Only spooled blobs have one.
+func WithVerifiedBlob(fn func(dgst digest.Digest, path string)) Option {
+	return func(c *config) error {
+		c.verifiedBlob = fn
 		return nil
 	}
 }

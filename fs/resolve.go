@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -34,6 +35,10 @@ type source struct {
 	// first Mount stores it (storeTOC).
 	tocTail   []byte
 	storeOnce sync.Once
+
+	// entries are the TOC's, in its order, for verification.
+	entries []*estargz.TOCEntry
+	check   atomic.Pointer[blobCheck] // set once verification is wanted
 }
 
 // index gives every entry of the tree a stable inode number: its position in
@@ -165,6 +170,7 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
 	src.buildChunks(entries)
+	src.entries = entries
 	return src, nil
 }
 

@@ -10,8 +10,6 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/integration/testbed"
@@ -75,15 +73,7 @@ func TestLazyCorruptChunk(t *testing.T) {
 // that holds the file's uncompressed offset fileOff, read from the TOC.
 func payloadByte(t *testing.T, ctx context.Context, ref, file string, fileOff int64) (digest.Digest, int64) {
 	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
-	if err != nil {
-		t.Fatal(err)
-	}
-	layers, err := img.Layers()
+	layers, err := remoteImage(t, ctx, ref).Layers()
 	if err != nil {
 		t.Fatal(err)
 	}

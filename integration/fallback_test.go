@@ -9,11 +9,8 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/lazypull/lazypull/integration/testbed"
@@ -83,18 +80,7 @@ func TestLazyFallback(t *testing.T) {
 // converted's entrypoint.
 func pushMixedImage(t *testing.T, ctx context.Context, orig, converted, dst string) {
 	t.Helper()
-	get := func(ref string) v1.Image {
-		r, err := name.ParseReference(ref, name.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := remote.Image(r, remote.WithContext(ctx))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return img
-	}
-	o, c := get(orig), get(converted)
+	o, c := remoteImage(t, ctx, orig), remoteImage(t, ctx, converted)
 	ol, err := o.Layers()
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,8 @@ type lazyBedOptions struct {
 	// for tests that measure what the container's reads (with their
 	// read-ahead) fetch.
 	NoBackgroundFetch bool
+	// FS holds more keys of lazypulld's [fs] table.
+	FS string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -65,8 +67,11 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	})
 	hostsDir := testbed.Dir(t, "hosts")
 	cfg := testbed.LazypulldRemoteConfig(hostsDir)
+	if opts.NoBackgroundFetch || opts.FS != "" {
+		cfg += "\n[fs]\n" + opts.FS + "\n"
+	}
 	if opts.NoBackgroundFetch {
-		cfg += "\n[fs]\nbackground_fetch = false\n"
+		cfg += "background_fetch = false\n"
 	}
 	bed := testbed.New(t, testbed.Options{
 		Flavour:         f,
@@ -106,7 +111,7 @@ func convertImage(t *testing.T, ctx context.Context, src, dst string) string {
 
 // pullStatus is one row of `lazypull pull`'s table.
 type pullStatus struct {
-	Layer, ChainID, Lazy, Reason string
+	Layer, ChainID, Lazy, Verified, Reason string
 }
 
 // lazypullPull pulls ref into lazypull with `lazypull pull`, which adds
@@ -114,6 +119,15 @@ type pullStatus struct {
 // per-layer table.
 func lazypullPull(t *testing.T, ctx context.Context, lb *lazyBed, ref string) []pullStatus {
 	t.Helper()
+	rows, err := lazypullPullErr(ctx, lb, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+// lazypullPullErr is lazypullPull for a pull that may fail.
+func lazypullPullErr(ctx context.Context, lb *lazyBed, ref string) ([]pullStatus, error) {
 	ctrd := lb.Containerd
 	cmd := exec.CommandContext(ctx, lazypullBin, "pull", "--address", ctrd.Address, "--namespace", ctrd.Namespace,
 		"--snapshotter", testbed.SnapshotterName, "--hosts-dir", lb.HostsDir, ref)
@@ -121,21 +135,21 @@ func lazypullPull(t *testing.T, ctx context.Context, lb *lazyBed, ref string) []
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("lazypull pull %s: %v\nstdout:\n%s\nstderr:\n%s", ref, err, stdout.String(), stderr.String())
+		return nil, fmt.Errorf("lazypull pull %s: %v\nstdout:\n%s\nstderr:\n%s", ref, err, stdout.String(), stderr.String())
 	}
 	var rows []pullStatus
 	lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n")
 	for _, line := range lines {
 		f := strings.Fields(line)
-		if len(f) < 3 || !strings.HasPrefix(f[0], "sha256:") {
+		if len(f) < 4 || !strings.HasPrefix(f[0], "sha256:") {
 			continue
 		}
-		rows = append(rows, pullStatus{Layer: f[0], ChainID: f[1], Lazy: f[2], Reason: strings.Join(f[3:], " ")})
+		rows = append(rows, pullStatus{Layer: f[0], ChainID: f[1], Lazy: f[2], Verified: f[3], Reason: strings.Join(f[4:], " ")})
 	}
 	if len(rows) == 0 {
-		t.Fatalf("lazypull pull printed no layer table:\n%s", stdout.String())
+		return nil, fmt.Errorf("lazypull pull printed no layer table:\n%s", stdout.String())
 	}
-	return rows
+	return rows, nil
 }
 
 // pullLazily pulls ref into lazypull the way a user of that containerd

@@ -30,7 +30,11 @@
 // (snapshotters.TargetRefLabel, snapshotters.TargetLayerDigestLabel), Prepare:
 //
 //  1. returns an error wrapping errdefs.ErrAlreadyExists if a committed
-//     snapshot named <chainID> with the same parent and ref label exists;
+//     snapshot named <chainID> with the same parent and ref label exists
+//     and is bound to the request: a remote snapshot whose layer was
+//     verified (see below) serves any request of its chain ID; one that
+//     failed verification, none; one not verified yet, only a request of
+//     the layer digest and TOC digest it was mounted from;
 //  2. otherwise creates the active snapshot, asks FileSystem.Mount to serve
 //     the layer read-only at the snapshot's "fs" directory, commits the
 //     snapshot under the name <chainID> with the requested parent, keeps all
@@ -41,7 +45,8 @@
 //     and skips downloading and applying the layer.
 //
 // If the layer cannot be served lazily (Mount fails, the annotations are
-// missing, or <chainID> exists with another parent), Prepare falls back: it
+// missing, or <chainID> exists with another parent or is not bound to the
+// request), Prepare falls back: it
 // returns the ordinary mounts of the active snapshot so that containerd
 // applies the layer itself, logs why, and labels the active snapshot with
 // LabelFallback=<reason>. Commit carries that label over to the committed
@@ -63,6 +68,23 @@
 // of snapshots above the layer wait for it; if it failed, they return an
 // error wrapping errdefs.ErrUnavailable that names the layer.
 //
+// # Verification
+//
+// containerd names a layer's snapshot by the chain ID it computes from the
+// DiffIDs of the image's config, and checks a layer it applies against its
+// DiffID; it cannot check a layer it did not apply. Labels of this package
+// that a Prepare or Commit is given (from image annotations) are dropped.
+// A remote layer is mounted with the chain ID of its parent snapshot
+// ("containerd.io/snapshot/parent-chain-id", replacing any such label of
+// the Prepare) beside its own (LabelSnapshotRef), which tell the
+// FileSystem which DiffID the layer must have. Whoever verifies the layer
+// reports the outcome with SetVerification, which is kept in
+// <root>/snapshots/<id>/verification.json and shown as LabelVerification.
+// A re-mount (when New opens a root, or by Remount) mounts the layer with
+// the labels of its first mount, the parent's chain ID included, and leaves
+// the recorded outcome as it is: a verdict outlives the mount, the process
+// that made it and the snapshotter's restarts.
+//
 // A remote snapshot is bound to its parent, so the snapshotter does not
 // offer containerd's "rebase" capability (parallel unpack, which prepares
 // every layer without a parent). Remote snapshots report zero usage: their
@@ -74,7 +96,7 @@ package snapshotter
 
 import "context"
 
-// Labels set by this package. Both are "containerd.io/snapshot/" labels, so
+// Labels set by this package. All are "containerd.io/snapshot/" labels, so
 // containerd copies them into its own metadata and shows them with the
 // snapshot's info.
 const (
@@ -92,6 +114,10 @@ const (
 	// reason. Containers that used the lost mount saw I/O errors; those
 	// created since read from the new one.
 	LabelRemounted = "containerd.io/snapshot/lazypull.remounted"
+	// LabelVerification is set on a remote snapshot once its layer was
+	// checked against the DiffID its chain ID implies: Verified, or
+	// FailedPrefix and the reason. Until then it is absent.
+	LabelVerification = "containerd.io/snapshot/lazypull.verification"
 )
 
 // Remounter is implemented by the snapshotters New returns: the owner of a

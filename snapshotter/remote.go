@@ -86,28 +86,38 @@ func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 }
 
 // lazyCandidate returns an error wrapping errdefs.ErrAlreadyExists if target
-// is already committed on parent, and otherwise why the layer cannot be
-// served lazily ("" if it may be).
+// is already committed on parent and bound to what the labels ask for (see
+// boundTo), and otherwise why the layer cannot be served lazily ("" if it
+// may be). It sets, in labels, the parent's chain ID (see chainLabels).
 func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, labels map[string]string) (string, error) {
 	var (
-		info   snapshots.Info
-		exists bool
+		id, reason string
+		info       snapshots.Info
+		exists     bool
 	)
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		_, i, _, err := storage.GetInfo(ctx, target)
-		if errdefs.IsNotFound(err) {
-			return nil
+		i, in, _, err := storage.GetInfo(ctx, target)
+		switch {
+		case errdefs.IsNotFound(err):
+		case err != nil:
+			return err
+		default:
+			id, info, exists = i, in, true
 		}
-		info, exists = i, err == nil
+		reason, err = chainLabels(ctx, parent, labels)
 		return err
 	}); err != nil {
 		return "", err
 	}
 	if exists {
-		if info.Kind == snapshots.KindCommitted && info.Parent == parent && info.Labels[snapshots.LabelSnapshotRef] == target {
-			return "", fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+		if info.Kind != snapshots.KindCommitted || info.Parent != parent || info.Labels[snapshots.LabelSnapshotRef] != target {
+			return fmt.Sprintf("snapshot %s exists as %v with parent %q, not committed on %q", target, info.Kind, info.Parent, parent), nil
 		}
-		return fmt.Sprintf("snapshot %s exists as %v with parent %q, not committed on %q", target, info.Kind, info.Parent, parent), nil
+		why, err := boundTo(s.snapshotDir(id), target, labels)
+		if err != nil || why != "" {
+			return why, err
+		}
+		return "", fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 	}
 	var missing []string
 	for _, k := range []string{snapshotters.TargetRefLabel, snapshotters.TargetLayerDigestLabel} {
@@ -118,7 +128,7 @@ func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, 
 	if len(missing) > 0 {
 		return fmt.Sprintf("no %s label: the pull was not annotated for remote snapshotters", strings.Join(missing, ", ")), nil
 	}
-	return "", nil
+	return reason, nil
 }
 
 // commitRemote commits the active snapshot key, whose layer is mounted, as
@@ -138,9 +148,15 @@ func (s *snapshotter) commitRemote(ctx context.Context, id, key, target string, 
 			if err != nil {
 				return err
 			}
+			// A verdict that came while the layer was being mounted.
+			verdict, err := verdictLabels(s.snapshotDir(id))
+			if err != nil {
+				return err
+			}
 			_, err = storage.CommitActive(ctx, key, target, snapshots.Usage{},
 				snapshots.WithLabels(info.Labels),
-				snapshots.WithLabels(map[string]string{LabelRemote: "true"}))
+				snapshots.WithLabels(map[string]string{LabelRemote: "true"}),
+				snapshots.WithLabels(verdict))
 			return err
 		})
 	}
@@ -230,7 +246,8 @@ func (s *snapshotter) forgetLayer(id string) *remoteLayer {
 // restoreLayers registers the remote snapshots found under the root and
 // starts re-mounting their layers in goroutines that stop when s.life ends.
 func (s *snapshotter) restoreLayers(ctx context.Context) error {
-	names := map[string]string{} // id -> name of committed snapshots
+	names := map[string]string{}   // id -> name of committed snapshots
+	parents := map[string]string{} // id -> parent, of those with one
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		ids, err := idMap(ctx)
 		if err != nil {
@@ -243,6 +260,9 @@ func (s *snapshotter) restoreLayers(ctx context.Context) error {
 			}
 			if info.Kind == snapshots.KindCommitted {
 				names[id] = name
+				if info.Parent != "" {
+					parents[id] = info.Parent
+				}
 			}
 		}
 		return nil
@@ -253,6 +273,13 @@ func (s *snapshotter) restoreLayers(ctx context.Context) error {
 		labels, err := readRemoteFile(s.snapshotDir(id))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
+		}
+		if err == nil && labels[labelParentChainID] == "" && parents[id] != "" {
+			// Mounted by a version that did not record it.
+			err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+				_, err := chainLabels(ctx, parents[id], labels)
+				return err
+			})
 		}
 		s.startRestore(ctx, id, name, labels, err, nil, "its mount was not served when lazypulld started")
 	}
@@ -268,7 +295,7 @@ func (s *snapshotter) restoreLayers(ctx context.Context) error {
 func (s *snapshotter) Remount(mountpoints []string, reason string) {
 	ctx := s.life
 	for _, mp := range mountpoints {
-		id, ok := s.idOf(mp)
+		id, ok := s.idOfMountpoint(mp)
 		if !ok {
 			continue
 		}
@@ -288,16 +315,6 @@ func (s *snapshotter) Remount(mountpoints []string, reason string) {
 }
 
 var _ Remounter = (*snapshotter)(nil)
-
-// idOf returns the id of the snapshot whose layer directory is mp.
-func (s *snapshotter) idOf(mp string) (string, bool) {
-	rel, err := filepath.Rel(filepath.Join(s.root, "snapshots"), mp)
-	if err != nil {
-		return "", false
-	}
-	id, rest, ok := strings.Cut(rel, string(filepath.Separator))
-	return id, ok && rest == "fs" && id != ".."
-}
 
 // startRestore registers the remote layer of snapshot id and starts making
 // sure it is served (see restore). labelsErr, if not nil, is why its labels
@@ -393,15 +410,20 @@ func isRemote(dir string) bool {
 }
 
 func writeRemoteFile(dir string, labels map[string]string) error {
-	b, err := json.Marshal(labels)
+	return writeJSON(filepath.Join(dir, remoteFile), labels)
+}
+
+// writeJSON replaces the file at path with v as JSON, atomically.
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, remoteFile+".tmp")
+	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(dir, remoteFile))
+	return os.Rename(tmp, path)
 }
 
 func readRemoteFile(dir string) (map[string]string, error) {

@@ -24,12 +24,18 @@ import (
 // layer's digest.
 type bindFS struct {
 	mu     sync.Mutex
-	dirs   map[string]string // layer digest -> directory
-	mounts int               // successful Mount calls
-	lost   map[string]bool   // mountpoints still mounted but no longer served
+	dirs   map[string]string            // layer digest -> directory
+	labels map[string]map[string]string // layer digest -> labels of its last Mount
+	mps    map[string]string            // layer digest -> mountpoint of its last Mount
+	mounts int                          // successful Mount calls
+	lost   map[string]bool              // mountpoints still mounted but no longer served
+	// mounted, if set, is called at the end of a successful Mount.
+	mounted func(mountpoint, digest string)
 }
 
-func newBindFS() *bindFS { return &bindFS{dirs: map[string]string{}, lost: map[string]bool{}} }
+func newBindFS() *bindFS {
+	return &bindFS{dirs: map[string]string{}, labels: map[string]map[string]string{}, mps: map[string]string{}, lost: map[string]bool{}}
+}
 
 // lose makes the mount at mountpoint one that is no longer served, as a
 // FUSE mount whose server died.
@@ -37,6 +43,18 @@ func (b *bindFS) lose(mountpoint string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.lost[mountpoint] = true
+}
+
+func (b *bindFS) mountpoint(digest string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.mps[digest]
+}
+
+func (b *bindFS) mountLabels(digest string) map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.labels[digest]
 }
 
 func (b *bindFS) add(digest, dir string) {
@@ -68,6 +86,11 @@ func (b *bindFS) Mount(ctx context.Context, mountpoint string, labels map[string
 	}
 	b.mounts++
 	delete(b.lost, mountpoint)
+	b.labels[digest] = labels
+	b.mps[digest] = mountpoint
+	if b.mounted != nil {
+		b.mounted(mountpoint, digest)
+	}
 	return nil
 }
 

@@ -216,6 +216,7 @@ func (s *snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters .
 // remotely and returns an error wrapping errdefs.ErrAlreadyExists; see the
 // package doc for the protocol.
 func (s *snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	opts = append(opts[:len(opts):len(opts)], withoutOwnLabels)
 	if s.fs != nil {
 		var base snapshots.Info
 		for _, opt := range opts {
@@ -249,8 +250,10 @@ func (s *snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 }
 
 // Commit commits the active snapshot key as name. A LabelFallback label on
-// the active snapshot is kept unless opts set it.
+// the active snapshot is kept; other labels of this package that opts set
+// are dropped, as in Prepare.
 func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	opts = append(opts[:len(opts):len(opts)], withoutOwnLabels)
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		id, info, _, err := storage.GetInfo(ctx, key)
 		if err != nil {

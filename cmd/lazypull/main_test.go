@@ -194,7 +194,7 @@ func TestLayerStatuses(t *testing.T) {
 	}
 	chain := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
 	sn := fakeSnapshots{
-		chain[0].String(): {Labels: map[string]string{snapshotter.LabelRemote: "true"}},
+		chain[0].String(): {Labels: map[string]string{snapshotter.LabelRemote: "true", snapshotter.LabelVerification: snapshotter.FailedPrefix + "DiffID differs"}},
 		chain[1].String(): {Labels: map[string]string{snapshotter.LabelFallback: "registry returned 403"}},
 		chain[2].String(): {},
 		chain[3].String(): {},
@@ -205,21 +205,21 @@ func TestLayerStatuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	wants := []struct {
-		lazy   bool
-		reason string
+		lazy             bool
+		verified, reason string
 	}{
-		{true, ""},
-		{false, "fallback: registry returned 403"},
-		{false, "not eStargz"},
-		{false, "a layer below was not lazy"},
-		{false, "no snapshot"},
+		{true, "failed", "DiffID differs"},
+		{false, "containerd", "fallback: registry returned 403"},
+		{false, "containerd", "not eStargz"},
+		{false, "containerd", "a layer below was not lazy"},
+		{false, "-", "no snapshot"},
 	}
 	for i, w := range wants {
 		if st[i].ChainID != chain[i] || st[i].Digest != layers[i].Digest {
 			t.Errorf("layer %d: ids %s %s", i, st[i].Digest, st[i].ChainID)
 		}
-		if st[i].Lazy != w.lazy || !strings.HasPrefix(st[i].Reason, w.reason) {
-			t.Errorf("layer %d: lazy %v reason %q, want %v %q", i, st[i].Lazy, st[i].Reason, w.lazy, w.reason)
+		if st[i].Lazy != w.lazy || st[i].Verified != w.verified || !strings.HasPrefix(st[i].Reason, w.reason) {
+			t.Errorf("layer %d: lazy %v verified %q reason %q, want %v %q %q", i, st[i].Lazy, st[i].Verified, st[i].Reason, w.lazy, w.verified, w.reason)
 		}
 	}
 	var out bytes.Buffer

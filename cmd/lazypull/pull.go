@@ -45,7 +45,11 @@ it into the snapshotter, annotating each layer with the image reference and
 layer digests a remote snapshotter needs (containerd.io/snapshot/cri.*); ctr
 of containerd 1.6/1.7 does not add them. Registry hosts and mirrors come from
 hosts.toml files, credentials from the docker config. Then prints, for each
-layer, its chain ID and whether the snapshotter mounted it lazily, or why not.`,
+layer, its chain ID, whether the snapshotter mounted it lazily, or why not,
+and whether the layer was verified against the DiffID of the image's
+configuration: "containerd" for a layer containerd applied (and checked),
+"pending" for a lazily mounted layer not verified yet (lazypulld verifies it
+once it is local), "yes", or "failed" with the reason.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "address", Value: "/run/containerd/containerd.sock", Usage: "containerd `SOCKET`"},
 			&cli.StringFlag{Name: "namespace", Value: "default", Usage: "containerd `NAMESPACE`"},
@@ -167,7 +171,10 @@ type layerStatus struct {
 	Digest  digest.Digest
 	ChainID digest.Digest
 	Lazy    bool
-	Reason  string // why not Lazy
+	// Verified says whether the layer was checked against its DiffID:
+	// "containerd", "pending", "yes", "failed" or "-" (no snapshot).
+	Verified string
+	Reason   string // why not Lazy, or why it failed verification
 }
 
 // statter is the part of snapshots.Snapshotter layerStatuses needs.
@@ -185,15 +192,24 @@ func layerStatuses(ctx context.Context, sn statter, layers []ocispec.Descriptor,
 	out := make([]layerStatus, len(layers))
 	belowLazy := true
 	for i, l := range layers {
-		st := layerStatus{Digest: l.Digest, ChainID: chainIDs[i]}
+		st := layerStatus{Digest: l.Digest, ChainID: chainIDs[i], Verified: "containerd"}
 		info, err := sn.Stat(ctx, chainIDs[i].String())
 		switch {
 		case errdefs.IsNotFound(err):
-			st.Reason = "no snapshot with this chain ID in the snapshotter"
+			st.Reason, st.Verified = "no snapshot with this chain ID in the snapshotter", "-"
 		case err != nil:
 			return nil, fmt.Errorf("stat snapshot %s of layer %s: %w", chainIDs[i], l.Digest, err)
 		case info.Labels[snapshotter.LabelRemote] == "true":
 			st.Lazy = true
+			v := info.Labels[snapshotter.LabelVerification]
+			switch {
+			case v == snapshotter.Verified:
+				st.Verified = "yes"
+			case strings.HasPrefix(v, snapshotter.FailedPrefix):
+				st.Verified, st.Reason = "failed", strings.TrimPrefix(v, snapshotter.FailedPrefix)
+			default:
+				st.Verified = "pending"
+			}
 		case info.Labels[snapshotter.LabelFallback] != "":
 			st.Reason = "fallback: " + info.Labels[snapshotter.LabelFallback]
 		case l.Annotations[estargz.TOCJSONDigestAnnotation] == "":
@@ -212,14 +228,14 @@ func layerStatuses(ctx context.Context, sn statter, layers []ocispec.Descriptor,
 // printStatuses writes a table of statuses and returns how many are lazy.
 func printStatuses(w io.Writer, statuses []layerStatus) int {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "LAYER\tCHAIN ID\tLAZY\tREASON")
+	fmt.Fprintln(tw, "LAYER\tCHAIN ID\tLAZY\tVERIFIED\tREASON")
 	lazy := 0
 	for _, s := range statuses {
 		yes := "no"
 		if s.Lazy {
 			yes, lazy = "yes", lazy+1
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Digest, s.ChainID, yes, s.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Digest, s.ChainID, yes, s.Verified, s.Reason)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "%d of %d layers mounted lazily\n", lazy, len(statuses))

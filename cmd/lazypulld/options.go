@@ -50,11 +50,29 @@ func newFileSystem(cfg *config.Config) (*fs.FileSystem, func() error, error) {
 		fs.WithBackgroundFetchDelay(cfg.FS.BackgroundFetchDelay.Duration),
 		fs.WithBackgroundFetchConcurrency(cfg.FS.BackgroundFetchConcurrency),
 		fs.WithPassthrough(cfg.FS.Passthrough),
+		fs.WithVerify(verifyMode(&cfg.FS)),
+		fs.WithVerifyConcurrency(cfg.FS.VerifyConcurrency),
+		fs.WithSpoolSize(cfg.FS.VerifySpoolSize.Int64()),
 	)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
 	}
 	return layers, func() error { return errors.Join(layers.Close(), chunks.Close()) }, nil
+}
+
+// verifyMode is [fs] verify as fs has it.
+func verifyMode(c *config.FS) fs.VerifyMode {
+	switch c.Verify {
+	case "background":
+		return fs.VerifyBackground
+	case "before-commit":
+		return fs.VerifyBeforeMount
+	case "auto":
+		if c.BackgroundFetch {
+			return fs.VerifyBackground
+		}
+	}
+	return fs.VerifyOff
 }
 
 // The chunk cache is a FileCache, which FUSE passthrough needs: fs finds

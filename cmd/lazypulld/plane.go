@@ -115,7 +115,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	info := dataplane.Info{Version: version, Build: build, PID: os.Getpid()}
-	srv := dataplane.NewServer(layers, info, stop)
+	srv := dataplane.NewServer(verifyingFS{layers}, info, stop)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if ready != nil {

@@ -43,7 +43,16 @@ type planes struct {
 	current *plane
 	owner   map[string]*plane // the data plane serving each mountpoint
 	onLost  func(mountpoints []string, reason string)
+	each    *planeWatch // what runs for every data plane, if anything
 	closed  bool
+}
+
+// planeWatch is a function run, in a goroutine of its own, for each data
+// plane (see watchEach).
+type planeWatch struct {
+	ctx context.Context
+	fn  func(ctx context.Context, pl *plane)
+	wg  sync.WaitGroup
 }
 
 // plane is a running data plane.
@@ -54,6 +63,9 @@ type plane struct {
 	info   dataplane.Info
 	watch  *pidWatch
 	gone   chan struct{} // closed when the process has exited
+	// life ends when the process has exited (or planes closes).
+	life      context.Context
+	endOfLife context.CancelFunc
 	// draining is set, under planes.mu, once it was asked to stop: its
 	// exit is then no surprise.
 	draining bool
@@ -67,6 +79,42 @@ func (p *planes) setOnLost(fn func(mountpoints []string, reason string)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.onLost = fn
+}
+
+// watchEach runs fn, in a goroutine of its own, for every data plane
+// known now or later (adopted, started, replacements), with a context that
+// ends when that data plane has exited, when ctx ends or when stop is
+// called; stop waits for those goroutines. One watchEach at a time.
+func (p *planes) watchEach(ctx context.Context, fn func(ctx context.Context, pl *plane)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &planeWatch{ctx: ctx, fn: fn}
+	p.mu.Lock()
+	p.each = w
+	for _, pl := range p.byID {
+		p.startWatchLocked(w, pl)
+	}
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		if p.each == w {
+			p.each = nil
+		}
+		p.mu.Unlock()
+		cancel()
+		w.wg.Wait()
+	}
+}
+
+// startWatchLocked runs w for pl. The caller holds mu.
+func (p *planes) startWatchLocked(w *planeWatch, pl *plane) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		ctx, cancel := context.WithCancel(w.ctx)
+		defer cancel()
+		defer context.AfterFunc(pl.life, cancel)()
+		w.fn(log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"data_plane": pl.id, "pid": pl.info.PID})), pl)
+	}()
 }
 
 // Mount mounts the layer on the current data plane, starting one if none
@@ -237,6 +285,10 @@ func (p *planes) lost(pl *plane) {
 // holds mu.
 func (p *planes) registerLocked(pl *plane, mounts []dataplane.Mount) {
 	p.byID[pl.id] = pl
+	pl.life, pl.endOfLife = context.WithCancel(p.life)
+	if p.each != nil {
+		p.startWatchLocked(p.each, pl)
+	}
 	for _, m := range mounts {
 		p.owner[m.Mountpoint] = pl
 	}
@@ -252,6 +304,7 @@ func (p *planes) registerLocked(pl *plane, mounts []dataplane.Mount) {
 		pl.watch.reap()
 		pl.watch.close()
 		close(pl.gone)
+		pl.endOfLife()
 		p.lost(pl)
 	}()
 }

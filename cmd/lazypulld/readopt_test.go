@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"log"
@@ -22,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/snapshotter"
 )
@@ -32,6 +34,7 @@ const readoptLayers = 60
 // testLayer is an eStargz layer pushed to the test registry.
 type testLayer struct {
 	digest, toc string
+	diffID      digest.Digest // of its tar
 }
 
 // pushLayers builds n small eStargz layers, pushes them to a registry on
@@ -73,9 +76,33 @@ func pushLayers(t *testing.T, n int) (*httptest.Server, string, []testLayer) {
 			t.Fatal(err)
 		}
 		d, _ := l.Digest()
-		layers[i] = testLayer{digest: d.String(), toc: blob.TOCDigest().String()}
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		diffID, err := digest.FromReader(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers[i] = testLayer{digest: d.String(), toc: blob.TOCDigest().String(), diffID: diffID}
 	}
 	return srv, repo.Name() + ":latest", layers
+}
+
+// hostsFor writes a hosts directory, under e's, in which reg is a plain
+// HTTP registry, and returns it.
+func (e *env) hostsFor(t *testing.T, reg *httptest.Server) string {
+	t.Helper()
+	hosts := filepath.Join(e.dir, "hosts")
+	host := strings.TrimPrefix(reg.URL, "http://")
+	if err := os.MkdirAll(filepath.Join(hosts, host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	doc := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", reg.URL, reg.URL)
+	if err := os.WriteFile(filepath.Join(hosts, host, "hosts.toml"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return hosts
 }
 
 // TestReadoptLayers mounts many layers through the daemon and checks, with
@@ -86,15 +113,7 @@ func pushLayers(t *testing.T, n int) (*httptest.Server, string, []testLayer) {
 func TestReadoptLayers(t *testing.T) {
 	e := newEnv(t)
 	reg, ref, layers := pushLayers(t, readoptLayers)
-	hosts := filepath.Join(e.dir, "hosts")
-	host := strings.TrimPrefix(reg.URL, "http://")
-	if err := os.MkdirAll(filepath.Join(hosts, host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	doc := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", reg.URL, reg.URL)
-	if err := os.WriteFile(filepath.Join(hosts, host, "hosts.toml"), []byte(doc), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	hosts := e.hostsFor(t, reg)
 	cfg := fmt.Sprintf("[remote]\nhosts_dir = %q\nretries = 0\nrequest_timeout = \"5s\"\n[fs]\nbackground_fetch = false\nloader_prefetch = false\n", hosts)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -46,7 +47,7 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 	if err != nil {
 		return err
 	}
-	sn, closeSnapshotter, err := newSnapshotter(ctx, cfg)
+	sn, pl, closeSnapshotter, err := newSnapshotter(ctx, cfg)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("open snapshotter: %w", err)
@@ -56,6 +57,8 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 			retErr = errors.Join(retErr, fmt.Errorf("close snapshotter: %w", err))
 		}
 	}()
+	stopVerdicts := handleVerdicts(ctx, cfg, sn, pl)
+	defer stopVerdicts()
 
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
@@ -89,27 +92,27 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 }
 
 // newSnapshotter is the snapshotter the daemon serves: its remote layers
-// are mounted by the data planes, which keep them mounted when the daemon
-// stops. The returned close function closes the snapshotter, then stops
-// watching the data planes.
-func newSnapshotter(ctx context.Context, cfg *config.Config) (snapshots.Snapshotter, func() error, error) {
+// are mounted by the data planes (returned too, nil with [fs] disable),
+// which keep them mounted when the daemon stops. The returned close
+// function closes the snapshotter, then stops watching the data planes.
+func newSnapshotter(ctx context.Context, cfg *config.Config) (snapshots.Snapshotter, *planes, func() error, error) {
 	if cfg.FS.Disable {
 		sn, err := snapshotter.New(cfg.Root)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return sn, sn.Close, nil
+		return sn, nil, sn.Close, nil
 	}
 	pl, err := newPlanes(ctx, cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(pl), snapshotter.WithKeepMountsOnClose())
 	if err != nil {
-		return nil, nil, errors.Join(err, pl.Close())
+		return nil, nil, nil, errors.Join(err, pl.Close())
 	}
 	pl.setOnLost(sn.(snapshotter.Remounter).Remount)
-	return sn, func() error { return errors.Join(sn.Close(), pl.Close()) }, nil
+	return sn, pl, func() error { return errors.Join(sn.Close(), pl.Close()) }, nil
 }
 
 // stopServer stops accepting and lets calls in flight finish, for at most
@@ -128,5 +131,38 @@ func stopServer(ctx context.Context, srv *grpc.Server) {
 		log.G(ctx).WithField("timeout", shutdownTimeout).Warn("calls still in flight; cancelling them")
 		srv.Stop()
 		<-done
+	}
+}
+
+// handleVerdicts passes the verification verdicts of every data plane's
+// layers to the snapshotter and has containerd forget the snapshots of
+// layers that failed, those of earlier runs included, until the returned
+// function is called.
+func handleVerdicts(ctx context.Context, cfg *config.Config, sn snapshots.Snapshotter, pl *planes) (stop func()) {
+	sink, ok := sn.(verdictSink)
+	if pl == nil || !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var p *purger
+	if cfg.Containerd.Address != "" {
+		p = newPurger(cfg.Containerd.Address, cfg.Containerd.Snapshotter)
+		names, err := failedSnapshots(ctx, sn)
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("cannot list snapshots that failed verification")
+		}
+		for _, name := range names {
+			p.add(name)
+		}
+		wg.Go(func() { p.run(ctx) })
+	}
+	stopWatching := pl.watchEach(ctx, func(ctx context.Context, d *plane) {
+		watchVerifications(ctx, d.client, sink, p)
+	})
+	return func() {
+		stopWatching()
+		cancel()
+		wg.Wait()
 	}
 }

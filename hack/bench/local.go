@@ -6,12 +6,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/integration/testbed"
+	"github.com/lazypull/lazypull/snapshotter"
 )
 
 // cacheTarget is what lazypulld's chunk cache (package cache: one file per
@@ -156,6 +163,42 @@ func waitLocal(ctx context.Context, dir string, want cacheTarget, interval time.
 		select {
 		case <-ctx.Done():
 			return time.Time{}, fmt.Errorf("the chunk cache holds %d of the image's %d chunks: %w", n, want.Entries, ctx.Err())
+		case <-time.After(interval):
+		}
+	}
+}
+
+// waitVerified waits until the snapshots of at least layers layers that
+// lazypulld mounted in namespace ns carry its verification label, and
+// returns when they first did. A layer that failed is an error.
+func waitVerified(ctx context.Context, cl *client.Client, ns string, layers int, interval time.Duration) (time.Time, error) {
+	ctx = namespaces.WithNamespace(ctx, ns)
+	ss := cl.SnapshotService(testbed.SnapshotterName)
+	for {
+		n, failed := 0, ""
+		err := ss.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+			if info.Labels[snapshotter.LabelRemote] != "true" {
+				return nil
+			}
+			switch v := info.Labels[snapshotter.LabelVerification]; {
+			case v == snapshotter.Verified:
+				n++
+			case strings.HasPrefix(v, snapshotter.FailedPrefix):
+				failed = info.Name + ": " + v
+			}
+			return nil
+		})
+		switch {
+		case err != nil:
+			return time.Time{}, err
+		case failed != "":
+			return time.Time{}, fmt.Errorf("layer %s", failed)
+		case n >= layers:
+			return time.Now(), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("%d of %d layers verified: %w", n, layers, ctx.Err())
 		case <-time.After(interval):
 		}
 	}

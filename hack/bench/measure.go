@@ -49,6 +49,11 @@ type result struct {
 	// node: the pull for overlayfs; for lazypull when the chunk cache holds
 	// every chunk of the image. Nil when it was not reached in time.
 	Local *float64 `json:"local_s"`
+	// Verified is from the start of the pull until every layer was checked
+	// against its DiffID: the pull for overlayfs; for lazypull when every
+	// layer's snapshot carries lazypulld's verification label. Nil when it
+	// was not reached in time.
+	Verified *float64 `json:"verified_s"`
 
 	// StartBytes and StartRequests are what the registry served until the
 	// first run ended (bytes as delivered by the link, headers included;
@@ -155,6 +160,22 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 	if !local.IsZero() {
 		v := local.Sub(t0).Seconds()
 		res.Local = &v
+	}
+	verified := pulled
+	if lazy {
+		wctx, cancel := context.WithTimeout(ctx, b.localTimeout(img))
+		verified, err = waitVerified(wctx, c.Client(s), c.Namespace, img.Layers, 100*time.Millisecond)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			res.Note = strings.TrimPrefix(res.Note+"; not verified: "+err.Error(), "; ")
+		}
+	}
+	if !verified.IsZero() {
+		v := verified.Sub(t0).Seconds()
+		res.Verified = &v
 	}
 	res.Bytes, res.Requests, err = b.servedSince(bytes0, reqs0)
 	return err

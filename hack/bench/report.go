@@ -33,6 +33,12 @@ var (
 			}
 			return *r.Local, true
 		}},
+		{"verified_s", "verified", "%.1f", func(r result) (float64, bool) {
+			if r.Verified == nil {
+				return 0, false
+			}
+			return *r.Verified, true
+		}},
 	}
 	dataMetrics = []metric{
 		{"start_mib", "MiB at output", "%.1f", func(r result) (float64, bool) { return float64(r.StartBytes) / (1 << 20), true }},
@@ -134,7 +140,7 @@ func (rep *report) print(w io.Writer) {
 		rep.Containerd, time.Duration(rep.RTTms*float64(time.Millisecond)), formatRate(rep.RateBits), rep.LinkCheck)
 	fmt.Fprintf(w, "N = %d cold runs per row; median (min-max); seconds; wall time %s\n", rep.RunsPerRow, time.Duration(rep.WallS*float64(time.Second)).Round(time.Second))
 	fmt.Fprintln(w, "pull: ctr image pull; run→output: ctr run until the first output; total: both; warm run: a second ctr run;")
-	fmt.Fprintln(w, "fully local: from the pull until every layer is on the node; MiB and requests: served by the registry.")
+	fmt.Fprintln(w, "fully local: from the pull until every layer is on the node; verified: until every layer was checked against its DiffID; MiB and requests: served by the registry.")
 	for _, img := range rep.Images {
 		fmt.Fprintf(w, "\n%s: %d layers, gzip %s, eStargz %s (%d chunks, %s uncompressed)",
 			img.Name, img.Layers, mib(img.GzipBytes), mib(img.EstargzBytes), img.Local.Entries, mib(img.Local.Bytes))
@@ -247,8 +253,12 @@ func (r result) String(runs int) string {
 	if r.Local != nil {
 		local = fmt.Sprintf("%.1fs", *r.Local)
 	}
-	s := fmt.Sprintf("%s pull %.2fs, output after %.2fs (total %.2fs), warm %.2fs, fully local %s; %s/%d requests at output, %s total",
-		head, r.Pull, r.Output, r.Total, r.Warm, local, mib(r.StartBytes), r.StartRequests, mib(r.Bytes))
+	verified := "n/a"
+	if r.Verified != nil {
+		verified = fmt.Sprintf("%.1fs", *r.Verified)
+	}
+	s := fmt.Sprintf("%s pull %.2fs, output after %.2fs (total %.2fs), warm %.2fs, fully local %s, verified %s; %s/%d requests at output, %s total",
+		head, r.Pull, r.Output, r.Total, r.Warm, local, verified, mib(r.StartBytes), r.StartRequests, mib(r.Bytes))
 	if r.Note != "" {
 		s += "; " + r.Note
 	}

@@ -33,6 +33,9 @@ type ContainerdOptions struct {
 	LazypullRoot   string
 	// Namespace defaults to NamespacePrefix plus a unique suffix.
 	Namespace string
+	// Dir, if set, is the directory (made by Dir) to run in; by default
+	// StartContainerd makes one.
+	Dir string
 }
 
 // Containerd is a running containerd with its own root, state, sockets and
@@ -60,13 +63,16 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	if err := opts.Flavour.check(); err != nil {
 		t.Fatal(err)
 	}
-	dir := Dir(t, "ctrd")
+	dir := opts.Dir
+	if dir == "" {
+		dir = Dir(t, "ctrd")
+	}
 	c := &Containerd{
 		Flavour:    opts.Flavour,
 		Dir:        dir,
 		Root:       filepath.Join(dir, "root"),
 		State:      filepath.Join(dir, "state"),
-		Address:    filepath.Join(dir, "containerd.sock"),
+		Address:    containerdAddress(dir),
 		ConfigPath: filepath.Join(dir, "config.toml"),
 		LogPath:    filepath.Join(dir, "containerd.log"),
 		RuncRoot:   filepath.Join(dir, "runc"),
@@ -99,6 +105,9 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	}
 	return c
 }
+
+// containerdAddress is the gRPC socket of the containerd that runs in dir.
+func containerdAddress(dir string) string { return filepath.Join(dir, "containerd.sock") }
 
 func (c *Containerd) config(opts ContainerdOptions) string {
 	var b strings.Builder
@@ -184,6 +193,29 @@ func (c *Containerd) RunCommand(ctx context.Context, snapshotter, ref, id string
 // say) before the image reference.
 func (c *Containerd) RunCommandWith(ctx context.Context, snapshotter, ref, id string, flags []string, args ...string) *exec.Cmd {
 	return c.CtrCommand(ctx, c.runArgsWith(snapshotter, ref, id, flags, args)...)
+}
+
+// RunDetached starts ref as container id with snapshotter, with args as
+// the process arguments, and returns once it runs; the test bed's teardown
+// kills and removes it.
+func (c *Containerd) RunDetached(ctx context.Context, snapshotter, ref, id string, args ...string) error {
+	_, err := c.Ctr(ctx, append([]string{"run", "-d", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot,
+		"--fifo-dir", filepath.Join(c.Dir, "fifo"), ref, id}, args...)...)
+	return err
+}
+
+// Exec runs args in the running container id as process execID and
+// returns its stdout.
+func (c *Containerd) Exec(ctx context.Context, id, execID string, args ...string) (string, error) {
+	return c.Ctr(ctx, append([]string{"task", "exec", "--exec-id", execID, "--fifo-dir", filepath.Join(c.Dir, "fifo"), id}, args...)...)
+}
+
+// InNamespace returns a Containerd that speaks to c's containerd in
+// namespace ns. Only c tears the containerd down.
+func (c *Containerd) InNamespace(ns string) *Containerd {
+	n := *c
+	n.Namespace = ns
+	return &n
 }
 
 func (c *Containerd) runArgs(snapshotter, ref, id string, args []string) []string {

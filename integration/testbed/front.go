@@ -21,7 +21,8 @@ import (
 // Front is an HTTP reverse proxy on 127.0.0.1 in front of a registry. It
 // counts the response body bytes it passes on, and it can corrupt chosen
 // bytes of blobs, which lets a test play a registry (or a network path) that
-// serves wrong data. Image references through it use Front.Host.
+// serves wrong data, or hold back the requests for the start of a blob.
+// Image references through it use Front.Host.
 type Front struct {
 	// Host is "127.0.0.1:<port>".
 	Host string
@@ -32,6 +33,13 @@ type Front struct {
 	mu      sync.Mutex
 	corrupt map[digest.Digest][]int64 // blob offsets to flip
 	flipped int                       // bytes flipped so far
+	holds   map[digest.Digest]*hold
+}
+
+// hold holds back requests for the first byte of a blob until released.
+type hold struct {
+	released chan struct{}
+	held     int // requests held so far
 }
 
 // StartFront starts a Front for t in front of the registry at backend
@@ -46,7 +54,7 @@ func StartFront(t T, backend string) *Front {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &Front{Host: l.Addr().String(), corrupt: map[digest.Digest][]int64{}}
+	f := &Front{Host: l.Addr().String(), corrupt: map[digest.Digest][]int64{}, holds: map[digest.Digest]*hold{}}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
@@ -59,6 +67,10 @@ func StartFront(t T, backend string) *Front {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f.down.Load() {
 			http.Error(w, "registry front is down", http.StatusServiceUnavailable)
+			return
+		}
+		if !f.wait(r) {
+			http.Error(w, "front: request cancelled while held", http.StatusServiceUnavailable)
 			return
 		}
 		proxy.ServeHTTP(w, r)
@@ -102,6 +114,62 @@ func (f *Front) Flipped() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.flipped
+}
+
+// HoldBlob makes the front hold back, from now until release is called,
+// every GET of blob dgst that asks for its first byte: the whole blob, or a
+// range that starts at offset 0 (not a suffix range "bytes=-N", which is
+// how a blob's tail is asked for). Held requests go on once released.
+func (f *Front) HoldBlob(dgst digest.Digest) (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := &hold{released: make(chan struct{})}
+	f.holds[dgst] = h
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			delete(f.holds, dgst)
+			f.mu.Unlock()
+			close(h.released)
+		})
+	}
+}
+
+// Held returns how many requests for blob dgst its current hold has held.
+func (f *Front) Held(dgst digest.Digest) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if h := f.holds[dgst]; h != nil {
+		return h.held
+	}
+	return 0
+}
+
+// wait holds r back if a hold applies to it; false means r was cancelled.
+func (f *Front) wait(r *http.Request) bool {
+	m := blobPath.FindStringSubmatch(r.URL.Path)
+	if r.Method != http.MethodGet || m == nil {
+		return true
+	}
+	if rng := r.Header.Get("Range"); rng != "" && !strings.HasPrefix(rng, "bytes=0-") {
+		return true
+	}
+	f.mu.Lock()
+	h := f.holds[digest.Digest(m[1])]
+	if h != nil {
+		h.held++
+	}
+	f.mu.Unlock()
+	if h == nil {
+		return true
+	}
+	select {
+	case <-h.released:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 var blobPath = regexp.MustCompile(`^/v2/.+/blobs/(sha256:[0-9a-f]{64})$`)

@@ -7,7 +7,8 @@
 // each, from the FIFO DIR/req and answers each on the FIFO DIR/resp with a
 // line per path ("<sha256>  <path>", or "error <message>") and a line ".",
 // until req reaches its end: a container that keeps reading files, at the
-// pace of the test that asks.
+// pace of the test that asks. With -wait as its only argument it waits for
+// a signal instead, to keep a container running.
 package main
 
 import (
@@ -17,13 +18,21 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == "-loop" {
 		os.Exit(loop(os.Args[2], os.Stderr))
+	}
+	if len(os.Args) == 2 && os.Args[1] == "-wait" {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+		<-ch
+		return
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/dataplane"
+	"github.com/lazypull/lazypull/snapshotter"
+)
+
+// TestFailedSnapshots: at start, the daemon finds the snapshots that failed
+// verification in an earlier run, and only those, to have containerd
+// forget them.
+func TestFailedSnapshots(t *testing.T) {
+	ctx := context.Background()
+	sn, err := snapshotter.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	for name, v := range map[string]string{
+		"failed":    snapshotter.FailedPrefix + "DiffID differs",
+		"verified":  snapshotter.Verified,
+		"pending":   "",
+		"lookalike": "not " + snapshotter.FailedPrefix,
+	} {
+		if _, err := sn.Prepare(ctx, name+"-key", ""); err != nil {
+			t.Fatal(err)
+		}
+		labels := map[string]string{}
+		if v != "" {
+			labels[snapshotter.LabelVerification] = v
+		}
+		if err := sn.Commit(ctx, name, name+"-key"); err != nil {
+			t.Fatal(err)
+		}
+		// As SetVerification labels a remote snapshot.
+		if _, err := sn.Update(ctx, snapshots.Info{Name: name, Labels: labels}, "labels."+snapshotter.LabelVerification); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := failedSnapshots(ctx, sn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"failed"}) {
+		t.Errorf("failedSnapshots = %v, want [failed]", got)
+	}
+}
+
+// TestVerdictsThroughDataPlanes: the verdicts of a real data plane reach
+// the snapshots' labels through the daemon: a layer whose tar gives the
+// chain ID it is mounted as is labelled verified, one mounted as a chain
+// ID its tar does not give is labelled failed. The verdicts outlive a
+// daemon kill (the next daemon adopts the data plane and keeps them) and
+// the data plane's death: with the registry gone, its replacement mounts
+// the verified layer again and reports it verified at once, from what the
+// first one kept, and does not serve the failed one, whose snapshots above
+// are then unavailable.
+func TestVerdictsThroughDataPlanes(t *testing.T) {
+	e := newEnv(t)
+	reg, ref, layers := pushLayers(t, 2)
+	cfg := fmt.Sprintf("[remote]\nhosts_dir = %q\nretries = 0\nrequest_timeout = \"5s\"\n"+
+		"[fs]\nloader_prefetch = false\nbackground_fetch_delay = \"0s\"\nverify = \"background\"\n"+
+		"[containerd]\naddress = \"\"\n", e.hostsFor(t, reg))
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, e.args()...)
+	d.waitServing(t, e.address)
+	ctx := t.Context()
+	sn := dialSnapshotter(t, e.address)
+	good := layers[0].diffID.String() // its chain ID: it has no parent
+	bad := digest.FromString("not the chain ID of layer 1 on layer 0").String()
+	for _, p := range []struct {
+		chain, parent string
+		l             testLayer
+	}{{good, "", layers[0]}, {bad, good, layers[1]}} {
+		_, err := sn.Prepare(ctx, "extract-"+p.chain, p.parent, snapshots.WithLabels(map[string]string{
+			snapshots.LabelSnapshotRef:                 p.chain,
+			"containerd.io/snapshot/cri.image-ref":     ref,
+			"containerd.io/snapshot/cri.layer-digest":  p.l.digest,
+			"containerd.io/snapshot/stargz/toc.digest": p.l.toc,
+		}))
+		if !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("Prepare of %s: %v, want it mounted lazily", p.chain, err)
+		}
+	}
+	if _, err := sn.Prepare(ctx, "container", bad); err != nil {
+		t.Fatal(err)
+	}
+	waitVerdictLabel(t, sn, good, func(v string) bool { return v == snapshotter.Verified })
+	waitVerdictLabel(t, sn, bad, func(v string) bool {
+		return strings.HasPrefix(v, snapshotter.FailedPrefix) && strings.Contains(v, layers[1].diffID.String())
+	})
+	requireVerdicts := func(when string) {
+		t.Helper()
+		for chain, want := range map[string]string{good: snapshotter.Verified, bad: snapshotter.FailedPrefix} {
+			info, err := sn.Stat(ctx, chain)
+			if err != nil || !strings.HasPrefix(info.Labels[snapshotter.LabelVerification], want) {
+				t.Errorf("%s: %s %s=%q (%v), want %q", when, chain, snapshotter.LabelVerification, info.Labels[snapshotter.LabelVerification], err, want)
+			}
+		}
+	}
+	dp := planeInfos(t, e.root)[0].PID
+
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t)
+	d = start(t, e.args()...)
+	d.waitServing(t, e.address)
+	sn = dialSnapshotter(t, e.address)
+	requireVerdicts("after a daemon kill")
+
+	reg.Close() // from now on, no network
+	if err := syscall.Kill(dp, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := sn.Stat(ctx, good)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Labels[snapshotter.LabelRemounted] != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("verified layer not mounted again a minute after its data plane died")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	requireVerdicts("after the data plane died")
+	socks, err := filepath.Glob(filepath.Join(e.root, planesDir, "*", planeSocket))
+	if err != nil || len(socks) != 1 {
+		t.Fatalf("data plane sockets %v (%v), want the replacement's", socks, err)
+	}
+	c := dataplane.NewClient(socks[0])
+	defer c.Close()
+	vs, _, err := c.Verifications(ctx, 0)
+	if err != nil || len(vs) != 1 || vs[0].Layer != layers[0].digest || vs[0].State != dataplane.VerificationVerified || vs[0].DiffID != good {
+		t.Errorf("the replacement data plane's verifications: %+v (%v), want layer %s verified, and only it", vs, err, layers[0].digest)
+	}
+	if _, err := sn.Mounts(ctx, "container"); !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), layers[1].digest) {
+		t.Errorf("Mounts of a container above the failed layer after its data plane died: %v, want unavailable naming the layer", err)
+	}
+	if code := d.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// waitVerdictLabel waits, for at most a minute, until the verification
+// label of snapshot name satisfies ok.
+func waitVerdictLabel(t *testing.T, sn snapshots.Snapshotter, name string, ok func(string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := sn.Stat(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := info.Labels[snapshotter.LabelVerification]; ok(v) {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("snapshot %s: %s=%q a minute after it was mounted", name, snapshotter.LabelVerification, v)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
