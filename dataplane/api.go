@@ -49,6 +49,16 @@ type MountRequest struct {
 	Labels     map[string]string `json:"labels"`
 }
 
+// MountAnswer is the answer of a /v1/mount that succeeded, from a data
+// plane whose FileSystem verifies layers (a Verifier); others answer 204
+// No Content.
+type MountAnswer struct {
+	// Verification is the state of the layer just mounted: already
+	// verified or failed if that was known (a layer verified before, or
+	// verified by the Mount itself), else pending.
+	Verification *Verification `json:"verification,omitempty"`
+}
+
 // UnmountRequest is the body of /v1/unmount.
 type UnmountRequest struct {
 	Mountpoint string `json:"mountpoint"`

@@ -63,9 +63,12 @@ func (c *Client) Mounts(ctx context.Context) ([]Mount, error) {
 }
 
 // Mount asks the data plane to mount the layer labels describe at
-// mountpoint; the error is FileSystem.Mount's.
-func (c *Client) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
-	return c.call(ctx, http.MethodPost, PathMount, MountRequest{Mountpoint: mountpoint, Labels: labels}, nil)
+// mountpoint; the error is FileSystem.Mount's. It returns the layer's
+// verification state, or nil if the data plane does not verify layers.
+func (c *Client) Mount(ctx context.Context, mountpoint string, labels map[string]string) (*Verification, error) {
+	var a MountAnswer
+	err := c.call(ctx, http.MethodPost, PathMount, MountRequest{Mountpoint: mountpoint, Labels: labels}, &a)
+	return a.Verification, err
 }
 
 // Check asks whether the layer at mountpoint is still served.
@@ -132,7 +135,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 		}
 		return decodeError(e)
 	}
-	if out == nil {
+	if out == nil || resp.StatusCode == http.StatusNoContent {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
 		return nil
 	}

@@ -117,7 +117,7 @@ func TestErrorClassesCross(t *testing.T) {
 	c, _ := serve(t, newTestFS())
 	ctx := t.Context()
 	for _, k := range classes {
-		err := c.Mount(ctx, "/mp/"+k.name, map[string]string{"class": k.name})
+		err := mountErr(ctx, c, "/mp/"+k.name, map[string]string{"class": k.name})
 		if !errors.Is(err, k.sentinel) {
 			t.Errorf("class %q: Mount = %v, which does not match %v", k.name, err, k.sentinel)
 		}
@@ -131,7 +131,7 @@ func TestErrorClassesCross(t *testing.T) {
 		}
 	}
 	// An error of no class stays without one.
-	err := c.Mount(ctx, "/mp/plain", map[string]string{"error": "plain failure"})
+	err := mountErr(ctx, c, "/mp/plain", map[string]string{"error": "plain failure"})
 	if err == nil || err.Error() != "layer at /mp/plain: plain failure" {
 		t.Fatalf("Mount = %v", err)
 	}
@@ -146,13 +146,13 @@ func TestMountsCheckUnmount(t *testing.T) {
 	c, _ := serve(t, newTestFS())
 	ctx := t.Context()
 	labels := map[string]string{"containerd.io/snapshot/cri.layer-digest": "sha256:aa"}
-	if err := c.Mount(ctx, "/mp/a", labels); err != nil {
+	if err := mountErr(ctx, c, "/mp/a", labels); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Mount(ctx, "/mp/b", nil); err != nil {
+	if err := mountErr(ctx, c, "/mp/b", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Mount(ctx, "/mp/c", map[string]string{"class": "not implemented"}); err == nil {
+	if err := mountErr(ctx, c, "/mp/c", map[string]string{"class": "not implemented"}); err == nil {
 		t.Fatal("failing Mount succeeded")
 	}
 	ms, err := c.Mounts(ctx)
@@ -194,7 +194,7 @@ func TestConcurrentCalls(t *testing.T) {
 	defer cancel()
 	errs := make(chan error, n)
 	for i := range n {
-		go func() { errs <- c.Mount(ctx, fmt.Sprintf("/mp/%d", i), nil) }()
+		go func() { errs <- mountErr(ctx, c, fmt.Sprintf("/mp/%d", i), nil) }()
 	}
 	for range n {
 		select {
@@ -226,9 +226,9 @@ func TestSameMountpointAndCancel(t *testing.T) {
 	c, _ := serve(t, fsys)
 	ctx, cancel := context.WithCancel(t.Context())
 	first := make(chan error, 1)
-	go func() { first <- c.Mount(ctx, "/mp/x", nil) }()
+	go func() { first <- mountErr(ctx, c, "/mp/x", nil) }()
 	<-fsys.entered
-	if err := c.Mount(t.Context(), "/mp/x", nil); !errdefs.IsConflict(err) {
+	if err := mountErr(t.Context(), c, "/mp/x", nil); !errdefs.IsConflict(err) {
 		t.Errorf("second Mount of a busy mountpoint = %v, want conflict", err)
 	}
 	cancel()
@@ -252,7 +252,7 @@ func TestShutdown(t *testing.T) {
 	fsys := newTestFS()
 	c, stopped := serve(t, fsys)
 	ctx := t.Context()
-	if err := c.Mount(ctx, "/mp/a", nil); err != nil {
+	if err := mountErr(ctx, c, "/mp/a", nil); err != nil {
 		t.Fatal(err)
 	}
 	// A drain of a data plane that serves a layer is refused.
@@ -271,7 +271,7 @@ func TestShutdown(t *testing.T) {
 	if len(fsys.mounted) != 0 {
 		t.Errorf("layers left mounted: %v", fsys.mounted)
 	}
-	if err := c.Mount(ctx, "/mp/b", nil); !errdefs.IsUnavailable(err) {
+	if err := mountErr(ctx, c, "/mp/b", nil); !errdefs.IsUnavailable(err) {
 		t.Errorf("Mount on a stopping data plane = %v, want unavailable", err)
 	}
 }
@@ -288,4 +288,10 @@ func TestUnknownCallAndNoDataPlane(t *testing.T) {
 	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), gone.Socket()) {
 		t.Errorf("call to a missing socket = %v, want unavailable naming the socket", err)
 	}
+}
+
+// mountErr is c.Mount's error.
+func mountErr(ctx context.Context, c *Client, mountpoint string, labels map[string]string) error {
+	_, err := c.Mount(ctx, mountpoint, labels)
+	return err
 }

@@ -17,7 +17,7 @@
 //
 //	GET  /v1/info      -> Info
 //	GET  /v1/mounts    -> MountList
-//	POST /v1/mount     MountRequest    -> 204 No Content
+//	POST /v1/mount     MountRequest    -> MountAnswer, or 204 No Content
 //	POST /v1/check     MountRequest    -> 204 No Content
 //	POST /v1/unmount   UnmountRequest  -> 204 No Content
 //	POST /v1/shutdown  ShutdownRequest -> 204 No Content

@@ -33,9 +33,10 @@ type FileSystem interface {
 // Verifier is what a FileSystem has if it verifies the layers it serves
 // (fs.FileSystem does, through cmd/lazypulld's adapter): Verifications
 // returns the state of every layer it serves and a generation number once
-// the generation is past since, and waits for that, or for ctx, otherwise.
-// The Server answers /v1/verifications with it; without it, with "not
-// implemented".
+// the generation is past since, and waits for that, or for ctx, otherwise;
+// the first generation is past 0, so that since 0 answers at once. The
+// Server answers /v1/verifications with it, and a Mount with the mounted
+// layer's state; without it, /v1/verifications with "not implemented".
 type Verifier interface {
 	Verifications(ctx context.Context, since uint64) ([]Verification, uint64, error)
 }
@@ -133,7 +134,35 @@ func (s *Server) handleMount(w http.ResponseWriter, r *http.Request) {
 			s.mounts[req.Mountpoint] = maps.Clone(req.Labels)
 		}
 	})
-	writeResult(w, err)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if v := s.verificationOf(r.Context(), req.Mountpoint); v != nil {
+		writeJSON(w, MountAnswer{Verification: v})
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// verificationOf returns the verification state of the layer at
+// mountpoint, or nil if the FileSystem does not verify or does not list
+// it.
+func (s *Server) verificationOf(ctx context.Context, mountpoint string) *Verification {
+	v, ok := s.fs.(Verifier)
+	if !ok {
+		return nil
+	}
+	vs, _, err := v.Verifications(ctx, 0) // at once: generations start past 0
+	if err != nil {
+		return nil
+	}
+	for i := range vs {
+		if vs[i].Mountpoint == mountpoint {
+			return &vs[i]
+		}
+	}
+	return nil
 }
 
 func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {

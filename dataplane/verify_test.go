@@ -91,6 +91,28 @@ func TestVerificationsLongPoll(t *testing.T) {
 	}
 }
 
+// A Mount on a data plane that verifies answers with the mounted layer's
+// state, so that a layer verified before it was mounted (or by the Mount)
+// is known as such when the Mount returns; one that does not verify says
+// nothing.
+func TestMountAnswersVerification(t *testing.T) {
+	fsys := newVerifyFS()
+	want := Verification{Mountpoint: "/mp/a", Layer: "sha256:aa", State: VerificationVerified, DiffID: "sha256:dd"}
+	fsys.set(want, Verification{Mountpoint: "/mp/other", Layer: "sha256:bb", State: VerificationPending})
+	c, _ := serve(t, fsys)
+	v, err := c.Mount(t.Context(), "/mp/a", nil)
+	if err != nil || v == nil || *v != want {
+		t.Errorf("Mount = %+v, %v; want %+v", v, err, want)
+	}
+	if v, err := c.Mount(t.Context(), "/mp/unlisted", nil); err != nil || v != nil {
+		t.Errorf("Mount of a layer the FileSystem does not list = %+v, %v; want no state", v, err)
+	}
+	c, _ = serve(t, newTestFS())
+	if v, err := c.Mount(t.Context(), "/mp/a", nil); err != nil || v != nil {
+		t.Errorf("Mount on a data plane that does not verify = %+v, %v; want no state", v, err)
+	}
+}
+
 // A long poll ends: after the data plane's bound with nothing new (the
 // caller asks again), when its caller gives up, and when the data plane
 // stops, which does not wait for it.

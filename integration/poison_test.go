@@ -194,6 +194,11 @@ func TestChainIDPoisoning(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "input/output error") {
 			t.Errorf("the copying image's container after verification: %v, output %q; want an I/O error", err, out)
 		}
+		// The genuine top layer is verified on its own, in parallel.
+		waitCondition(t, ctx, "the copying image's top layer (the genuine one) to be verified", func() bool {
+			info, err := cl.SnapshotService(testbed.SnapshotterName).Stat(namespaces.WithNamespace(ctx, c.Containerd.Namespace), im.chainIDs[1].String())
+			return err == nil && info.Labels[snapshotter.LabelVerification] == snapshotter.Verified
+		})
 		rows := lazypullPull(t, ctx, c, im.copying)
 		if len(rows) != 2 || rows[0].Verified != "failed" || !strings.Contains(rows[0].Reason, "DiffID") || rows[1].Verified != "yes" {
 			t.Errorf("lazypull pull's report of the copying image: %+v, want its first layer failed, its second verified", rows)
@@ -205,6 +210,67 @@ func TestChainIDPoisoning(t *testing.T) {
 		if !lb.Lazypulld.Running() {
 			t.Error("lazypulld exited")
 		}
+		requireVerdictAcrossRestarts(t, ctx, lb, c, cl, im)
+	})
+}
+
+// requireVerdictAcrossRestarts: the copying layer failed verification and
+// its snapshot stays in namespace c, where container "copying" uses it.
+// lazypulld is killed and started again: the snapshot still says it
+// failed, and the container still reads I/O errors (the data plane was
+// adopted). lazypulld is stopped, the container removed meanwhile, and
+// lazypulld started again: it removes the snapshot from c.
+func requireVerdictAcrossRestarts(t *testing.T, ctx context.Context, lb, c *lazyBed, cl *client.Client, im poisonImages) {
+	t.Helper()
+	if err := lb.Lazypulld.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.Lazypulld.Start(t); err != nil {
+		t.Fatal(err)
+	}
+	nsCtx := namespaces.WithNamespace(ctx, c.Containerd.Namespace)
+	var info snapshots.Info
+	// containerd's connection to the snapshotter comes back after a
+	// backoff of its own.
+	waitCondition(t, ctx, "containerd to reach the restarted lazypulld", func() bool {
+		var err error
+		info, err = cl.SnapshotService(testbed.SnapshotterName).Stat(nsCtx, im.chainIDs[0].String())
+		if err != nil && !errdefs.IsUnavailable(err) {
+			t.Fatalf("stat snapshot %s after a restart of lazypulld: %v", im.chainIDs[0], err)
+		}
+		return err == nil
+	})
+	if v := info.Labels[snapshotter.LabelVerification]; !strings.HasPrefix(v, snapshotter.FailedPrefix) {
+		t.Errorf("copying layer after a restart of lazypulld: %s=%q, want it failed", snapshotter.LabelVerification, v)
+	}
+	out, err := c.Containerd.Exec(ctx, "copying", "after-restart", "/entry", "/who")
+	if err == nil || !strings.Contains(err.Error(), "input/output error") {
+		t.Errorf("the copying image's container after a restart of lazypulld: %v, output %q; want an I/O error", err, out)
+	}
+
+	if err := lb.Lazypulld.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctr, err := cl.LoadContainer(nsCtx, "copying")
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := ctr.Task(nsCtx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Delete(nsCtx, client.WithProcessKill); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctr.Delete(nsCtx, client.WithSnapshotCleanup); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.Lazypulld.Start(t); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ctx, "the copying layer's snapshot to leave the namespace its container left while lazypulld was down", func() bool {
+		_, err := cl.SnapshotService(testbed.SnapshotterName).Stat(nsCtx, im.chainIDs[0].String())
+		return errdefs.IsNotFound(err)
 	})
 }
 

@@ -251,3 +251,69 @@ func TestContainerdMetadata(t *testing.T) {
 	}
 	checkMounted(t, m, filesA, filesB, filesX)
 }
+
+// TestRemountKeepsVerification: a layer mounted again, after its server
+// died or at a restart, is mounted with the parent's chain ID it was first
+// mounted with (the FileSystem judges it against the same DiffID), and
+// the verdict recorded on it stays, with what Prepare makes of it.
+func TestRemountKeepsVerification(t *testing.T) {
+	e := newRemoteEnv(t)
+	ctx := testContext(t)
+	sn := e.open(t)
+	mps := pullTwoLayers(ctx, t, sn) // chain-b's first
+	if err := sn.(verifier).SetVerification(ctx, mps[0], "sha256:bb", "DiffID differs"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.(verifier).SetVerification(ctx, mps[1], "sha256:aa", ""); err != nil {
+		t.Fatal(err)
+	}
+	requireKept := func(when string) {
+		t.Helper()
+		if got := e.fs.mountLabels("sha256:bb")[labelParentChainID]; got != "chain-a" {
+			t.Errorf("%s: chain-b mounted with parent chain ID %q, want chain-a", when, got)
+		}
+		requireVerification(ctx, t, sn, "chain-a", Verified)
+		requireVerification(ctx, t, sn, "chain-b", FailedPrefix+"DiffID differs")
+		// A failed layer answers no pull of its chain ID, a verified one
+		// any pull of it.
+		if r := prepareFallback(ctx, t, sn, "chain-b", "chain-a", layerLabels("chain-b", "sha256:bb")); !strings.Contains(r, "failed verification") {
+			t.Errorf("%s: Prepare of the failed chain-b fell back for %q", when, r)
+		}
+		key := fmt.Sprintf(snapshots.UnpackKeyFormat, "other", "chain-a")
+		if _, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(layerLabels("chain-a", "sha256:a2"))); !errdefs.IsAlreadyExists(err) {
+			t.Errorf("%s: Prepare of the verified chain-a from another blob: %v, want it shared", when, err)
+		}
+	}
+
+	e.fs.lose(mps[0])
+	sn.(Remounter).Remount([]string{mps[0]}, "test server died")
+	if _, err := sn.Mounts(ctx, "container"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.fs.mountCount(); n != 3 {
+		t.Fatalf("%d mounts, want 3 (the lost layer mounted again)", n)
+	}
+	requireKept("after a Remount")
+
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// As recorded by a version that did not record the parent's chain ID.
+	dir := filepath.Dir(mps[0])
+	labels, err := readRemoteFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(labels, labelParentChainID)
+	if err := writeRemoteFile(dir, labels); err != nil {
+		t.Fatal(err)
+	}
+	sn = e.open(t)
+	if _, err := sn.Mounts(ctx, "container"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.fs.mountCount(); n != 5 {
+		t.Fatalf("%d mounts, want 5 (both layers mounted again at the restart)", n)
+	}
+	requireKept("after a restart")
+}

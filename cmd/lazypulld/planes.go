@@ -43,8 +43,10 @@ type planes struct {
 	current *plane
 	owner   map[string]*plane // the data plane serving each mountpoint
 	onLost  func(mountpoints []string, reason string)
-	each    *planeWatch // what runs for every data plane, if anything
-	closed  bool
+	// onMounted is told the verification state a Mount answered with.
+	onMounted func(ctx context.Context, v dataplane.Verification)
+	each      *planeWatch // what runs for every data plane, if anything
+	closed    bool
 }
 
 // planeWatch is a function run, in a goroutine of its own, for each data
@@ -79,6 +81,16 @@ func (p *planes) setOnLost(fn func(mountpoints []string, reason string)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.onLost = fn
+}
+
+// setOnMounted sets what is told, before Mount returns, the verification
+// state of the layer it mounted: a verdict known at once (a layer verified
+// before, or by the Mount in the before-commit mode) then reaches the
+// snapshotter before the snapshot is committed.
+func (p *planes) setOnMounted(fn func(ctx context.Context, v dataplane.Verification)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onMounted = fn
 }
 
 // watchEach runs fn, in a goroutine of its own, for every data plane
@@ -124,7 +136,8 @@ func (p *planes) Mount(ctx context.Context, mountpoint string, labels map[string
 	if err != nil {
 		return fmt.Errorf("no data plane to serve the layer: %w", err)
 	}
-	if err := pl.client.Mount(ctx, mountpoint, labels); err != nil {
+	v, err := pl.client.Mount(ctx, mountpoint, labels)
+	if err != nil {
 		if ctx.Err() != nil {
 			// The data plane may finish a Mount its caller gave up on:
 			// undo it, or the layer stays mounted with nobody to use it.
@@ -133,13 +146,18 @@ func (p *planes) Mount(ctx context.Context, mountpoint string, labels map[string
 		return err
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	select {
 	case <-pl.gone:
+		p.mu.Unlock()
 		return fmt.Errorf("data plane %d exited while it mounted the layer: %w", pl.info.PID, errdefs.ErrUnavailable)
 	default:
 	}
 	p.owner[mountpoint] = pl
+	onMounted := p.onMounted
+	p.mu.Unlock()
+	if v != nil && onMounted != nil {
+		onMounted(ctx, *v)
+	}
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/config"
+	"github.com/lazypull/lazypull/dataplane"
 	"github.com/lazypull/lazypull/snapshotter"
 )
 
@@ -157,10 +158,14 @@ func handleVerdicts(ctx context.Context, cfg *config.Config, sn snapshots.Snapsh
 		}
 		wg.Go(func() { p.run(ctx) })
 	}
+	pl.setOnMounted(func(ctx context.Context, v dataplane.Verification) {
+		tell(ctx, []dataplane.Verification{v}, map[string]string{}, sink, p)
+	})
 	stopWatching := pl.watchEach(ctx, func(ctx context.Context, d *plane) {
 		watchVerifications(ctx, d.client, sink, p)
 	})
 	return func() {
+		pl.setOnMounted(nil)
 		stopWatching()
 		cancel()
 		wg.Wait()

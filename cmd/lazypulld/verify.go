@@ -168,9 +168,14 @@ func failedSnapshots(ctx context.Context, sn snapshots.Snapshotter) ([]string, e
 }
 
 // purgeRetry is how long the purger waits before it tries again to remove
-// a snapshot that containers used, or that it could not reach containerd
-// for.
-const purgeRetry = time.Minute
+// a snapshot that containers used. After a failure to reach containerd
+// (which, when lazypulld has just started, may not have reconnected to it
+// yet) it tries again sooner: after purgeRetryMin, doubling up to
+// purgeRetry.
+const (
+	purgeRetry    = time.Minute
+	purgeRetryMin = time.Second
+)
 
 // purger removes snapshots of layers that failed verification from
 // containerd's records, so that the next pull of an image with the layer
@@ -200,8 +205,9 @@ func (p *purger) add(chainID string) {
 }
 
 // run removes what was asked until ctx ends, trying again every purgeRetry
-// for what is still in use or could not be removed.
+// for what is still in use, sooner for what could not be removed.
 func (p *purger) run(ctx context.Context) {
+	backoff := purgeRetryMin
 	for {
 		p.mu.Lock()
 		var ids []string
@@ -209,10 +215,12 @@ func (p *purger) run(ctx context.Context) {
 			ids = append(ids, id)
 		}
 		p.mu.Unlock()
+		failed := false
 		for _, id := range ids {
 			done, err := p.purge(ctx, id)
 			if err != nil && ctx.Err() == nil {
-				log.G(ctx).WithError(err).WithField("snapshot", id).Warn("failed to remove a snapshot that failed verification from containerd")
+				failed = true
+				log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": id, "retry_in": backoff}).Warn("failed to remove a snapshot that failed verification from containerd")
 			}
 			if done {
 				p.mu.Lock()
@@ -220,21 +228,37 @@ func (p *purger) run(ctx context.Context) {
 				p.mu.Unlock()
 			}
 		}
-		var retry <-chan time.Time
-		p.mu.Lock()
-		if len(p.pending) > 0 {
-			t := time.NewTimer(purgeRetry)
-			defer t.Stop()
-			retry = t.C
+		wait := purgeRetry
+		if failed {
+			wait, backoff = backoff, min(2*backoff, purgeRetry)
+		} else {
+			backoff = purgeRetryMin
 		}
-		p.mu.Unlock()
-		select {
-		case <-p.wake:
-		case <-retry:
-		case <-ctx.Done():
+		if !p.sleep(ctx, wait) {
 			return
 		}
 	}
+}
+
+// sleep waits for an add, or for d if removals are pending, or for ctx; it
+// reports whether ctx is still alive.
+func (p *purger) sleep(ctx context.Context, d time.Duration) bool {
+	p.mu.Lock()
+	pending := len(p.pending) > 0
+	p.mu.Unlock()
+	var retry <-chan time.Time
+	if pending {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		retry = t.C
+	}
+	select {
+	case <-p.wake:
+	case <-retry:
+	case <-ctx.Done():
+		return false
+	}
+	return true
 }
 
 // purge removes chainID from every namespace of containerd where it names
