@@ -204,13 +204,14 @@ type FS struct {
 	// of its chain ID falls back to a normal pull.
 	Verify string `toml:"verify"`
 
-	// VerifyConcurrency bounds the layers verified at once on the node;
+	// VerifyConcurrency bounds the layers verified at once by a data plane;
 	// each takes a core to inflate and hash its layer.
 	VerifyConcurrency int `toml:"verify_concurrency"`
 
 	// VerifySpoolSize bounds the disk space under root that the compressed
-	// bytes of layers waiting for verification take, all layers together.
-	// A layer that does not fit is fetched again, whole, to be verified.
+	// bytes of layers waiting for verification take, all layers of a data
+	// plane together. A layer that does not fit is fetched again, whole, to
+	// be verified.
 	VerifySpoolSize Size `toml:"verify_spool_size"`
 }
 
