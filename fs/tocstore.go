@@ -64,16 +64,28 @@ func (s *tocStore) save(dgst digest.Digest, size int64, tail []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
+	err = replaceFile(p, func(w io.Writer) error {
+		bw := bufio.NewWriter(w)
+		fmt.Fprintf(bw, "%s %d\n", tocMagic, size)
+		if _, err := bw.Write(tail); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("store TOC of layer %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// replaceFile replaces the file at p with what write writes, atomically:
+// processes that share the directory see the whole file or the one before.
+func replaceFile(p string, write func(io.Writer) error) error {
 	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
 	if err != nil {
 		return err
 	}
-	w := bufio.NewWriter(f)
-	fmt.Fprintf(w, "%s %d\n", tocMagic, size)
-	_, err = w.Write(tail)
-	if err == nil {
-		err = w.Flush()
-	}
+	err = write(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -82,9 +94,8 @@ func (s *tocStore) save(dgst digest.Digest, size int64, tail []byte) error {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("store TOC of layer %s: %w", dgst, err)
 	}
-	return nil
+	return err
 }
 
 // load returns the blob size and tail stored for dgst. A missing entry is

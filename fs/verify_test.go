@@ -295,14 +295,12 @@ func TestVerifyTOCLies(t *testing.T) {
 	}
 }
 
-// TestVerifyCorruptSpool: bytes in the spool that are not the blob's (a
-// damaged disk) are no verdict on the layer: verification drops the spool,
-// fetches the blob again and verifies it.
-func TestVerifyCorruptSpool(t *testing.T) {
-	l := buildVerifyLayer(t, verifyEntries())
-	o := newOpener(l)
-	// No background fetch; verification starts when the test says.
-	f := newVerifyFS(t, o, filepath.Join(t.TempDir(), "state"), WithBackgroundFetch(false), WithBackgroundFetchDelay(time.Hour))
+// spoolingMount mounts l on a FileSystem at root that verifies only when
+// the test says (startVerification), reads data/big through the mount and
+// returns the FileSystem, the mountpoint and the layer's spool.
+func spoolingMount(t *testing.T, o Opener, l *testLayer, root string) (*FileSystem, string, *spool) {
+	t.Helper()
+	f := newVerifyFS(t, o, root, WithBackgroundFetch(false), WithBackgroundFetchDelay(time.Hour))
 	mp := mountWith(t, f, chainLabels(l, diffIDOf(t, l.blob).String(), ""))
 	if _, err := os.ReadFile(filepath.Join(mp, "data/big")); err != nil {
 		t.Fatal(err)
@@ -310,6 +308,16 @@ func TestVerifyCorruptSpool(t *testing.T) {
 	f.mu.Lock()
 	sp := f.mounts[mp].layer.src.check.Load().spool
 	f.mu.Unlock()
+	return f, mp, sp
+}
+
+// TestVerifyCorruptSpool: bytes in the spool that are not the blob's (a
+// damaged disk) are no verdict on the layer: verification drops the spool,
+// fetches the blob again and verifies it.
+func TestVerifyCorruptSpool(t *testing.T) {
+	l := buildVerifyLayer(t, verifyEntries())
+	o := newOpener(l)
+	f, mp, sp := spoolingMount(t, o, l, filepath.Join(t.TempDir(), "state"))
 	start, _ := l.span(t, "data/big")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -380,14 +388,7 @@ func TestSpoolsOfSharedRoot(t *testing.T) {
 	l := buildVerifyLayer(t, verifyEntries())
 	o := newOpener(l)
 	root := filepath.Join(t.TempDir(), "state")
-	f := newVerifyFS(t, o, root, WithBackgroundFetch(false), WithBackgroundFetchDelay(time.Hour))
-	mp := mountWith(t, f, chainLabels(l, diffIDOf(t, l.blob).String(), ""))
-	if _, err := os.ReadFile(filepath.Join(mp, "data/big")); err != nil {
-		t.Fatal(err)
-	}
-	f.mu.Lock()
-	sp := f.mounts[mp].layer.src.check.Load().spool
-	f.mu.Unlock()
+	f, mp, sp := spoolingMount(t, o, l, root)
 	deadline := time.Now().Add(30 * time.Second)
 	for sp.held() == 0 {
 		if time.Now().After(deadline) {

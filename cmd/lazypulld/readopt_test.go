@@ -89,6 +89,41 @@ func pushLayers(t *testing.T, n int) (*httptest.Server, string, []testLayer) {
 	return srv, repo.Name() + ":latest", layers
 }
 
+// prepareLazy has the daemon behind sn unpack layer l of image ref as
+// snapshot chain on parent, as containerd does, and requires it mounted
+// lazily.
+func prepareLazy(t *testing.T, sn snapshots.Snapshotter, chain, parent, ref string, l testLayer) {
+	t.Helper()
+	_, err := sn.Prepare(t.Context(), "extract-"+chain, parent, snapshots.WithLabels(map[string]string{
+		snapshots.LabelSnapshotRef:                 chain,
+		"containerd.io/snapshot/cri.image-ref":     ref,
+		"containerd.io/snapshot/cri.layer-digest":  l.digest,
+		"containerd.io/snapshot/stargz/toc.digest": l.toc,
+	}))
+	if !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare of %s: %v, want it mounted lazily", chain, err)
+	}
+}
+
+// waitRemounted waits, until deadline, for snapshot chain to be labelled
+// as mounted again.
+func waitRemounted(t *testing.T, sn snapshots.Snapshotter, chain string, deadline time.Time) {
+	t.Helper()
+	for {
+		info, err := sn.Stat(t.Context(), chain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Labels[snapshotter.LabelRemounted] != "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not mounted again in time after its data plane died", chain)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // hostsFor writes a hosts directory, under e's, in which reg is a plain
 // HTTP registry, and returns it.
 func (e *env) hostsFor(t *testing.T, reg *httptest.Server) string {
@@ -125,15 +160,7 @@ func TestReadoptLayers(t *testing.T) {
 	parent := ""
 	for i, l := range layers {
 		chain := fmt.Sprintf("chain-%03d", i)
-		_, err := sn.Prepare(ctx, "extract-"+chain, parent, snapshots.WithLabels(map[string]string{
-			snapshots.LabelSnapshotRef:                 chain,
-			"containerd.io/snapshot/cri.image-ref":     ref,
-			"containerd.io/snapshot/cri.layer-digest":  l.digest,
-			"containerd.io/snapshot/stargz/toc.digest": l.toc,
-		}))
-		if !errdefs.IsAlreadyExists(err) {
-			t.Fatalf("Prepare of layer %d: %v, want it mounted lazily", i, err)
-		}
+		prepareLazy(t, sn, chain, parent, ref, l)
 		parent = chain
 	}
 	if _, err := sn.Prepare(ctx, "container", parent); err != nil {
@@ -166,20 +193,7 @@ func TestReadoptLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range layers {
-		chain := fmt.Sprintf("chain-%03d", i)
-		for {
-			info, err := sn.Stat(ctx, chain)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if info.Labels[snapshotter.LabelRemounted] != "" {
-				break
-			}
-			if time.Since(begin) > time.Minute {
-				t.Fatalf("layer %d not mounted again a minute after its data plane died", i)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitRemounted(t, sn, fmt.Sprintf("chain-%03d", i), begin.Add(time.Minute))
 	}
 	if _, err := sn.Mounts(ctx, "container"); err != nil {
 		t.Fatalf("Mounts after the data plane died: %v", err)

@@ -83,20 +83,8 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 	sn := dialSnapshotter(t, e.address)
 	good := layers[0].diffID.String() // its chain ID: it has no parent
 	bad := digest.FromString("not the chain ID of layer 1 on layer 0").String()
-	for _, p := range []struct {
-		chain, parent string
-		l             testLayer
-	}{{good, "", layers[0]}, {bad, good, layers[1]}} {
-		_, err := sn.Prepare(ctx, "extract-"+p.chain, p.parent, snapshots.WithLabels(map[string]string{
-			snapshots.LabelSnapshotRef:                 p.chain,
-			"containerd.io/snapshot/cri.image-ref":     ref,
-			"containerd.io/snapshot/cri.layer-digest":  p.l.digest,
-			"containerd.io/snapshot/stargz/toc.digest": p.l.toc,
-		}))
-		if !errdefs.IsAlreadyExists(err) {
-			t.Fatalf("Prepare of %s: %v, want it mounted lazily", p.chain, err)
-		}
-	}
+	prepareLazy(t, sn, good, "", ref, layers[0])
+	prepareLazy(t, sn, bad, good, ref, layers[1])
 	if _, err := sn.Prepare(ctx, "container", bad); err != nil {
 		t.Fatal(err)
 	}
@@ -128,20 +116,7 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 	if err := syscall.Kill(dp, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		info, err := sn.Stat(ctx, good)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.Labels[snapshotter.LabelRemounted] != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("verified layer not mounted again a minute after its data plane died")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitRemounted(t, sn, good, time.Now().Add(time.Minute))
 	requireVerdicts("after the data plane died")
 	socks, err := filepath.Glob(filepath.Join(e.root, planesDir, "*", planeSocket))
 	if err != nil || len(socks) != 1 {
