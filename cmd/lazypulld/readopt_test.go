@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -39,9 +40,14 @@ type testLayer struct {
 
 // pushLayers builds n small eStargz layers, pushes them to a registry on
 // 127.0.0.1 and returns them with the image reference to pull them by.
-func pushLayers(t *testing.T, n int) (*httptest.Server, string, []testLayer) {
+// wrap, if not nil, wraps the registry's handler.
+func pushLayers(t *testing.T, n int, wrap func(http.Handler) http.Handler) (*httptest.Server, string, []testLayer) {
 	t.Helper()
-	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	var h http.Handler = ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 	repo, err := name.NewRepository(host+"/readopt", name.Insecure)
@@ -147,7 +153,7 @@ func (e *env) hostsFor(t *testing.T, reg *httptest.Server) string {
 // reboot). It logs how long each took.
 func TestReadoptLayers(t *testing.T) {
 	e := newEnv(t)
-	reg, ref, layers := pushLayers(t, readoptLayers)
+	reg, ref, layers := pushLayers(t, readoptLayers, nil)
 	hosts := e.hostsFor(t, reg)
 	cfg := fmt.Sprintf("[remote]\nhosts_dir = %q\nretries = 0\nrequest_timeout = \"5s\"\n[fs]\nbackground_fetch = false\nloader_prefetch = false\n", hosts)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {

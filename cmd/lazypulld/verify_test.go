@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -62,17 +65,22 @@ func TestFailedSnapshots(t *testing.T) {
 // TestVerdictsThroughDataPlanes: the verdicts of a real data plane reach
 // the snapshots' labels through the daemon: a layer whose tar gives the
 // chain ID it is mounted as is labelled verified, one mounted as a chain
-// ID its tar does not give is labelled failed. The verdicts outlive a
-// daemon kill (the next daemon adopts the data plane and keeps them) and
+// ID its tar does not give is labelled failed, also when the data plane
+// reaches the verdict while no daemon runs (the next one, which adopts
+// the data plane, asks it). The verdicts outlive a daemon kill and
 // the data plane's death: with the registry gone, its replacement mounts
 // the verified layer again and reports it verified at once, from what the
 // first one kept, and does not serve the failed one, whose snapshots above
 // are then unavailable.
 func TestVerdictsThroughDataPlanes(t *testing.T) {
 	e := newEnv(t)
-	reg, ref, layers := pushLayers(t, 2)
+	hold := &blobHold{released: make(chan struct{}), asked: make(chan struct{})}
+	reg, ref, layers := pushLayers(t, 2, hold.wrap)
+	hold.blob.Store(&layers[1].digest)
+	// With a tail of 64 bytes a mount reads the footer and the TOC, not
+	// the blob's first bytes (tar headers), which only verification reads.
 	cfg := fmt.Sprintf("[remote]\nhosts_dir = %q\nretries = 0\nrequest_timeout = \"5s\"\n"+
-		"[fs]\nloader_prefetch = false\nbackground_fetch_delay = \"0s\"\nverify = \"background\"\n"+
+		"[fs]\nloader_prefetch = false\nbackground_fetch_delay = \"0s\"\nverify = \"background\"\ntail_size = 64\n"+
 		"[containerd]\naddress = \"\"\n", e.hostsFor(t, reg))
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -89,6 +97,38 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitVerdictLabel(t, sn, good, func(v string) bool { return v == snapshotter.Verified })
+
+	// The daemon is killed while the second layer's verification waits
+	// for its first bytes, which it gets only then: the verdict comes
+	// while no daemon runs, and reaches the label once one starts.
+	select {
+	case <-hold.asked:
+	case <-time.After(time.Minute):
+		t.Fatal("the second layer's verification did not ask for its first bytes within a minute")
+	}
+	dp := planeInfos(t, e.root)[0].PID
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t)
+	close(hold.released)
+	c := dataplane.NewClient(filepath.Join(e.root, planesDir, planeIDOf(t, e.root, dp), planeSocket))
+	defer c.Close()
+	for gen := uint64(0); ; {
+		vs, g, err := c.Verifications(ctx, gen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gen = g
+		if slices.ContainsFunc(vs, func(v dataplane.Verification) bool {
+			return v.Layer == layers[1].digest && v.State == dataplane.VerificationFailed
+		}) {
+			break
+		}
+	}
+	d = start(t, e.args()...)
+	d.waitServing(t, e.address)
+	sn = dialSnapshotter(t, e.address)
 	waitVerdictLabel(t, sn, bad, func(v string) bool {
 		return strings.HasPrefix(v, snapshotter.FailedPrefix) && strings.Contains(v, layers[1].diffID.String())
 	})
@@ -101,7 +141,6 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 			}
 		}
 	}
-	dp := planeInfos(t, e.root)[0].PID
 
 	if err := d.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -122,7 +161,7 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 	if err != nil || len(socks) != 1 {
 		t.Fatalf("data plane sockets %v (%v), want the replacement's", socks, err)
 	}
-	c := dataplane.NewClient(socks[0])
+	c = dataplane.NewClient(socks[0])
 	defer c.Close()
 	vs, _, err := c.Verifications(ctx, 0)
 	if err != nil || len(vs) != 1 || vs[0].Layer != layers[0].digest || vs[0].State != dataplane.VerificationVerified || vs[0].DiffID != good {
@@ -153,4 +192,49 @@ func waitVerdictLabel(t *testing.T, sn snapshots.Snapshotter, name string, ok fu
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// blobHold holds back the requests for the first bytes of blob (which only
+// verification asks for) until released is closed; asked is closed at the
+// first.
+type blobHold struct {
+	blob     atomic.Pointer[string]
+	released chan struct{}
+	asked    chan struct{}
+	once     sync.Once
+}
+
+func (h *blobHold) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		blob, rng := h.blob.Load(), r.Header.Get("Range")
+		if blob != nil && strings.HasSuffix(r.URL.Path, "/blobs/"+*blob) && strings.HasPrefix(rng, "bytes=0-") && rng != "bytes=0-0" {
+			h.once.Do(func() { close(h.asked) })
+			select {
+			case <-h.released:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// planeIDOf returns the directory name, under root's data planes, of the
+// data plane of process pid.
+func planeIDOf(t *testing.T, root string, pid int) string {
+	t.Helper()
+	socks, err := filepath.Glob(filepath.Join(root, planesDir, "*", planeSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range socks {
+		c := dataplane.NewClient(s)
+		info, err := c.Info(t.Context())
+		c.Close()
+		if err == nil && info.PID == pid {
+			return filepath.Base(filepath.Dir(s))
+		}
+	}
+	t.Fatalf("no data plane of pid %d under %s", pid, root)
+	return ""
 }
