@@ -97,6 +97,18 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitVerdictLabel(t, sn, good, func(v string) bool { return v == snapshotter.Verified })
+	// restart kills the daemon, calls meanwhile and starts it again.
+	restart := func(meanwhile func()) {
+		t.Helper()
+		if err := d.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		d.wait(t)
+		meanwhile()
+		d = start(t, e.args()...)
+		d.waitServing(t, e.address)
+		sn = dialSnapshotter(t, e.address)
+	}
 
 	// The daemon is killed while the second layer's verification waits
 	// for its first bytes, which it gets only then: the verdict comes
@@ -107,61 +119,28 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 		t.Fatal("the second layer's verification did not ask for its first bytes within a minute")
 	}
 	dp := planeInfos(t, e.root)[0].PID
-	if err := d.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	d.wait(t)
-	close(hold.released)
-	c := dataplane.NewClient(filepath.Join(e.root, planesDir, planeIDOf(t, e.root, dp), planeSocket))
-	defer c.Close()
-	for gen := uint64(0); ; {
-		vs, g, err := c.Verifications(ctx, gen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gen = g
-		if slices.ContainsFunc(vs, func(v dataplane.Verification) bool {
-			return v.Layer == layers[1].digest && v.State == dataplane.VerificationFailed
-		}) {
-			break
-		}
-	}
-	d = start(t, e.args()...)
-	d.waitServing(t, e.address)
-	sn = dialSnapshotter(t, e.address)
+	restart(func() {
+		close(hold.released)
+		waitPlaneVerdict(t, e.root, dp, layers[1].digest, dataplane.VerificationFailed)
+	})
 	waitVerdictLabel(t, sn, bad, func(v string) bool {
 		return strings.HasPrefix(v, snapshotter.FailedPrefix) && strings.Contains(v, layers[1].diffID.String())
 	})
-	requireVerdicts := func(when string) {
-		t.Helper()
-		for chain, want := range map[string]string{good: snapshotter.Verified, bad: snapshotter.FailedPrefix} {
-			info, err := sn.Stat(ctx, chain)
-			if err != nil || !strings.HasPrefix(info.Labels[snapshotter.LabelVerification], want) {
-				t.Errorf("%s: %s %s=%q (%v), want %q", when, chain, snapshotter.LabelVerification, info.Labels[snapshotter.LabelVerification], err, want)
-			}
-		}
-	}
-
-	if err := d.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	d.wait(t)
-	d = start(t, e.args()...)
-	d.waitServing(t, e.address)
-	sn = dialSnapshotter(t, e.address)
-	requireVerdicts("after a daemon kill")
+	want := map[string]string{good: snapshotter.Verified, bad: snapshotter.FailedPrefix}
+	restart(func() {})
+	requireVerdictLabels(t, sn, want, "after a daemon kill")
 
 	reg.Close() // from now on, no network
 	if err := syscall.Kill(dp, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	waitRemounted(t, sn, good, time.Now().Add(time.Minute))
-	requireVerdicts("after the data plane died")
+	requireVerdictLabels(t, sn, want, "after the data plane died")
 	socks, err := filepath.Glob(filepath.Join(e.root, planesDir, "*", planeSocket))
 	if err != nil || len(socks) != 1 {
 		t.Fatalf("data plane sockets %v (%v), want the replacement's", socks, err)
 	}
-	c = dataplane.NewClient(socks[0])
+	c := dataplane.NewClient(socks[0])
 	defer c.Close()
 	vs, _, err := c.Verifications(ctx, 0)
 	if err != nil || len(vs) != 1 || vs[0].Layer != layers[0].digest || vs[0].State != dataplane.VerificationVerified || vs[0].DiffID != good {
@@ -172,6 +151,38 @@ func TestVerdictsThroughDataPlanes(t *testing.T) {
 	}
 	if code := d.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit code %d", code)
+	}
+}
+
+// requireVerdictLabels requires, of each snapshot named in want, a
+// verification label that starts with the value given.
+func requireVerdictLabels(t *testing.T, sn snapshots.Snapshotter, want map[string]string, when string) {
+	t.Helper()
+	for name, w := range want {
+		info, err := sn.Stat(t.Context(), name)
+		if v := info.Labels[snapshotter.LabelVerification]; err != nil || !strings.HasPrefix(v, w) {
+			t.Errorf("%s: %s %s=%q (%v), want %q", when, name, snapshotter.LabelVerification, v, err, w)
+		}
+	}
+}
+
+// waitPlaneVerdict waits until the data plane of process pid under root
+// says layer is in state.
+func waitPlaneVerdict(t *testing.T, root string, pid int, layer, state string) {
+	t.Helper()
+	c := dataplane.NewClient(filepath.Join(root, planesDir, planeIDOf(t, root, pid), planeSocket))
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for gen := uint64(0); ; {
+		vs, g, err := c.Verifications(ctx, gen)
+		if err != nil {
+			t.Fatalf("waiting for layer %s to be %s: %v", layer, state, err)
+		}
+		gen = g
+		if slices.ContainsFunc(vs, func(v dataplane.Verification) bool { return v.Layer == layer && v.State == state }) {
+			return
+		}
 	}
 }
 
