@@ -20,7 +20,8 @@ import (
 // those running under <root>/dataplanes, starts one of its own build when
 // none is running, routes each layer's calls to the data plane that serves
 // it, notices when one dies, and stops old ones once they serve nothing.
-// It is the snapshotter's FileSystem.
+// It is the snapshotter's FileSystem. What runs per data plane besides
+// (following its verification verdicts) is started by watchEach.
 //
 // The current data plane is the one of the daemon's own build: it gets
 // every Mount. Data planes of other builds (left by an older or newer
