@@ -122,15 +122,19 @@ func tell(ctx context.Context, vs []dataplane.Verification, told map[string]stri
 	for _, v := range vs {
 		key := v.Mountpoint + " " + v.Layer
 		current[key] = true
-		if v.State == dataplane.VerificationPending || told[key] == v.State {
+		if told[key] == v.State {
 			continue
 		}
 		failure := ""
-		if v.State == dataplane.VerificationFailed {
+		switch v.State {
+		case dataplane.VerificationVerified:
+		case dataplane.VerificationFailed:
 			failure = v.Reason
 			if failure == "" {
 				failure = "no reason given"
 			}
+		default:
+			continue // pending, or a state of a newer data plane
 		}
 		if err := sink.SetVerification(ctx, v.Mountpoint, v.Layer, failure); err != nil {
 			lg := log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": v.ChainID, "layer": v.Layer, "mountpoint": v.Mountpoint})
