@@ -18,10 +18,13 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/lazypulld ./cmd/lazypull
 
-# System packages, and containerd 2.x built from the Go module proxy.
+# System packages, and containerd 2.x, crictl and dockerd built from the Go
+# module proxy into a cache directory (each skipped when already built).
 deps:
 	hack/install-deps.sh
 	hack/build-containerd2.sh
+	hack/build-crictl.sh
+	hack/build-dockerd.sh
 
 demo: deps build
 	hack/demo.sh

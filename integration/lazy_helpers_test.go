@@ -44,6 +44,13 @@ type lazyBedOptions struct {
 	// for tests that measure what the container's reads (with their
 	// read-ahead) fetch.
 	NoBackgroundFetch bool
+	// CRI turns containerd's CRI plugin on, with criPauseImage in the
+	// bed's registry as the pods' pause image (pushPauseImage pushes it).
+	CRI bool
+	// RegistryAuth makes the registry require these credentials.
+	RegistryAuth *testbed.RegistryAuth
+	// LazypulldConfig is added to lazypulld's configuration.
+	LazypulldConfig string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -68,11 +75,18 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	if opts.NoBackgroundFetch {
 		cfg += "\n[fs]\nbackground_fetch = false\n"
 	}
-	bed := testbed.New(t, testbed.Options{
+	cfg += opts.LazypulldConfig
+	bopts := testbed.Options{
 		Flavour:         f,
 		LazypulldBinary: lazypulldBin,
 		LazypulldConfig: cfg,
-	})
+		HostsDir:        hostsDir,
+		RegistryAuth:    opts.RegistryAuth,
+	}
+	if opts.CRI {
+		bopts.CRIPauseImage = criPauseImage
+	}
+	bed := testbed.New(t, bopts)
 	daemonDir = bed.Lazypulld.Dir
 	lb := &lazyBed{Bed: bed, HostsDir: hostsDir}
 	hosts := []string{bed.Registry.Host}
@@ -192,9 +206,12 @@ func inspectImage(t *testing.T, ctx context.Context, cl *client.Client, ref stri
 // requireLazy fails t unless every layer of img is a remote snapshot of
 // lazypull (see requireLazyLabels), mounted by its own FUSE filesystem under
 // lazypulld's root, and was never downloaded into containerd's content store.
+// The image is looked for in ctx's namespace, by default the bed's.
 func requireLazy(t *testing.T, ctx context.Context, lb *lazyBed, cl *client.Client, img pulledImage) {
 	t.Helper()
-	ctx = namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+	if _, ok := namespaces.Namespace(ctx); !ok {
+		ctx = namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+	}
 	requireLazyLabels(t, ctx, cl, img)
 	ms, err := testbed.LazyMounts(lb.Lazypulld.Root)
 	if err != nil {

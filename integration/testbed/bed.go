@@ -8,6 +8,15 @@ type Options struct {
 	// built-in snapshotters (useful to test the bed itself).
 	LazypulldBinary string
 	LazypulldConfig string
+	// HostsDir is the CRI plugin's registry hosts directory
+	// (ContainerdOptions.HostsDir).
+	HostsDir string
+	// CRIPauseImage, when set, turns containerd's CRI plugin on, with the
+	// image of this repository and tag in the bed's registry (e.g.
+	// "lazypull/pause:1", which the test pushes) as the pods' pause image.
+	CRIPauseImage string
+	// RegistryAuth makes the registry require these credentials.
+	RegistryAuth *RegistryAuth
 }
 
 // Bed is a registry, an optional lazypulld and a containerd wired to both.
@@ -21,8 +30,11 @@ type Bed struct {
 // then lazypulld, then the registry.
 func New(t T, opts Options) *Bed {
 	t.Helper()
-	b := &Bed{Registry: StartRegistry(t)}
-	copts := ContainerdOptions{Flavour: opts.Flavour}
+	b := &Bed{Registry: StartRegistryWith(t, RegistryOptions{Auth: opts.RegistryAuth})}
+	copts := ContainerdOptions{Flavour: opts.Flavour, HostsDir: opts.HostsDir}
+	if opts.CRIPauseImage != "" {
+		copts.CRI = &CRIOptions{SandboxImage: b.Registry.Ref(opts.CRIPauseImage)}
+	}
 	if opts.LazypulldBinary != "" {
 		b.Lazypulld = StartLazypulld(t, LazypulldOptions{Binary: opts.LazypulldBinary, Config: opts.LazypulldConfig})
 		copts.LazypullSocket, copts.LazypullRoot = b.Lazypulld.Socket, b.Lazypulld.Root

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // RegistryBinary is the distribution registry (Debian package docker-registry).
@@ -34,6 +36,25 @@ type RegistryOptions struct {
 	// Dial connects to the registry to check that it is ready; nil means
 	// net.Dialer's. Required with NetNS.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Auth, when set, makes the registry require HTTP basic
+	// authentication with these credentials (an htpasswd file), as a
+	// private registry does.
+	Auth *RegistryAuth
+}
+
+// RegistryAuth is a user of a registry that requires authentication.
+type RegistryAuth struct {
+	User, Password string
+}
+
+// htpasswd returns the line of an htpasswd file for a, with a bcrypt hash
+// (the only kind the distribution registry accepts).
+func (a *RegistryAuth) htpasswd() (string, error) {
+	h, err := bcrypt.GenerateFromPassword([]byte(a.Password), bcrypt.MinCost)
+	if err != nil {
+		return "", err
+	}
+	return a.User + ":" + string(h) + "\n", nil
 }
 
 // StartRegistry starts a registry for t and stops it at cleanup.
@@ -73,8 +94,20 @@ func (r *Registry) start(t T, opts RegistryOptions) error {
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return err
 	}
+	auth := ""
+	if opts.Auth != nil {
+		line, err := opts.Auth.htpasswd()
+		if err != nil {
+			return err
+		}
+		htpasswd := filepath.Join(r.Dir, "htpasswd")
+		if err := writeFile(htpasswd, line); err != nil {
+			return err
+		}
+		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: lazypull-test\n    path: %s\n", htpasswd)
+	}
 	cfg := filepath.Join(r.Dir, "config.yml")
-	if err := writeFile(cfg, fmt.Sprintf(`version: 0.1
+	if err := writeFile(cfg, auth+fmt.Sprintf(`version: 0.1
 log:
   level: info
   formatter: text
@@ -114,7 +147,7 @@ http:
 			return err
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode != http.StatusOK && (opts.Auth == nil || resp.StatusCode != http.StatusUnauthorized) {
 			return fmt.Errorf("GET /v2/: %s", resp.Status)
 		}
 		return nil
