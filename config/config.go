@@ -63,6 +63,10 @@ type Config struct {
 	// Cache configures the node-wide cache of file contents fetched from
 	// registries.
 	Cache Cache `toml:"cache"`
+
+	// CRI configures the Kubernetes image service that passes the
+	// credentials of pod pull secrets to lazypulld.
+	CRI CRI `toml:"cri"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -203,6 +207,29 @@ type Cache struct {
 	MaxSize Size `toml:"max_size"`
 }
 
+// CRI is the [cri] table: an image service for kubelet that forwards to
+// containerd's CRI plugin and keeps the credentials of each pull for
+// lazypulld's own reads of the image's layers.
+type CRI struct {
+	// Address is the unix socket on which lazypulld serves the CRI image
+	// service (point kubelet's --image-service-endpoint at
+	// unix://<address>). Every call is forwarded to containerd's CRI
+	// plugin; the credentials a pull carries (from the pod's image pull
+	// secrets) are kept in memory, by registry host and repository, for
+	// lazypulld's reads of that image. Empty, the default, turns it off.
+	Address string `toml:"address"`
+
+	// ContainerdAddress is the socket of containerd, whose CRI plugin the
+	// image service forwards to.
+	ContainerdAddress string `toml:"containerd_address"`
+
+	// CredentialTTL is how long the credentials of a pull are kept after
+	// it; a later pull of the same repository renews them. Reads of layers
+	// not yet local need them until the background fetch has brought the
+	// whole image.
+	CredentialTTL Duration `toml:"credential_ttl"`
+}
+
 // minCacheSize is the least non-zero cache.max_size accepted: a smaller
 // bound is more likely a missing unit than a wish.
 const minCacheSize = MiB
@@ -237,6 +264,10 @@ func Default() *Config {
 		},
 		Cache: Cache{
 			MaxSize: 10 * GiB,
+		},
+		CRI: CRI{
+			ContainerdAddress: "/run/containerd/containerd.sock",
+			CredentialTTL:     Duration{24 * time.Hour},
 		},
 	}
 }
@@ -295,7 +326,27 @@ func (c *Config) Validate() error {
 	if c.Cache.MaxSize != 0 && c.Cache.MaxSize < minCacheSize {
 		errs = append(errs, fmt.Errorf("cache.max_size: %s is less than %s (0 means no bound)", c.Cache.MaxSize, minCacheSize))
 	}
+	errs = append(errs, c.CRI.validate(c.Address)...)
 	return errors.Join(errs...)
+}
+
+func (c *CRI) validate(snapshotsAddress string) []error {
+	if c.Address == "" {
+		return nil
+	}
+	var errs []error
+	if err := absPath(c.Address); err != nil {
+		errs = append(errs, fmt.Errorf("cri.address: %w", err))
+	} else if filepath.Clean(c.Address) == filepath.Clean(snapshotsAddress) {
+		errs = append(errs, fmt.Errorf("cri.address: %q is also the snapshots socket (address)", c.Address))
+	}
+	if err := absPath(c.ContainerdAddress); err != nil {
+		errs = append(errs, fmt.Errorf("cri.containerd_address: %w", err))
+	}
+	if c.CredentialTTL.Duration <= 0 {
+		errs = append(errs, errors.New("cri.credential_ttl: must be greater than 0"))
+	}
+	return errs
 }
 
 func absPath(p string) error {

@@ -140,6 +140,12 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`:2: key "fs.prefetch_wait"`},
 		},
 		{
+			name: "bad cri",
+			doc:  "address = \"/run/l.sock\"\n[cri]\naddress = \"/run/l.sock\"\ncontainerd_address = \"c.sock\"\ncredential_ttl = \"0s\"\n",
+			want: []string{`: cri.address: "/run/l.sock" is also the snapshots socket (address)`,
+				`cri.containerd_address: "c.sock" is not an absolute path`, "cri.credential_ttl: must be greater than 0"},
+		},
+		{
 			name: "relative root and address",
 			doc:  "root = \"var/lib/lazypull\"\naddress = \"\"\n",
 			want: []string{`: root: "var/lib/lazypull" is not an absolute path`, "address: must not be empty"},

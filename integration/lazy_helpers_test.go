@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -47,6 +48,8 @@ type lazyBedOptions struct {
 	// CRI turns containerd's CRI plugin on, with criPauseImage in the
 	// bed's registry as the pods' pause image (pushPauseImage pushes it).
 	CRI bool
+	// CRIImageService, with CRI, turns lazypulld's CRI image service on.
+	CRIImageService bool
 	// RegistryAuth makes the registry require these credentials.
 	RegistryAuth *testbed.RegistryAuth
 	// LazypulldConfig is added to lazypulld's configuration.
@@ -85,6 +88,7 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	}
 	if opts.CRI {
 		bopts.CRIPauseImage = criPauseImage
+		bopts.CRIImageService = opts.CRIImageService
 	}
 	bed := testbed.New(t, bopts)
 	daemonDir = bed.Lazypulld.Dir
@@ -103,10 +107,11 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 }
 
 // convertImage runs `lazypull convert` from src to dst (both in the test
-// registry) and returns dst.
-func convertImage(t *testing.T, ctx context.Context, src, dst string) string {
+// registry) and returns dst. env is added to the tool's environment.
+func convertImage(t *testing.T, ctx context.Context, src, dst string, env ...string) string {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, lazypullBin, "convert", "--plain-http", src, dst)
+	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

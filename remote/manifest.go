@@ -35,7 +35,8 @@ func (r *Resolver) Manifest(ctx context.Context, ref string, dgst digest.Digest)
 		return nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
 	registry := spec.Hostname()
-	hosts, err := r.registryHosts(registry)
+	repo := strings.TrimPrefix(spec.Locator, registry+"/")
+	hosts, err := r.hostsFor(registry, repo)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +44,6 @@ func (r *Resolver) Manifest(ctx context.Context, ref string, dgst digest.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
-	repo := strings.TrimPrefix(spec.Locator, registry+"/")
 	var last error
 	for _, h := range hosts {
 		data, err := r.manifestFrom(ctx, h, objectURL(h, registry, repo, "manifests", dgst), dgst)

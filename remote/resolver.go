@@ -41,6 +41,7 @@ const DefaultHostsDir = "/etc/containerd/certs.d"
 type options struct {
 	hostsDir    string
 	credentials func(host string) (string, string, error)
+	source      CredentialSource
 	timeout     time.Duration
 	retries     int
 	userAgent   string
@@ -145,9 +146,10 @@ type Resolver struct {
 	opts      options
 	configure docker.RegistryHosts
 
-	mu     sync.Mutex
-	hosts  map[string][]docker.RegistryHost // by registry name in the ref
-	states map[string]*hostState            // by host:port that answered
+	mu        sync.Mutex
+	hosts     map[string][]docker.RegistryHost // by registry name in the ref
+	repoHosts map[string][]docker.RegistryHost // by registry/repository, see hostsFor
+	states    map[string]*hostState            // by host:port that answered
 }
 
 // hostState is what a host was seen to do with range requests.
@@ -288,7 +290,8 @@ func (r *Resolver) Open(ctx context.Context, ref string, dgst digest.Digest, tai
 		return nil, nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
 	registry := spec.Hostname()
-	hosts, err := r.registryHosts(registry)
+	repo := strings.TrimPrefix(spec.Locator, registry+"/")
+	hosts, err := r.hostsFor(registry, repo)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -297,7 +300,7 @@ func (r *Resolver) Open(ctx context.Context, ref string, dgst digest.Digest, tai
 		ref:      ref,
 		spec:     spec,
 		registry: registry,
-		repo:     strings.TrimPrefix(spec.Locator, registry+"/"),
+		repo:     repo,
 		dgst:     dgst,
 		size:     -1,
 		hosts:    hosts,

@@ -18,10 +18,12 @@ import (
 
 // newSnapshotter is the one place where the configuration becomes options
 // of the packages the daemon is built from: the registry client feeds the
-// layer filesystems, which the snapshotter mounts lazy layers with. The
-// returned close function closes the snapshotter (which unmounts its
-// layers), then the filesystems, then the chunk cache.
-func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, error) {
+// layer filesystems, which the snapshotter mounts lazy layers with. creds,
+// if not nil, gives the registry client credentials ahead of docker's
+// config.json (the CRI image service's). The returned close function
+// closes the snapshotter (which unmounts its layers), then the
+// filesystems, then the chunk cache.
+func newSnapshotter(cfg *config.Config, creds remote.CredentialSource) (snapshots.Snapshotter, func() error, error) {
 	if cfg.FS.Disable {
 		sn, err := snapshotter.New(cfg.Root)
 		if err != nil {
@@ -29,14 +31,18 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		}
 		return sn, sn.Close, nil
 	}
-	resolver, err := remote.NewResolver(
+	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
 		remote.WithParallelism(cfg.Remote.Parallelism),
 		remote.WithWarmConnections(cfg.Remote.WarmConnections),
-		remote.WithUserAgent("lazypull/"+version),
-	)
+		remote.WithUserAgent("lazypull/" + version),
+	}
+	if creds != nil {
+		ropts = append(ropts, remote.WithCredentialSource(creds))
+	}
+	resolver, err := remote.NewResolver(ropts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry client: %w", err)
 	}

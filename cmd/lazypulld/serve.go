@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/config"
+	"github.com/lazypull/lazypull/cri"
 )
 
 // shutdownTimeout bounds how long a stopping daemon waits for calls in
@@ -35,7 +36,11 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		retErr = errors.Join(retErr, lock.release())
 	}()
 
-	sn, closeSnapshotter, err := newSnapshotter(cfg)
+	var creds *cri.Store
+	if cfg.CRI.Address != "" {
+		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
+	}
+	sn, closeSnapshotter, err := newSnapshotter(cfg, credentialSource(creds))
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
@@ -56,6 +61,15 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
+
+	var criSrv *criServer
+	if creds != nil {
+		if criSrv, err = startCRI(ctx, cfg.CRI, creds); err != nil {
+			srv.Stop()
+			<-served
+			return err
+		}
+	}
 	logger.WithField("pid", os.Getpid()).Info("lazypulld serving")
 
 	select {
@@ -63,10 +77,17 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		// Serve only returns early on an accept error; its listener
 		// is closed and the socket gone.
 		srv.Stop()
+		criSrv.stop(ctx)
 		return fmt.Errorf("serve %s: %w", cfg.Address, err)
+	case err := <-criSrv.failed():
+		srv.Stop()
+		criSrv.stop(ctx)
+		return err
 	case <-ctx.Done():
 	}
 	logger.Info("lazypulld stopping")
+	// Pulls through the image service need the snapshotter: stop them first.
+	criSrv.stop(ctx)
 	stopServer(ctx, srv)
 	// GracefulStop closed the listener, which removed the socket.
 	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {

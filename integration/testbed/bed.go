@@ -15,6 +15,9 @@ type Options struct {
 	// image of this repository and tag in the bed's registry (e.g.
 	// "lazypull/pause:1", which the test pushes) as the pods' pause image.
 	CRIPauseImage string
+	// CRIImageService, with CRIPauseImage, turns lazypulld's CRI image
+	// service on (Lazypulld.CRISocket), forwarding to the bed's containerd.
+	CRIImageService bool
 	// RegistryAuth makes the registry require these credentials.
 	RegistryAuth *RegistryAuth
 }
@@ -36,7 +39,12 @@ func New(t T, opts Options) *Bed {
 		copts.CRI = &CRIOptions{SandboxImage: b.Registry.Ref(opts.CRIPauseImage)}
 	}
 	if opts.LazypulldBinary != "" {
-		b.Lazypulld = StartLazypulld(t, LazypulldOptions{Binary: opts.LazypulldBinary, Config: opts.LazypulldConfig})
+		lopts := LazypulldOptions{Binary: opts.LazypulldBinary, Config: opts.LazypulldConfig}
+		if opts.CRIImageService && copts.CRI != nil {
+			copts.Dir = Dir(t, "ctrd")
+			lopts.CRIContainerdAddress = ContainerdSocket(copts.Dir)
+		}
+		b.Lazypulld = StartLazypulld(t, lopts)
 		copts.LazypullSocket, copts.LazypullRoot = b.Lazypulld.Socket, b.Lazypulld.Root
 	}
 	b.Containerd = StartContainerd(t, copts)

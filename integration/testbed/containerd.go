@@ -39,6 +39,10 @@ type ContainerdOptions struct {
 	CRI *CRIOptions
 	// Namespace defaults to NamespacePrefix plus a unique suffix.
 	Namespace string
+	// Dir is the directory of this containerd, made by the caller with
+	// testbed.Dir(t, "ctrd") to know the socket path (<Dir>/containerd.sock)
+	// ahead; default: a new one.
+	Dir string
 }
 
 // Containerd is a running containerd with its own root, state, sockets and
@@ -66,13 +70,16 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	if err := opts.Flavour.check(); err != nil {
 		t.Fatal(err)
 	}
-	dir := Dir(t, "ctrd")
+	dir := opts.Dir
+	if dir == "" {
+		dir = Dir(t, "ctrd")
+	}
 	c := &Containerd{
 		Flavour:    opts.Flavour,
 		Dir:        dir,
 		Root:       filepath.Join(dir, "root"),
 		State:      filepath.Join(dir, "state"),
-		Address:    filepath.Join(dir, "containerd.sock"),
+		Address:    ContainerdSocket(dir),
 		ConfigPath: filepath.Join(dir, "config.toml"),
 		LogPath:    filepath.Join(dir, "containerd.log"),
 		RuncRoot:   filepath.Join(dir, "runc"),
@@ -129,6 +136,10 @@ func (c *Containerd) writeConfig(opts ContainerdOptions) error {
 	}
 	return writeFile(c.ConfigPath, cfg)
 }
+
+// ContainerdSocket is the gRPC socket of the containerd whose directory
+// (ContainerdOptions.Dir) is dir.
+func ContainerdSocket(dir string) string { return filepath.Join(dir, "containerd.sock") }
 
 func (c *Containerd) dropInPath() string { return filepath.Join(c.Dir, "lazypull.toml") }
 

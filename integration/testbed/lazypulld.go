@@ -24,6 +24,10 @@ type LazypulldOptions struct {
 	Config string
 	// LogLevel defaults to "debug".
 	LogLevel string
+	// CRIContainerdAddress, when set, turns lazypulld's CRI image service
+	// on (its [cri] table, added to Config), forwarding to the containerd
+	// socket at this path; Lazypulld.CRISocket is its socket.
+	CRIContainerdAddress string
 }
 
 // Lazypulld is a running lazypulld with its own root, socket and log.
@@ -33,8 +37,10 @@ type Lazypulld struct {
 	Socket     string
 	ConfigPath string
 	LogPath    string
-	opts       LazypulldOptions
-	proc       *process
+	// CRISocket is the socket of the CRI image service, if it is on.
+	CRISocket string
+	opts      LazypulldOptions
+	proc      *process
 }
 
 // StartLazypulld starts lazypulld for t, waits until its socket answers
@@ -57,7 +63,12 @@ func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 		LogPath:    filepath.Join(dir, "lazypulld.log"),
 		opts:       opts,
 	}
-	if err := writeFile(l.ConfigPath, opts.Config); err != nil {
+	cfg := opts.Config
+	if opts.CRIContainerdAddress != "" {
+		l.CRISocket = filepath.Join(dir, "cri.sock")
+		cfg += fmt.Sprintf("\n[cri]\naddress = %q\ncontainerd_address = %q\n", l.CRISocket, opts.CRIContainerdAddress)
+	}
+	if err := writeFile(l.ConfigPath, cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -79,7 +90,10 @@ func (l *Lazypulld) Start(t T) error {
 	if l.proc != nil && !l.proc.exited() {
 		return fmt.Errorf("lazypulld is already running")
 	}
-	p, err := startProcess(t, "lazypulld", l.LogPath, os.Environ(), l.opts.Binary,
+	// Registry credentials come only from what the test gives the daemon:
+	// no docker config.json of the machine.
+	env := append(os.Environ(), "DOCKER_CONFIG="+filepath.Join(l.Dir, "docker"))
+	p, err := startProcess(t, "lazypulld", l.LogPath, env, l.opts.Binary,
 		"--config", l.ConfigPath, "--root", l.Root, "--address", l.Socket, "--log-level", l.opts.LogLevel)
 	if err != nil {
 		return err
