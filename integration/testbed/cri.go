@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	ctrdconfig "github.com/lazypull/lazypull/contrib/containerd"
+	"github.com/lazypull/lazypull/contrib"
 )
 
 // CRIOptions turns containerd's CRI plugin on (ContainerdOptions.CRI). The
@@ -51,14 +51,14 @@ func (c *Containerd) criConfig(o CRIOptions, hostsDir string) string {
 // defaults it names. A default that is not in the file is an error: the
 // file and the bed have drifted apart.
 func lazypullConfig(f Flavour, opts ContainerdOptions) (string, error) {
-	name, text := "config-v3.toml", ctrdconfig.ConfigV3
+	name, text := "config-v3.toml", contrib.ContainerdV3
 	if f.ConfigVersion < 3 {
-		name, text = "config-v2.toml", ctrdconfig.ConfigV2
+		name, text = "config-v2.toml", contrib.ContainerdV2
 	}
 	for _, r := range []struct{ from, to string }{
-		{ctrdconfig.DefaultSocket, opts.LazypullSocket},
-		{ctrdconfig.DefaultRoot, opts.LazypullRoot},
-		{ctrdconfig.DefaultHostsDir, opts.HostsDir},
+		{contrib.DefaultSocket, opts.LazypullSocket},
+		{contrib.DefaultRoot, opts.LazypullRoot},
+		{contrib.DefaultHostsDir, opts.HostsDir},
 	} {
 		if !strings.Contains(text, r.from) {
 			return "", fmt.Errorf("contrib/containerd/%s does not name %s", name, r.from)
