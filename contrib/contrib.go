@@ -23,6 +23,12 @@ var ContainerdV2 string
 //go:embed docker/daemon.json
 var DockerDaemon string
 
+// KubernetesLazypull is lazypulld's configuration on a Kubernetes node
+// (kubernetes/config.toml): the CRI image service.
+//
+//go:embed kubernetes/config.toml
+var KubernetesLazypull string
+
 // The paths the files name: lazypulld's defaults, containerd's hosts
 // directory and socket. A test bed replaces them with its own.
 const (
@@ -30,4 +36,5 @@ const (
 	DefaultRoot             = "/var/lib/lazypull"
 	DefaultHostsDir         = "/etc/containerd/certs.d"
 	DefaultContainerdSocket = "/run/containerd/containerd.sock"
+	DefaultCRISocket        = "/run/lazypull/cri.sock"
 )

@@ -51,19 +51,25 @@ func (c *Containerd) criConfig(o CRIOptions, hostsDir string) string {
 // defaults it names. A default that is not in the file is an error: the
 // file and the bed have drifted apart.
 func lazypullConfig(f Flavour, opts ContainerdOptions) (string, error) {
-	name, text := "config-v3.toml", contrib.ContainerdV3
+	name, text := "containerd/config-v3.toml", contrib.ContainerdV3
 	if f.ConfigVersion < 3 {
-		name, text = "config-v2.toml", contrib.ContainerdV2
+		name, text = "containerd/config-v2.toml", contrib.ContainerdV2
 	}
-	for _, r := range []struct{ from, to string }{
-		{contrib.DefaultSocket, opts.LazypullSocket},
-		{contrib.DefaultRoot, opts.LazypullRoot},
-		{contrib.DefaultHostsDir, opts.HostsDir},
-	} {
-		if !strings.Contains(text, r.from) {
-			return "", fmt.Errorf("contrib/containerd/%s does not name %s", name, r.from)
+	return substitute(name, text, contrib.DefaultSocket, opts.LazypullSocket,
+		contrib.DefaultRoot, opts.LazypullRoot, contrib.DefaultHostsDir, opts.HostsDir)
+}
+
+// substitute replaces in text, the content of contrib file name, each
+// default path of fromTo (pairs of default and replacement) with the bed's.
+// A default that is not in the file is an error: the file and the bed have
+// drifted apart.
+func substitute(name, text string, fromTo ...string) (string, error) {
+	for i := 0; i+1 < len(fromTo); i += 2 {
+		from, to := fromTo[i], fromTo[i+1]
+		if !strings.Contains(text, from) {
+			return "", fmt.Errorf("contrib/%s does not name %s", name, from)
 		}
-		text = strings.ReplaceAll(text, r.from, r.to)
+		text = strings.ReplaceAll(text, from, to)
 	}
 	return text, nil
 }

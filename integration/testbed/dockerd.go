@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/lazypull/lazypull/contrib"
@@ -126,11 +125,10 @@ func StartDockerd(t T, c *Containerd) *Dockerd {
 // at address. A default it does not name means the file and the bed have
 // drifted apart.
 func dockerConfig(address string) (map[string]any, error) {
-	text := contrib.DockerDaemon
-	if !strings.Contains(text, contrib.DefaultContainerdSocket) {
-		return nil, fmt.Errorf("contrib/docker/daemon.json does not name %s", contrib.DefaultContainerdSocket)
+	text, err := substitute("docker/daemon.json", contrib.DockerDaemon, contrib.DefaultContainerdSocket, address)
+	if err != nil {
+		return nil, err
 	}
-	text = strings.ReplaceAll(text, contrib.DefaultContainerdSocket, address)
 	var cfg map[string]any
 	if err := json.Unmarshal([]byte(text), &cfg); err != nil {
 		return nil, fmt.Errorf("contrib/docker/daemon.json: %w", err)

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/lazypull/lazypull/contrib"
 )
 
 // LazypulldOptions configures StartLazypulld.
@@ -66,7 +68,12 @@ func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 	cfg := opts.Config
 	if opts.CRIContainerdAddress != "" {
 		l.CRISocket = filepath.Join(dir, "cri.sock")
-		cfg += fmt.Sprintf("\n[cri]\naddress = %q\ncontainerd_address = %q\n", l.CRISocket, opts.CRIContainerdAddress)
+		k8s, err := substitute("kubernetes/config.toml", contrib.KubernetesLazypull,
+			contrib.DefaultCRISocket, l.CRISocket, contrib.DefaultContainerdSocket, opts.CRIContainerdAddress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg += "\n" + k8s
 	}
 	if err := writeFile(l.ConfigPath, cfg); err != nil {
 		t.Fatal(err)
