@@ -62,14 +62,21 @@ func (r *Resolver) hostsFor(registry, repo string) ([]docker.RegistryHost, error
 		}
 		return r.opts.credentials(host)
 	}
+	inner := make([]http.RoundTripper, len(hs))
+	for i, h := range hs {
+		at, ok := h.Client.Transport.(*authTransport)
+		if !ok {
+			return hs, nil // not authorized by us: nothing to replace
+		}
+		inner[i] = at.inner
+	}
 	// Token requests go out like those of the registry's own authorizer:
 	// through the registry's transport, without authorization.
-	base := hs[len(hs)-1].Client.Transport.(*authTransport).inner
-	auth := docker.NewDockerAuthorizer(docker.WithAuthClient(&http.Client{Transport: base}), docker.WithAuthCreds(creds))
+	auth := docker.NewDockerAuthorizer(docker.WithAuthClient(&http.Client{Transport: inner[len(hs)-1]}), docker.WithAuthCreds(creds))
 	rh := make([]docker.RegistryHost, len(hs))
 	for i, h := range hs {
 		c := *h.Client
-		c.Transport = &authTransport{inner: h.Client.Transport.(*authTransport).inner, auth: auth}
+		c.Transport = &authTransport{inner: inner[i], auth: auth}
 		h.Client, h.Authorizer = &c, auth
 		rh[i] = h
 	}
