@@ -24,8 +24,7 @@ func TestCRILazyPullAndRun(t *testing.T) {
 		defer cancel()
 		lb := newLazyBed(t, f, lazyBedOptions{CRI: true})
 		pushPauseImage(t, ctx, lb, nil)
-		orig, img := pushDefaultImage(t, ctx, lb.Registry)
-		ref := convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
+		ref, img := pushConverted(t, ctx, lb)
 		crictl := testbed.NewCrictl(t, lb.Containerd, "")
 
 		if _, err := crictl.Run(ctx, "pull", ref); err != nil {

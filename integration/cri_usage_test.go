@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"path/filepath"
@@ -29,8 +28,7 @@ func TestCRIImageFsInfo(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		lb := newLazyBed(t, f, lazyBedOptions{CRI: true})
-		orig, img := pushDefaultImage(t, ctx, lb.Registry)
-		ref := convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
+		ref, img := pushConverted(t, ctx, lb)
 		crictl := testbed.NewCrictl(t, lb.Containerd, "")
 		if _, err := crictl.Run(ctx, "pull", ref); err != nil {
 			t.Fatal(err)
@@ -41,19 +39,12 @@ func TestCRIImageFsInfo(t *testing.T) {
 
 		// What the layers' files take uncompressed; each layer's
 		// filesystem counts in 4 KiB blocks and holds a landmark file.
-		var files int64
-		for _, l := range img.layers {
-			for _, e := range l.Entries {
-				if e.Type == tar.TypeReg {
-					files += int64(len(e.Data))
-				}
-			}
-		}
+		files := img.fileBytes()
 		most := files + int64(len(img.layers))*(4<<10)
 
 		var used uint64
 		var mountpoint string
-		wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+		wait, cancelWait := context.WithTimeout(ctx, time.Minute)
 		defer cancelWait()
 		for used < uint64(files) { // the CRI collects usage every second in the bed
 			if wait.Err() != nil {

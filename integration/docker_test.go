@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"testing"
@@ -36,8 +35,7 @@ func TestDockerLazyPullAndRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	lb := newLazyBed(t, f, lazyBedOptions{})
-	orig, img := pushDefaultImage(t, ctx, lb.Registry)
-	ref := convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz"))
+	ref, img := pushConverted(t, ctx, lb)
 	dockerd := testbed.StartDockerd(t, lb.Containerd)
 	cli, err := client.New(client.WithHost("unix://"+dockerd.Socket), client.WithAPIVersionNegotiation())
 	if err != nil {
@@ -57,14 +55,7 @@ func TestDockerLazyPullAndRun(t *testing.T) {
 	pulled := inspectImage(t, mctx, cl, ref)
 	requireLazy(t, mctx, lb, cl, pulled)
 
-	var files int64
-	for _, l := range img.layers {
-		for _, e := range l.Entries {
-			if e.Type == tar.TypeReg {
-				files += int64(len(e.Data))
-			}
-		}
-	}
+	files := img.fileBytes()
 	inspect, err := cli.ImageInspect(ctx, ref)
 	if err != nil {
 		t.Fatal(err)

@@ -101,19 +101,7 @@ func StartDockerd(t T, c *Containerd) *Dockerd {
 		return dl.DialContext(ctx, "unix", d.Socket)
 	}}}
 	err = waitFor(context.Background(), p, 60*time.Second, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/_ping", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /_ping: %s", resp.Status)
-		}
-		return nil
+		return getStatus(ctx, hc, "http://docker/_ping", http.StatusOK)
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -137,20 +138,12 @@ http:
 		tr := &http.Transport{DialContext: opts.Dial, DisableKeepAlives: true}
 		hc = &http.Client{Transport: tr}
 	}
+	ready := []int{http.StatusOK}
+	if opts.Auth != nil {
+		ready = append(ready, http.StatusUnauthorized)
+	}
 	err = waitFor(context.Background(), p, 20*time.Second, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.Host+"/v2/", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK && (opts.Auth == nil || resp.StatusCode != http.StatusUnauthorized) {
-			return fmt.Errorf("GET /v2/: %s", resp.Status)
-		}
-		return nil
+		return getStatus(ctx, hc, "http://"+r.Host+"/v2/", ready...)
 	})
 	if err != nil {
 		if !p.exited() {
@@ -164,6 +157,24 @@ http:
 			t.Errorf("stop registry: %v", err)
 		}
 	})
+	return nil
+}
+
+// getStatus GETs url with hc and fails unless the answer has one of the
+// statuses ok.
+func getStatus(ctx context.Context, hc *http.Client, url string, ok ...int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if !slices.Contains(ok, resp.StatusCode) {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
 	return nil
 }
 
