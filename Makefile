@@ -5,18 +5,44 @@
 #   make demo       set up everything, lazy-pull a sample image, compare with a normal pull
 #   make test       install what the tests need, then run every test (as root)
 #   make bench      the benchmarks
+#   make install    install binaries, systemd unit and example config (as root)
+#   make release    static release archives for amd64 and arm64 in _output/release
 
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build deps demo bench test unit integration vet fmt-check clean
+.PHONY: all build deps demo bench test unit integration vet fmt-check clean install release
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/lazypulld ./cmd/lazypull
+
+# Where make install puts things; DESTDIR for staging (packages, images).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSTEMDDIR ?= /etc/systemd/system
+CONFIGDIR  ?= /etc/lazypull
+
+# The binaries, the systemd unit and, unless one is there already, the
+# example configuration as the node's configuration. Then, on a node:
+#   systemctl daemon-reload && systemctl enable --now lazypulld
+install: build
+	install -D -m 0755 $(BIN)/lazypulld $(DESTDIR)$(BINDIR)/lazypulld
+	install -D -m 0755 $(BIN)/lazypull $(DESTDIR)$(BINDIR)/lazypull
+	install -D -m 0644 contrib/systemd/lazypulld.service $(DESTDIR)$(SYSTEMDDIR)/lazypulld.service
+	@if [ -e $(DESTDIR)$(CONFIGDIR)/config.toml ]; then \
+		echo "keeping $(DESTDIR)$(CONFIGDIR)/config.toml"; \
+	else \
+		install -D -m 0644 config/example.toml $(DESTDIR)$(CONFIGDIR)/config.toml; \
+	fi
+
+# Static binaries for linux/amd64 and linux/arm64 with the version in
+# --version, packed with the unit, the example config and the docs.
+release:
+	VERSION=$(VERSION) hack/release.sh _output/release
 
 # System packages, and containerd 2.x, crictl and dockerd built from the Go
 # module proxy into a cache directory (each skipped when already built).

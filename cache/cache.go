@@ -45,6 +45,25 @@
 // entry: on Linux an unlinked file's data lives until its last descriptor is
 // closed. Such data is no longer counted against the bound.
 //
+// # Sharing a directory
+//
+// Several Dirs may use one directory at once: lazypull's data planes of two
+// versions share the node's cache during an upgrade. Entries are shared
+// through the files: an entry one Dir stores, every Dir reads. Each Dir
+// writes through a temporary directory of its own (tmp/<random>, flocked
+// while the Dir lives), so that a Dir starting up removes only what a Dir
+// that is gone left there; a Dir that finds the directory unused (no other
+// Dir holds root's lock) removes all of tmp/. What each Dir indexes, counts
+// and evicts is what it found at start and what it stored since, so:
+//
+//   - the bound holds per Dir: while two Dirs run, the directory may hold up
+//     to the sum of their bounds, until the survivor's next start;
+//   - an entry one Dir evicts or replaces, the other may still index: its
+//     Has then answers for an entry that is gone, and its Get misses, which
+//     costs a refetch, never wrong bytes (the consumer verifies every hit);
+//   - an entry the other Dir stored is not in this Dir's index, so Has does
+//     not see it once indexing is done, though Get finds it.
+//
 // # Write errors
 //
 // When a write fails (the disk is full, say), the cache logs it once, stops
@@ -69,14 +88,14 @@ import (
 
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 )
 
 const (
-	// tmpDir holds entries being written; it is on the same filesystem as
-	// the entries, so that rename is atomic.
-	tmpDir = "tmp"
-	// lockFile is held with an exclusive flock by the Dir using root.
+	// tmpName holds, one directory per Dir, entries being written; it is
+	// on the same filesystem as the entries, so that rename is atomic.
+	tmpName = "tmp"
+	// lockFile is held with a shared flock by every Dir using root, and
+	// with an exclusive one by a Dir that finds itself alone.
 	lockFile = "lock"
 	// touchInterval bounds how often a hit rewrites an entry's mtime.
 	touchInterval = time.Minute
@@ -116,7 +135,8 @@ func WithMaxSize(n int64) Option {
 // its background indexing and releases the directory.
 type Dir struct {
 	root string
-	lock *os.File
+	lock *os.File // shared flock on root's lock file
+	tmp  *tmpDir  // where this Dir writes entries before renaming them
 
 	stop      chan struct{} // closed by Close
 	indexed   chan struct{} // closed when the background index is merged
@@ -153,9 +173,10 @@ type entry struct {
 
 // NewDir returns the cache stored under root, creating root if needed and
 // removing temporary files that a crash left behind. Existing entries are
-// indexed in the background. One directory is used by one Dir at a time: a
-// second NewDir on it fails until the first is closed (the lock is an
-// flock, so it also keeps other processes off).
+// indexed in the background.
+//
+// Several Dirs, in one process or in several, may use one directory at
+// the same time (see "Sharing a directory" in the package doc).
 func NewDir(root string, opts ...Option) (*Dir, error) {
 	o := options{maxSize: DefaultMaxSize}
 	for _, opt := range opts {
@@ -166,22 +187,14 @@ func NewDir(root string, opts ...Option) (*Dir, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	lock, err := lockRoot(root)
+	lock, tmp, err := share(root)
 	if err != nil {
 		return nil, err
-	}
-	tmp := filepath.Join(root, tmpDir)
-	if err := os.RemoveAll(tmp); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("cache: %w", err)
-	}
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("cache: %w", err)
 	}
 	d := &Dir{
 		root:     root,
 		lock:     lock,
+		tmp:      tmp,
 		stop:     make(chan struct{}),
 		indexed:  make(chan struct{}),
 		entries:  map[digest.Digest]*list.Element{},
@@ -198,22 +211,6 @@ func NewDir(root string, opts ...Option) (*Dir, error) {
 	return d, nil
 }
 
-func lockRoot(root string) (*os.File, error) {
-	path := filepath.Join(root, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("cache: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("cache: %s is in use by another cache: %w", root, errdefs.ErrUnavailable)
-		}
-		return nil, fmt.Errorf("cache: lock %s: %w", path, err)
-	}
-	return f, nil
-}
-
 // Close stops the background indexing, waits for it and releases the
 // directory. The Dir must not be used afterwards.
 func (d *Dir) Close() error {
@@ -221,7 +218,7 @@ func (d *Dir) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
 		<-d.indexed
-		err = d.lock.Close()
+		err = errors.Join(d.tmp.remove(), d.lock.Close())
 	})
 	return err
 }
@@ -351,7 +348,7 @@ func (d *Dir) accept(size int64) bool {
 // write stores the size bytes that fill writes as key's file and indexes
 // it. It returns the entries to evict to stay under the bound.
 func (d *Dir) write(key digest.Digest, path string, size int64, fill func(*os.File) error) (_ []*entry, retErr error) {
-	tmp, err := os.CreateTemp(filepath.Join(d.root, tmpDir), "")
+	tmp, err := os.CreateTemp(d.tmp.path, "")
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}

@@ -101,7 +101,7 @@ func checkIndex(t *testing.T, d *Dir) {
 	if sum != d.size || d.size > d.limit {
 		t.Errorf("indexed bytes %d, counted %d, bound %d", sum, d.size, d.limit)
 	}
-	if ents, err := os.ReadDir(filepath.Join(d.root, tmpDir)); err != nil || len(ents) != 0 {
+	if ents, err := os.ReadDir(d.tmp.path); err != nil || len(ents) != 0 {
 		t.Errorf("temp files left: %v %v", ents, err)
 	}
 }
@@ -200,21 +200,66 @@ func TestOptions(t *testing.T) {
 	}
 }
 
-// One directory, one Dir: a second would delete the first's temp files and
-// count its entries twice.
-func TestExclusive(t *testing.T) {
+// Dirs share a directory (two data planes during an upgrade): each sees
+// what the other stores, an eviction by one costs the other a miss and
+// nothing else, and neither removes the other's files being written.
+func TestShared(t *testing.T) {
 	root := t.TempDir()
-	d, err := NewDir(root)
-	if err != nil {
+	a := indexed(newDir(t, root, WithMaxSize(300)))
+	b := indexed(newDir(t, root))
+	k1 := put(t, a, 1, 100)
+	p := make([]byte, 100)
+	if n, ok := b.Get(k1, p); !ok || n != 100 || digest.FromBytes(p) != k1 {
+		t.Fatalf("entry stored by one Dir not found by the other: %d, %v", n, ok)
+	}
+	// b writes through its own temporary directory, which a third Dir
+	// on the same root leaves alone.
+	inFlight := filepath.Join(b.tmp.path, "being-written")
+	if err := os.WriteFile(inFlight, []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewDir(root); !errdefs.IsUnavailable(err) {
-		t.Errorf("second NewDir: %v, want Unavailable", err)
+	c := newDir(t, root)
+	if _, err := os.Stat(inFlight); err != nil {
+		t.Errorf("a new Dir removed a live Dir's temporary file: %v", err)
 	}
-	if err := d.Close(); err != nil {
+	if err := os.Remove(inFlight); err != nil {
+		t.Fatal(err)
+	}
+	// a evicts k1, which b still indexes: b misses and stores it again.
+	put(t, a, 2, 100)
+	put(t, a, 3, 100)
+	put(t, a, 4, 100)
+	if _, ok := a.Get(k1, p); ok {
+		t.Fatal("k1 not evicted")
+	}
+	if _, ok := b.Get(k1, p); ok {
+		t.Fatal("b read an entry a evicted")
+	}
+	if put(t, b, 1, 100) != k1 {
+		t.Fatal("chunk 1 changed")
+	}
+	if n, ok := c.Get(k1, p); !ok || n != 100 || digest.FromBytes(p) != k1 {
+		t.Errorf("entry stored again not found: %d, %v", n, ok)
+	}
+}
+
+// TestNewDirRemovesDeadTemps checks that a Dir opened beside a live one
+// removes the temporary directory of a Dir that died (here: one whose lock
+// nobody holds).
+func TestNewDirRemovesDeadTemps(t *testing.T) {
+	root := t.TempDir()
+	newDir(t, root)
+	dead := filepath.Join(root, tmpName, "dead")
+	if err := os.MkdirAll(dead, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dead, "torn"), []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	newDir(t, root)
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Errorf("temporary directory of a dead Dir survived: %v", err)
+	}
 }
 
 // TestLRU checks that Put evicts the least recently used entries, Get
@@ -398,7 +443,7 @@ func TestNewDirRemovesTemps(t *testing.T) {
 	if err := d.Put(key, []byte("kept")); err != nil {
 		t.Fatal(err)
 	}
-	torn := filepath.Join(root, tmpDir, "leftover")
+	torn := filepath.Join(root, tmpName, "leftover")
 	if err := os.WriteFile(torn, []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -39,9 +39,11 @@ var LogLevels = []string{"trace", "debug", "info", "warn", "error"}
 // not valid; start from Default or Load.
 type Config struct {
 	// Root is the directory that holds lazypulld's state: the snapshot
-	// metadata database, the snapshot directories and the lock file that
-	// keeps a second daemon off the same state. It must be an absolute path;
-	// it is created (mode 0700) when missing.
+	// metadata database, the snapshot directories, the lock file that
+	// keeps a second daemon off the same state, the data planes' sockets
+	// and logs (dataplanes/) and the stored tables of contents of mounted
+	// layers (fs/toc/). It must be an absolute path; it is created (mode
+	// 0700) when missing.
 	Root string `toml:"root"`
 
 	// Address is the path of the unix socket on which lazypulld serves
@@ -195,9 +197,10 @@ type FS struct {
 // lazily pulled layer of the node.
 type Cache struct {
 	// Dir is the directory of the cache. Empty means <root>/cache. It must
-	// be an absolute path; it is created (mode 0700) when missing, and only
-	// one daemon may use it at a time. The cache survives restarts: a
-	// restarted daemon serves what it holds without fetching it again.
+	// be an absolute path; it is created (mode 0700) when missing. The
+	// data planes of the daemon share it (two of them during an upgrade,
+	// when max_size holds for each, not for both together). The cache
+	// survives restarts: what it holds is not fetched again.
 	Dir string `toml:"dir"`
 
 	// MaxSize bounds the bytes the cache keeps: beyond it, the least

@@ -54,7 +54,7 @@ func (p *Proxy) PullImage(ctx context.Context, r *runtime.PullImageRequest) (*ru
 	} else if a, ok, err := pullAuth(r.GetAuth(), host); err != nil {
 		logger.WithError(err).Warn("pull credentials cannot be read; forwarded without keeping them")
 	} else if ok {
-		undo := p.keep.Keep(host, repo, a)
+		undo := p.keep.Keep(ctx, host, repo, a)
 		logger.WithFields(log.Fields{"host": host, "repository": repo}).Debug("pull with credentials")
 		resp, err := p.upstream.PullImage(ctx, r)
 		if err != nil {

@@ -1,6 +1,7 @@
 package cri
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"time"
@@ -19,8 +20,8 @@ type Keeper interface {
 	// Keep records a for repository repo of registry host, in place of
 	// what was there, and returns a function that undoes that if nothing
 	// has replaced a since (the pull a came with failed). Keep must not
-	// block for long: the pull waits for it.
-	Keep(host, repo string, a Auth) (undo func())
+	// block for long: the pull waits for it, and ctx is the pull's.
+	Keep(ctx context.Context, host, repo string, a Auth) (undo func())
 }
 
 // DefaultMaxEntries bounds the repositories a Store keeps credentials for.
@@ -59,7 +60,7 @@ func NewStore(ttl time.Duration, maxEntries int) *Store {
 var _ Keeper = (*Store)(nil)
 
 // Keep implements Keeper.
-func (s *Store) Keep(host, repo string, a Auth) (undo func()) {
+func (s *Store) Keep(_ context.Context, host, repo string, a Auth) (undo func()) {
 	k := storeKey{CanonicalHost(host), repo}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -123,6 +124,48 @@ func (s *Store) Credentials(host, repo string) (user, secret string, ok bool) {
 		return "", "", false
 	}
 	return e.auth.User, e.auth.Secret, true
+}
+
+// Entry returns the credentials kept for repository repo of registry host
+// and when they expire, if they have not expired.
+func (s *Store) Entry(host, repo string) (Auth, time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[storeKey{CanonicalHost(host), repo}]
+	if !ok || !s.now().Before(e.expires) {
+		return Auth{}, time.Time{}, false
+	}
+	return e.auth, e.expires, true
+}
+
+// Each calls fn for every entry that has not expired, under the store's
+// lock: fn must not call the store.
+func (s *Store) Each(fn func(host, repo string, a Auth, expires time.Time)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for k, e := range s.entries {
+		if now.Before(e.expires) {
+			fn(k.host, k.repo, e.auth, e.expires)
+		}
+	}
+}
+
+// Set records a for repository repo of registry host until expires, in
+// place of what was there; a zero expires removes the entry. It is how a
+// process that reads registries takes the entries of another's Store.
+func (s *Store) Set(host, repo string, a Auth, expires time.Time) {
+	k := storeKey{CanonicalHost(host), repo}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if expires.IsZero() {
+		delete(s.entries, k)
+		return
+	}
+	if _, ok := s.entries[k]; !ok {
+		s.makeRoom(s.now())
+	}
+	s.entries[k] = &storeEntry{auth: a, expires: expires}
 }
 
 // Len returns how many repositories the store holds credentials for,

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -78,6 +79,7 @@ type Cache interface {
 type FileSystem struct {
 	root   string
 	opener Opener
+	tocs   *tocStore
 	cfg    config
 	mem    *memCache
 	demand *demand
@@ -110,8 +112,11 @@ type mount struct {
 }
 
 // New returns a FileSystem that reads blobs through opener. root is the
-// directory reserved for its state, created if missing; nothing is stored
-// there yet (TOCs and mount records that outlive a restart will be).
+// directory of its state, created if missing: the TOC of every layer it
+// mounts is stored under root/toc, keyed by layer digest, until the layer
+// is unmounted, so that with a SizedOpener a layer mounted before is
+// mounted again without the network (after a restart or a reboot).
+// Several FileSystems, in one process or several, may share root.
 func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	if opener == nil {
 		return nil, fmt.Errorf("fs: nil opener: %w", errdefs.ErrInvalidArgument)
@@ -122,13 +127,15 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
+	tocs := &tocStore{dir: filepath.Join(root, "toc")}
+	if err := os.MkdirAll(tocs.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("fs: %w", err)
 	}
 	life, cancel := context.WithCancel(context.Background())
 	return &FileSystem{
 		root:     root,
 		opener:   opener,
+		tocs:     tocs,
 		cfg:      cfg,
 		mem:      newMemCache(cfg.memCacheSize),
 		demand:   newDemand(),
@@ -172,11 +179,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 	f.prefetchEntrypoint(ctx, ref, labels[LabelManifestDigest])
 	f.images.note(dgst, labels[LabelImageLayers])
 
-	src, err := f.resolve(ctx, ref, dgst)
-	if err != nil {
-		return err
-	}
-	l, err := f.newLayer(ctx, src, tocDgst)
+	l, err := f.layerFor(ctx, ref, dgst, tocDgst)
 	if err != nil {
 		return err
 	}
@@ -204,9 +207,11 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		// Close ran while this mount was set up and could not see it.
 		return errors.Join(fmt.Errorf("fs closed: %w", errdefs.ErrUnavailable), server.Unmount())
 	}
+	f.storeTOC(ctx, l.src)
 	log.G(ctx).WithFields(log.Fields{
 		"layer": dgst, "mountpoint": mountpoint, "verified": l.verified,
-		"toc_bytes": src.blob.Size() - src.payloadEnd, // footer included
+		"toc_bytes":  l.src.blob.Size() - l.src.payloadEnd, // footer included
+		"toc_stored": l.src.stored,
 	}).Info("layer mounted")
 	if w := f.cfg.prefetchWait; w > 0 {
 		t := time.NewTimer(w)
@@ -259,8 +264,13 @@ func (f *FileSystem) Unmount(ctx context.Context, mountpoint string) error {
 	m.layer.stop()
 	f.mu.Lock()
 	delete(f.mounts, mountpoint)
-	f.forgetLocked(m.layer.src.dgst)
+	unused := f.forgetLocked(m.layer.src.dgst)
 	f.mu.Unlock()
+	if unused {
+		// The layer's snapshot is being removed: its TOC is not needed
+		// to mount it again.
+		f.tocs.remove(m.layer.src.dgst)
+	}
 	log.G(ctx).WithFields(log.Fields{"layer": m.layer.src.dgst, "mountpoint": mountpoint}).Info("layer unmounted")
 	return nil
 }
@@ -309,14 +319,35 @@ func (f *FileSystem) release(mountpoint string) {
 	}
 }
 
-// forgetLocked drops the resolved source of dgst unless a mount still uses it.
-func (f *FileSystem) forgetLocked(dgst digest.Digest) {
+// forgetLocked drops the resolved source of dgst unless a mount still uses
+// it, and reports whether it did.
+func (f *FileSystem) forgetLocked(dgst digest.Digest) bool {
 	for _, m := range f.mounts {
 		if m.layer != nil && m.layer.src.dgst == dgst {
-			return
+			return false
 		}
 	}
 	delete(f.resolved, dgst)
+	return true
+}
+
+// layerFor resolves layer dgst and checks its TOC against tocDgst. A
+// stored TOC that does not match is removed and the TOC fetched again: the
+// registry may hold the layer the labels mean where a stale file did not.
+func (f *FileSystem) layerFor(ctx context.Context, ref string, dgst, tocDgst digest.Digest) (*layer, error) {
+	src, err := f.resolve(ctx, ref, dgst)
+	if err != nil {
+		return nil, err
+	}
+	l, err := f.newLayer(ctx, src, tocDgst)
+	if err != nil && src.stored && errdefs.IsDataLoss(err) {
+		f.tocs.remove(dgst)
+		if src, err = f.resolve(ctx, ref, dgst); err != nil {
+			return nil, err
+		}
+		l, err = f.newLayer(ctx, src, tocDgst)
+	}
+	return l, err
 }
 
 func parseLabels(labels map[string]string) (ref string, dgst, toc digest.Digest, err error) {

@@ -27,6 +27,13 @@ type source struct {
 	payloadEnd int64
 	index
 	chunks *chunkTable
+
+	// stored is set when the TOC came from the FileSystem's tocStore.
+	stored bool
+	// tocTail is the blob from payloadEnd to its end, kept until the
+	// first Mount stores it (storeTOC).
+	tocTail   []byte
+	storeOnce sync.Once
 }
 
 // index gives every entry of the tree a stable inode number: its position in
@@ -113,9 +120,16 @@ func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst dig
 	}
 }
 
-// open fetches the blob's tail and parses the TOC.
+// open parses the TOC stored for dgst, or else fetches the blob's tail and
+// parses the TOC.
 func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (*source, error) {
 	began := time.Now()
+	if src, ok := f.openStored(ctx, ref, dgst); ok {
+		log.G(ctx).WithFields(log.Fields{
+			"layer": dgst, "parse": time.Since(began), "entries": len(src.ino),
+		}).Debug("layer resolved from its stored TOC")
+		return src, nil
+	}
 	blob, tail, err := f.opener.Open(ctx, ref, dgst, f.cfg.tailSize)
 	fetched := time.Now()
 	if err != nil {
@@ -146,7 +160,7 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 		}
 		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
-	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff}
+	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff, tocTail: tr.from(tocOff)}
 	if err := src.buildIndex(len(entries)); err != nil {
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
@@ -203,6 +217,8 @@ type tailReader struct {
 	mu   sync.Mutex
 	tail []byte
 	err  error
+	// head is what was fetched before tail, when it ends where tail starts.
+	head []byte
 }
 
 func (t *tailReader) ReadAt(p []byte, off int64) (int, error) {
@@ -224,6 +240,11 @@ func (t *tailReader) ReadAt(p []byte, off int64) (int, error) {
 			t.mu.Unlock()
 			return 0, err
 		}
+		if off+int64(len(head)) == t.off {
+			t.mu.Lock()
+			t.head = append([]byte(nil), head...)
+			t.mu.Unlock()
+		}
 		n = len(head)
 	}
 	n += copy(p[n:], tail[off+int64(n)-t.off:])
@@ -234,6 +255,22 @@ func (t *tailReader) fetchErr() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.err
+}
+
+// from returns a copy of the blob's bytes from off to its end, if the
+// tail and the head fetched before it hold them all, else nil.
+func (t *tailReader) from(off int64) []byte {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.tail == nil:
+		return nil
+	case off >= t.off:
+		return append([]byte(nil), t.tail[off-t.off:]...)
+	case off == t.off-int64(len(t.head)):
+		return append(append(make([]byte, 0, len(t.head)+len(t.tail)), t.head...), t.tail...)
+	}
+	return nil
 }
 
 // drop releases the tail once the TOC is read: content is read through the

@@ -203,6 +203,10 @@ stop_daemons() {
 	stop containerd
 	[[ -z ${ctrd_dir:-} ]] || kill_shims
 	stop lazypulld
+	# Its data planes outlive it, serving their layers: stop them too.
+	if [[ -f ${work:-}/lazypulld/config.toml ]]; then
+		"$bin/lazypulld" --config "$work/lazypulld/config.toml" --stop-data-planes >/dev/null 2>&1 || true
+	fi
 	# The (empty) cgroups runc made for the namespace and its containers
 	# (cgroup v1: in every hierarchy).
 	rmdir /sys/fs/cgroup/{,*/}"$namespace"/*/ /sys/fs/cgroup/{,*/}"$namespace"/ 2>/dev/null || true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +26,8 @@ import (
 // the credentials never reach lazypulld, and every layer falls back to a
 // normal pull, with the reason on its snapshot. Through lazypulld's CRI
 // image service ([cri], kubelet's --image-service-endpoint) the same pull,
-// after the image was removed, is lazy, a pod's container reads the
+// after the image was removed, is lazy (the daemon gives the credentials
+// to the data plane that reads the layers), a pod's container reads the
 // image's files right, and the password is in no log of lazypulld.
 func TestCRIPrivateRegistry(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
@@ -84,11 +86,23 @@ func TestCRIPrivateRegistry(t *testing.T) {
 		out := pod.runToCompletion(t, ctx, "probe", ref, append([]string{"/" + testimage.EntrypointPath}, testimage.ProbeFiles...)...)
 		requireOutput(t, out, probeOutput(t, img.expected, testimage.ProbeFiles...))
 
-		// The password is nowhere in lazypulld's log, at debug level.
-		if b, err := os.ReadFile(lb.Lazypulld.LogPath); err != nil {
+		// The password is in no log of lazypulld or its data planes, at
+		// debug level.
+		err := filepath.WalkDir(lb.Lazypulld.Dir, func(p string, d iofs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !(d.Name() == "log" || strings.HasSuffix(d.Name(), ".log")) {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			if strings.Contains(string(b), auth.Password) {
+				t.Errorf("log %s holds the registry password", p)
+			}
+			return nil
+		})
+		if err != nil {
 			t.Fatal(err)
-		} else if strings.Contains(string(b), auth.Password) {
-			t.Errorf("lazypulld's log %s holds the registry password", lb.Lazypulld.LogPath)
 		}
 	})
 }

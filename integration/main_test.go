@@ -29,6 +29,8 @@ var (
 	lazypullBin   string
 	entrypointBin string
 	pauseBin      string
+	// daemonFlags are the flags lazypulldBin was built with.
+	daemonFlags []string
 )
 
 func TestMain(m *testing.M) {
@@ -59,7 +61,6 @@ func testMain(m *testing.M) int {
 	lazypullBin = filepath.Join(dir, "lazypull")
 	entrypointBin = filepath.Join(dir, "hashfiles")
 	pauseBin = filepath.Join(dir, "pause")
-	var daemonFlags []string
 	if raceEnabled {
 		daemonFlags = append(daemonFlags, "-race")
 	}

@@ -45,6 +45,27 @@ func TestOpenReadsSizeAndTailInOneRequest(t *testing.T) {
 	}
 }
 
+// OpenSized costs no request: a layer whose TOC is stored is mounted
+// again without the network; its reads then go to the registry.
+func TestOpenSizedMakesNoRequest(t *testing.T) {
+	reg := newRegistry(t, 100_000)
+	r := newTestResolver(t, reg)
+	b, err := r.OpenSized(context.Background(), reg.ref(), reg.dgst, int64(len(reg.blob)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reg.requests(); len(got) != 0 || reg.other != 0 {
+		t.Fatalf("OpenSized made requests: %q (+%d others)", got, reg.other)
+	}
+	p := make([]byte, 1000)
+	if _, err := b.ReadAt(context.Background(), p, 5000); err != nil || !bytes.Equal(p, reg.blob[5000:6000]) {
+		t.Errorf("ReadAt after OpenSized: %v", err)
+	}
+	if _, err := r.OpenSized(context.Background(), reg.ref(), reg.dgst, -1); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("OpenSized with a negative size: %v, want invalid argument", err)
+	}
+}
+
 func TestReadAtRandomOffsets(t *testing.T) {
 	reg := newRegistry(t, 1<<20)
 	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)

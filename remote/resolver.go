@@ -279,32 +279,12 @@ func (r *Resolver) state(host string) *hostState {
 // no HEAD, no manifest. Hosts are tried in hosts.toml order, mirrors first.
 // A registry that rejects suffix ranges costs two requests instead.
 func (r *Resolver) Open(ctx context.Context, ref string, dgst digest.Digest, tail int64) (*Blob, []byte, error) {
-	if err := dgst.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("blob digest %q: %w: %w", dgst, err, errdefs.ErrInvalidArgument)
-	}
 	if tail < 0 {
 		return nil, nil, fmt.Errorf("tail %d: %w", tail, errdefs.ErrInvalidArgument)
 	}
-	spec, err := reference.Parse(ref)
-	if err != nil {
-		return nil, nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
-	}
-	registry := spec.Hostname()
-	repo := strings.TrimPrefix(spec.Locator, registry+"/")
-	hosts, err := r.hostsFor(registry, repo)
+	b, err := r.newBlob(ref, dgst, -1)
 	if err != nil {
 		return nil, nil, err
-	}
-	b := &Blob{
-		r:        r,
-		ref:      ref,
-		spec:     spec,
-		registry: registry,
-		repo:     repo,
-		dgst:     dgst,
-		size:     -1,
-		hosts:    hosts,
-		direct:   make([]string, len(hosts)),
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"ref": ref, "digest": dgst}))
 	data, err := b.open(ctx, tail)
@@ -313,6 +293,43 @@ func (r *Resolver) Open(ctx context.Context, ref string, dgst digest.Digest, tai
 	}
 	b.warm(ctx)
 	return b, data, nil
+}
+
+// OpenSized returns blob dgst of image ref, whose size the caller knows
+// (from an earlier Open), without a request: the registry is first asked
+// when the blob is read. A wrong size makes reads near the end fail.
+func (r *Resolver) OpenSized(ctx context.Context, ref string, dgst digest.Digest, size int64) (*Blob, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("blob %s: size %d: %w", dgst, size, errdefs.ErrInvalidArgument)
+	}
+	return r.newBlob(ref, dgst, size)
+}
+
+func (r *Resolver) newBlob(ref string, dgst digest.Digest, size int64) (*Blob, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, fmt.Errorf("blob digest %q: %w: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	spec, err := reference.Parse(ref)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	registry := spec.Hostname()
+	repo := strings.TrimPrefix(spec.Locator, registry+"/")
+	hosts, err := r.hostsFor(registry, repo)
+	if err != nil {
+		return nil, err
+	}
+	return &Blob{
+		r:        r,
+		ref:      ref,
+		spec:     spec,
+		registry: registry,
+		repo:     repo,
+		dgst:     dgst,
+		size:     size,
+		hosts:    hosts,
+		direct:   make([]string, len(hosts)),
+	}, nil
 }
 
 // warmAgain is how long after a warm-up a host is warmed again, well

@@ -55,10 +55,13 @@
 // unmounted by Remove, by Cleanup (for directories no snapshot refers to)
 // and by Close (unless WithKeepMountsOnClose). When New opens an existing
 // root, it re-mounts in the background, with bounded parallelism, every remote
-// layer whose mount is gone or fails FileSystem.Check. Until that attempt
-// ends, Mounts, Prepare and View of snapshots above the layer wait for it; if
-// it failed, they return an error wrapping errdefs.ErrUnavailable that names
-// the layer.
+// layer whose mount is gone or fails FileSystem.Check; Remount does the same,
+// while the snapshotter runs, for layers its FileSystem reports lost. A
+// mount that was there but not served is detached first (containers using
+// it keep their errors; new ones get the new mount) and the snapshot is
+// labelled LabelRemounted. Until that attempt ends, Mounts, Prepare and View
+// of snapshots above the layer wait for it; if it failed, they return an
+// error wrapping errdefs.ErrUnavailable that names the layer.
 //
 // A remote snapshot is bound to its parent, so the snapshotter does not
 // offer containerd's "rebase" capability (parallel unpack, which prepares
@@ -87,7 +90,20 @@ const (
 	// Prepare returned mounts for and carried over to the snapshot Commit
 	// creates from it.
 	LabelFallback = "containerd.io/snapshot/lazypull.fallback"
+	// LabelRemounted is set on a remote snapshot whose layer had a mount
+	// that was no longer served (the process serving it died) and was
+	// mounted again in its place. Its value is the time (RFC 3339) and the
+	// reason. Containers that used the lost mount saw I/O errors; those
+	// created since read from the new one.
+	LabelRemounted = "containerd.io/snapshot/lazypull.remounted"
 )
+
+// Remounter is implemented by the snapshotters New returns: the owner of a
+// FileSystem that lost layers (the process serving them died) calls Remount
+// with their mountpoints. See the package doc.
+type Remounter interface {
+	Remount(mountpoints []string, reason string)
+}
 
 // FileSystem mounts remote layers. Implemented outside this package.
 type FileSystem interface {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -228,9 +229,8 @@ func (s *snapshotter) forgetLayer(id string) *remoteLayer {
 }
 
 // restoreLayers registers the remote snapshots found under the root and
-// starts re-mounting their layers, at most limit at a time, in goroutines
-// that stop when ctx is cancelled.
-func (s *snapshotter) restoreLayers(ctx context.Context, limit int) error {
+// starts re-mounting their layers in goroutines that stop when s.life ends.
+func (s *snapshotter) restoreLayers(ctx context.Context) error {
 	names := map[string]string{} // id -> name of committed snapshots
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		ids, err := idMap(ctx)
@@ -250,66 +250,142 @@ func (s *snapshotter) restoreLayers(ctx context.Context, limit int) error {
 	}); err != nil {
 		return fmt.Errorf("list remote snapshots: %w", err)
 	}
-	sem := make(chan struct{}, limit)
 	for id, name := range names {
 		labels, err := readRemoteFile(s.snapshotDir(id))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		lctx, cancel := context.WithCancel(ctx)
-		l := &remoteLayer{name: name, labels: labels, cancel: cancel, ready: make(chan struct{})}
-		s.addLayer(id, l)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer cancel()
-			defer close(l.ready)
-			if err != nil {
-				l.err = err
-			} else {
-				l.err = s.restore(lctx, sem, id, l)
-			}
-			if l.err != nil {
-				log.G(ctx).WithError(l.err).WithFields(log.Fields{
-					"snapshot": name,
-					"layer":    labels[snapshotters.TargetLayerDigestLabel],
-				}).Warn("remote layer not restored; snapshots above it are unavailable")
-			}
-		}()
+		s.startRestore(ctx, id, name, labels, err, nil, "its mount was not served when lazypulld started")
 	}
 	return nil
 }
 
+// Remount re-mounts, in the background, the remote layers mounted at
+// mountpoints, which their FileSystem no longer serves (reason says why):
+// the dead mounts are detached, the layers mounted again at the same
+// places, and their snapshots get LabelRemounted. Until a layer is mounted
+// again, Mounts, Prepare and View of snapshots above it wait for it.
+// Mountpoints that are not remote layers of this snapshotter are ignored.
+func (s *snapshotter) Remount(mountpoints []string, reason string) {
+	ctx := s.life
+	for _, mp := range mountpoints {
+		id, ok := s.idOf(mp)
+		if !ok {
+			continue
+		}
+		s.layersMu.Lock()
+		old := s.layers[id]
+		s.layersMu.Unlock()
+		if old == nil {
+			continue // removed meanwhile, or never committed
+		}
+		log.G(ctx).WithFields(log.Fields{
+			"snapshot": old.name,
+			"layer":    old.labels[snapshotters.TargetLayerDigestLabel],
+			"reason":   reason,
+		}).Warn("remote layer lost; mounting it again for new containers (containers using it now see I/O errors)")
+		s.startRestore(ctx, id, old.name, old.labels, nil, old, reason)
+	}
+}
+
+var _ Remounter = (*snapshotter)(nil)
+
+// idOf returns the id of the snapshot whose layer directory is mp.
+func (s *snapshotter) idOf(mp string) (string, bool) {
+	rel, err := filepath.Rel(filepath.Join(s.root, "snapshots"), mp)
+	if err != nil {
+		return "", false
+	}
+	id, rest, ok := strings.Cut(rel, string(filepath.Separator))
+	return id, ok && rest == "fs" && id != ".."
+}
+
+// startRestore registers the remote layer of snapshot id and starts making
+// sure it is served (see restore). labelsErr, if not nil, is why its labels
+// could not be read; prev, if not nil, is the layer it replaces, whose
+// restore must end first; why becomes LabelRemounted if a dead mount had to
+// be replaced.
+func (s *snapshotter) startRestore(ctx context.Context, id, name string, labels map[string]string, labelsErr error, prev *remoteLayer, why string) {
+	lctx, cancel := context.WithCancel(s.life)
+	l := &remoteLayer{name: name, labels: labels, cancel: cancel, ready: make(chan struct{})}
+	s.layersMu.Lock()
+	if s.closed || (prev != nil && s.layers[id] != prev) {
+		s.layersMu.Unlock()
+		cancel()
+		return // closed, or removed or replaced meanwhile
+	}
+	s.layers[id] = l
+	s.wg.Add(1)
+	s.layersMu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer cancel()
+		defer close(l.ready)
+		if prev != nil {
+			<-prev.ready
+		}
+		logger := log.G(ctx).WithFields(log.Fields{"snapshot": name, "layer": labels[snapshotters.TargetLayerDigestLabel]})
+		remounted := false
+		if labelsErr != nil {
+			l.err = labelsErr
+		} else {
+			remounted, l.err = s.restore(lctx, id, l)
+		}
+		if l.err != nil {
+			logger.WithError(l.err).Warn("remote layer not restored; snapshots above it are unavailable")
+			return
+		}
+		if remounted {
+			logger.Info("remote layer mounted again")
+			s.markRemounted(lctx, name, why)
+		}
+	}()
+}
+
+// markRemounted records on snapshot name that its layer was mounted again.
+func (s *snapshotter) markRemounted(ctx context.Context, name, why string) {
+	v := shortReason(time.Now().UTC().Format(time.RFC3339) + ": " + why)
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		info := snapshots.Info{Name: name, Labels: map[string]string{LabelRemounted: v}}
+		_, err := storage.UpdateInfo(ctx, info, "labels."+LabelRemounted)
+		return err
+	})
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("snapshot", name).Warn("failed to label re-mounted snapshot")
+	}
+}
+
 // restore makes sure the layer of snapshot id is served: a mount that
 // passes FileSystem.Check is kept, anything else is unmounted and the layer
-// mounted again.
-func (s *snapshotter) restore(ctx context.Context, sem chan struct{}, id string, l *remoteLayer) error {
+// mounted again. remounted says whether a mount that was there had to be
+// replaced.
+func (s *snapshotter) restore(ctx context.Context, id string, l *remoteLayer) (remounted bool, err error) {
 	if s.fs == nil {
-		return errors.New("no remote FileSystem configured")
+		return false, errors.New("no remote FileSystem configured")
 	}
 	select {
-	case sem <- struct{}{}:
-		defer func() { <-sem }()
+	case s.restoreSem <- struct{}{}:
+		defer func() { <-s.restoreSem }()
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	}
 	mp := s.upperPath(id)
 	mounted, err := isMountpoint(mp)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if mounted {
 		if s.fs.Check(ctx, mp, l.labels) == nil {
-			return nil
+			return false, nil
 		}
 		if err := s.fs.Unmount(ctx, mp); err != nil {
 			log.G(ctx).WithError(err).WithField("path", mp).Debug("unmount of stale remote layer failed")
 		}
 		if err := mount.UnmountAll(mp, unix.MNT_DETACH); err != nil {
-			return fmt.Errorf("clear stale mount: %w", err)
+			return false, fmt.Errorf("clear stale mount: %w", err)
 		}
 	}
-	return s.fs.Mount(ctx, mp, l.labels)
+	return mounted, s.fs.Mount(ctx, mp, l.labels)
 }
 
 func isRemote(dir string) bool {

@@ -26,9 +26,18 @@ type bindFS struct {
 	mu     sync.Mutex
 	dirs   map[string]string // layer digest -> directory
 	mounts int               // successful Mount calls
+	lost   map[string]bool   // mountpoints still mounted but no longer served
 }
 
-func newBindFS() *bindFS { return &bindFS{dirs: map[string]string{}} }
+func newBindFS() *bindFS { return &bindFS{dirs: map[string]string{}, lost: map[string]bool{}} }
+
+// lose makes the mount at mountpoint one that is no longer served, as a
+// FUSE mount whose server died.
+func (b *bindFS) lose(mountpoint string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lost[mountpoint] = true
+}
 
 func (b *bindFS) add(digest, dir string) {
 	b.mu.Lock()
@@ -58,10 +67,17 @@ func (b *bindFS) Mount(ctx context.Context, mountpoint string, labels map[string
 		return err
 	}
 	b.mounts++
+	delete(b.lost, mountpoint)
 	return nil
 }
 
 func (b *bindFS) Check(ctx context.Context, mountpoint string, labels map[string]string) error {
+	b.mu.Lock()
+	lost := b.lost[mountpoint]
+	b.mu.Unlock()
+	if lost {
+		return fmt.Errorf("%s is no longer served: %w", mountpoint, errdefs.ErrNotFound)
+	}
 	ok, err := isMountpoint(mountpoint)
 	if err == nil && !ok {
 		err = fmt.Errorf("%s is not mounted", mountpoint)

@@ -82,6 +82,53 @@ func TestRestartKeepsLiveMounts(t *testing.T) {
 	}
 }
 
+// A layer whose server died while the snapshotter runs is mounted again
+// when its owner says so: the snapshots above it work again, and its
+// snapshot says what happened.
+func TestRemountLostLayer(t *testing.T) {
+	e := newRemoteEnv(t)
+	ctx := testContext(t)
+	sn := e.open(t)
+	mps := pullTwoLayers(ctx, t, sn) // chain-b's first
+	e.fs.lose(mps[0])
+	sn.(Remounter).Remount([]string{mps[0], "/not/a/layer"}, "test server died")
+
+	m, err := sn.Mounts(ctx, "container")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkMounted(t, m, filesA, filesB)
+	if n := e.fs.mountCount(); n != 3 {
+		t.Errorf("%d mounts, want 3 (the lost layer mounted again)", n)
+	}
+	if err := e.fs.Check(ctx, mps[0], nil); err != nil {
+		t.Errorf("lost layer not served again: %v", err)
+	}
+	info, err := sn.Stat(ctx, "chain-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := info.Labels[LabelRemounted]; !strings.HasSuffix(v, ": test server died") {
+		t.Errorf("chain-b's %s label = %q, want a time and the reason", LabelRemounted, v)
+	}
+	if info, err := sn.Stat(ctx, "chain-a"); err != nil || info.Labels[LabelRemounted] != "" {
+		t.Errorf("chain-a, which was not lost: %v, %v", info.Labels, err)
+	}
+	// A snapshot removed meanwhile is not mounted again.
+	for _, key := range []string{"container", "chain-b"} {
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sn.(Remounter).Remount([]string{mps[0]}, "again")
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.fs.mountCount(); n != 3 {
+		t.Errorf("%d mounts after a Remount of a removed layer, want 3", n)
+	}
+}
+
 func TestRestartMountFails(t *testing.T) {
 	e := newRemoteEnv(t)
 	ctx := testContext(t)

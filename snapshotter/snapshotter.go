@@ -75,11 +75,15 @@ type snapshotter struct {
 
 	layersMu sync.Mutex
 	layers   map[string]*remoteLayer // by snapshot id
+	closed   bool                    // set by Close: no more restores
 
-	cancel    context.CancelFunc // stops background restores
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	// life is the lifetime of background restores; cancel ends it.
+	life       context.Context
+	cancel     context.CancelFunc
+	restoreSem chan struct{} // bounds concurrent restores
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 // New returns a snapshotter storing its snapshots and metadata under root
@@ -107,16 +111,16 @@ func New(root string, opts ...Opt) (snapshots.Snapshotter, error) {
 		fs:         cfg.fs,
 		keepMounts: cfg.keepMounts,
 		layers:     map[string]*remoteLayer{},
+		restoreSem: make(chan struct{}, cfg.restoreConcurrency),
 	}
 	// Lowerdirs on FUSE cannot always be indexed by file handle; a
 	// snapshotter never needs the overlay index.
 	if _, err := os.Stat("/sys/module/overlay/parameters/index"); err == nil {
 		s.options = append(s.options, "index=off")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	if err := s.restoreLayers(ctx, cfg.restoreConcurrency); err != nil {
-		cancel()
+	s.life, s.cancel = context.WithCancel(context.Background())
+	if err := s.restoreLayers(s.life); err != nil {
+		s.cancel()
 		ms.Close()
 		return nil, err
 	}
@@ -285,6 +289,9 @@ func withDefaultLabel(k, v string) snapshots.Opt {
 // the first call's result.
 func (s *snapshotter) Close() error {
 	s.closeOnce.Do(func() {
+		s.layersMu.Lock()
+		s.closed = true
+		s.layersMu.Unlock()
 		s.cancel()
 		s.wg.Wait()
 		if !s.keepMounts {

@@ -1,6 +1,7 @@
 // Command lazypull is lazypull's command line tool: it converts images to
-// eStargz (convert) and pulls images through containerd so that their
-// layers can be mounted lazily by the lazypull snapshotter (pull).
+// eStargz (convert), pulls images through containerd so that their layers
+// can be mounted lazily by the lazypull snapshotter (pull), and checks a
+// node's setup (doctor).
 package main
 
 import (
@@ -11,10 +12,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/urfave/cli/v2"
 )
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
 
 func main() {
 	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
@@ -22,6 +27,9 @@ func main() {
 
 // exitUsage is the exit status for a bad command line.
 const exitUsage = 2
+
+// doctorTimeout is doctor's default bound on each call it makes.
+const doctorTimeout = 10 * time.Second
 
 // run is the whole tool; it returns the exit status: 0 on success, 1 when
 // the command failed, 2 for a bad command line, and what a command asks
@@ -53,12 +61,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	usageErr := func(_ *cli.Context, err error, _ bool) error {
 		return cli.Exit(err.Error(), exitUsage)
 	}
-	cmds := []*cli.Command{convertCommand(), pullCommand()}
+	cmds := []*cli.Command{convertCommand(), pullCommand(), doctorCommand()}
 	for _, c := range cmds {
 		c.OnUsageError = usageErr
 	}
 	return &cli.App{
 		Name:            "lazypull",
+		Version:         version,
 		Usage:           "convert images to eStargz and pull them lazily through containerd",
 		Writer:          stdout,
 		ErrWriter:       stderr,

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -150,6 +151,8 @@ func TestUsageErrors(t *testing.T) {
 		{"convert", "--no-such-flag", "a", "b"},
 		{"pull"},
 		{"pull", "Bad@@ref"},
+		{"doctor", "extra"},
+		{"doctor", "--timeout", "soon"},
 	} {
 		if code, _, stderr := runCLI(t, args...); code != exitUsage {
 			t.Errorf("%v: exit %d, want %d (stderr %q)", args, code, exitUsage, stderr)
@@ -267,4 +270,48 @@ func mustRef(t *testing.T, s string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// doctor reads lazypulld's configuration as lazypulld does, flags over the
+// file, and exits 1 with its findings when one failed.
+func TestDoctorCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "lazypull.toml")
+	if err := os.WriteFile(cfg, []byte("address = \"/run/lp-test/from-file.sock\"\n[fs]\ndisable = true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "flag.sock")
+	code, stdout, stderr := runCLI(t, "doctor", "--json", "--config", cfg, "--address", sock,
+		"--containerd-config", filepath.Join(dir, "none.toml"), "--containerd-address", "", "--containerd-version", "2.4.2")
+	if code != exitDoctorFailed || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	var report struct {
+		OK       bool `json:"ok"`
+		Findings []struct{ Check, Status, Found, Fix string }
+	}
+	if err := json.Unmarshal([]byte(stdout), &report); err != nil {
+		t.Fatalf("%v:\n%s", err, stdout)
+	}
+	got := map[string]string{}
+	for _, f := range report.Findings {
+		got[f.Check] = f.Status + " " + f.Found
+	}
+	for check, want := range map[string]string{
+		"lazypull.config":   "FAIL " + cfg + " sets [fs] disable = true",
+		"lazypulld":         "FAIL no socket at " + sock,
+		"containerd.config": "FAIL " + filepath.Join(dir, "none.toml") + " does not exist",
+	} {
+		if !strings.HasPrefix(got[check], want) {
+			t.Errorf("%s: got %q, want %q...", check, got[check], want)
+		}
+	}
+	if report.OK {
+		t.Error("ok with failures")
+	}
+	// A file named with --config that does not exist is lazypulld's error too.
+	_, stdout, _ = runCLI(t, "doctor", "--config", filepath.Join(dir, "missing.toml"), "--containerd-address", "")
+	if !strings.Contains(stdout, "FAIL  lazypull.config") {
+		t.Errorf("missing --config file not reported:\n%s", stdout)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -14,7 +15,11 @@ import (
 	"testing"
 	"time"
 
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // These tests run the real daemon binary, built once by TestMain (with -race
@@ -72,7 +77,24 @@ func newEnv(t *testing.T) *env {
 	if err := os.WriteFile(e.config, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Registered first, so it runs after the daemons are stopped: the data
+	// planes they started outlive them.
+	t.Cleanup(func() { stopPlanes(t, e.root) })
 	return e
+}
+
+// stopPlanes runs `lazypulld --stop-data-planes` on root, with the default
+// configuration, and fails t if it fails.
+func stopPlanes(t *testing.T, root string) {
+	t.Helper()
+	empty := filepath.Join(t.TempDir(), "empty.toml")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binary, "--config", empty, "--root", root, "--stop-data-planes").CombinedOutput()
+	if err != nil {
+		t.Errorf("lazypulld --stop-data-planes: %v\n%s", err, out)
+	}
 }
 
 func (e *env) args(extra ...string) []string {
@@ -145,14 +167,14 @@ func start(t *testing.T, args ...string) *daemon {
 
 func (d *daemon) pid() int { return d.cmd.Process.Pid }
 
-// waitServing waits until the daemon accepts connections on address.
+// waitServing waits until the daemon answers snapshot calls on address (it
+// accepts connections a moment earlier).
 func (d *daemon) waitServing(t *testing.T, address string) {
 	t.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
-		conn, err := net.Dial("unix", address)
+		err := statOnce(address)
 		if err == nil {
-			conn.Close()
 			return
 		}
 		select {
@@ -164,6 +186,26 @@ func (d *daemon) waitServing(t *testing.T, address string) {
 			t.Fatalf("lazypulld not serving on %s after %v: %v", address, startTimeout, err)
 		}
 	}
+}
+
+// statOnce makes one snapshots call on address; a not-found answer means
+// the service answers.
+func statOnce(address string) error {
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "lazypull").Stat(ctx, "waitserving-nothing")
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err == nil {
+		return errors.New("stat of a missing snapshot succeeded")
+	}
+	return err
 }
 
 // wait returns the daemon's exit code.

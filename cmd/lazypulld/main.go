@@ -2,10 +2,25 @@
 // API (containerd.services.snapshots.v1) on a unix socket, for containerd to
 // load as a proxy snapshotter plugin.
 //
+// The daemon is the control plane: the snapshots API, the snapshot
+// metadata and the overlay mounts. The FUSE filesystems of lazily pulled
+// layers, with the chunk cache and the registry client, are served by a
+// data plane: the same binary, started by the daemon as
+// `lazypulld data-plane <dir>` in a session of its own, which outlives the
+// daemon. A daemon that starts adopts the data planes it finds under
+// <root>/dataplanes and starts one of its own build if none is; data planes
+// of another build keep the layers they serve until those are removed, then
+// stop; a data plane that dies is replaced and its layers mounted again.
+// The protocol between the two is package dataplane.
+//
 // Settings come from the command line flags, then the configuration file
 // (see config/example.toml), then the defaults. The daemon runs until SIGINT
-// or SIGTERM, then finishes the calls in flight, closes the snapshotter,
-// removes its socket and exits 0.
+// or SIGTERM, then finishes the calls in flight (for at most
+// shutdownTimeout), closes the snapshotter, removes its socket and exits 0,
+// leaving the data planes and their mounts to the next daemon. Under
+// systemd (NOTIFY_SOCKET set) it reports READY=1 once it serves and
+// STOPPING=1 when it stops. `lazypulld --stop-data-planes` stops the data
+// planes of a root whose daemon is stopped and unmounts their layers.
 package main
 
 import (
@@ -28,6 +43,9 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == dataPlaneMode {
+		os.Exit(runDataPlane(os.Args[2:], os.Stderr))
+	}
 	os.Exit(run(os.Args, os.Stderr))
 }
 
@@ -38,6 +56,7 @@ type flags struct {
 	root           *string
 	address        *string
 	logLevel       *string
+	stopPlanes     bool
 }
 
 // run is the whole daemon; it returns the exit status: 0 after a clean
@@ -57,14 +76,16 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lazypulld: %v\n", err)
 		return 1
 	}
-	log.L.Logger.SetOutput(stderr)
-	if err := log.SetFormat(log.TextFormat); err != nil {
+	if err := setupLogging(cfg, stderr); err != nil {
 		fmt.Fprintf(stderr, "lazypulld: %v\n", err)
 		return 1
 	}
-	if err := log.SetLevel(cfg.LogLevel); err != nil {
-		fmt.Fprintf(stderr, "lazypulld: log_level: %v\n", err)
-		return 1
+	if f.stopPlanes {
+		if err := stopDataPlanes(cfg, stderr); err != nil {
+			fmt.Fprintf(stderr, "lazypulld: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -76,6 +97,18 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// setupLogging sends the log to stderr, as text, at cfg's level.
+func setupLogging(cfg *config.Config, stderr io.Writer) error {
+	log.L.Logger.SetOutput(stderr)
+	if err := log.SetFormat(log.TextFormat); err != nil {
+		return err
+	}
+	if err := log.SetLevel(cfg.LogLevel); err != nil {
+		return fmt.Errorf("log_level: %w", err)
+	}
+	return nil
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -93,6 +126,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		"configuration `file`; the default file may be missing, a named one may not")
 	fset.StringVar(&root, "root", "", "state `directory` (overrides the file's root; default "+config.DefaultRoot+")")
 	fset.StringVar(&address, "address", "", "unix socket `path` to serve on (overrides the file's address; default "+config.DefaultAddress+")")
+	fset.BoolVar(&f.stopPlanes, "stop-data-planes", false,
+		"stop the data planes of the root, unmounting their layers, and exit (for uninstalling; the daemon must be stopped)")
 	fset.StringVar(&logLevel, "log-level", "", "trace, debug, info, warn or error (overrides the file's log_level; default "+config.DefaultLogLevel+")")
 	if err := fset.Parse(args[1:]); err != nil {
 		return nil, err

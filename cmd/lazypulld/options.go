@@ -6,31 +6,22 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/containerd/containerd/v2/core/snapshots"
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/config"
 	"github.com/lazypull/lazypull/fs"
 	"github.com/lazypull/lazypull/remote"
-	"github.com/lazypull/lazypull/snapshotter"
 )
 
-// newSnapshotter is the one place where the configuration becomes options
-// of the packages the daemon is built from: the registry client feeds the
-// layer filesystems, which the snapshotter mounts lazy layers with. creds,
-// if not nil, gives the registry client credentials ahead of docker's
-// config.json (the CRI image service's). The returned close function
-// closes the snapshotter (which unmounts its layers), then the
-// filesystems, then the chunk cache.
-func newSnapshotter(cfg *config.Config, creds remote.CredentialSource) (snapshots.Snapshotter, func() error, error) {
-	if cfg.FS.Disable {
-		sn, err := snapshotter.New(cfg.Root)
-		if err != nil {
-			return nil, nil, err
-		}
-		return sn, sn.Close, nil
-	}
+// newFileSystem is the one place where the configuration becomes options
+// of the packages a data plane is built from: the registry client feeds
+// the layer filesystems, which read through the chunk cache. creds, if not
+// nil, gives the registry client credentials ahead of docker's config.json
+// (those the daemon's CRI image service pushes). The returned close
+// function closes the filesystems (which unmounts their layers), then the
+// chunk cache.
+func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, func() error, error) {
 	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
@@ -69,11 +60,7 @@ func newSnapshotter(cfg *config.Config, creds remote.CredentialSource) (snapshot
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
 	}
-	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(layers))
-	if err != nil {
-		return nil, nil, errors.Join(err, layers.Close(), chunks.Close())
-	}
-	return sn, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close()) }, nil
+	return layers, func() error { return errors.Join(layers.Close(), chunks.Close()) }, nil
 }
 
 // The chunk cache is a FileCache, which FUSE passthrough needs: fs finds
@@ -98,6 +85,7 @@ type blobOpener struct{ r *remote.Resolver }
 
 var (
 	_ fs.ManifestReader = blobOpener{}
+	_ fs.SizedOpener    = blobOpener{}
 	_ fs.ProgressBlob   = (*remote.Blob)(nil)
 )
 
@@ -112,4 +100,13 @@ func (o blobOpener) Open(ctx context.Context, ref string, dgst digest.Digest, ta
 		return nil, nil, err
 	}
 	return b, t, nil
+}
+
+// OpenSized opens a blob whose TOC fs stored, without a request.
+func (o blobOpener) OpenSized(ctx context.Context, ref string, dgst digest.Digest, size int64) (fs.Blob, error) {
+	b, err := o.r.OpenSized(ctx, ref, dgst, size)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
 }

@@ -9,20 +9,24 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/config"
 	"github.com/lazypull/lazypull/cri"
+	"github.com/lazypull/lazypull/snapshotter"
 )
 
 // shutdownTimeout bounds how long a stopping daemon waits for calls in
-// flight before cutting them off.
-const shutdownTimeout = 10 * time.Second
+// flight before cutting them off: a few seconds, so that a restart is
+// quick; a Prepare cut off mounts nothing and containerd retries it.
+const shutdownTimeout = 2 * time.Second
 
 // serve runs the daemon until ctx is cancelled, then shuts it down in order:
 // stop accepting, finish calls in flight, close the snapshotter, remove the
-// socket, release the root. It returns nil after a clean shutdown.
+// socket, release the root. It leaves the data planes serving. It returns
+// nil after a clean shutdown.
 func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 	logger := log.G(ctx).WithFields(log.Fields{"root": cfg.Root, "address": cfg.Address})
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
@@ -36,12 +40,16 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		retErr = errors.Join(retErr, lock.release())
 	}()
 
-	var creds *cri.Store
-	if cfg.CRI.Address != "" {
-		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
-	}
-	sn, closeSnapshotter, err := newSnapshotter(cfg, credentialSource(creds))
+	// The socket is claimed before the data planes are started, so that
+	// a daemon refused for a busy socket starts none; it is served once
+	// the snapshotter is ready (a call that comes earlier waits).
+	l, err := listen(ctx, cfg.Address)
 	if err != nil {
+		return err
+	}
+	sn, pl, closeSnapshotter, err := newSnapshotter(ctx, cfg)
+	if err != nil {
+		l.Close()
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
 	defer func() {
@@ -50,12 +58,6 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		}
 	}()
 
-	// The socket appears only once the snapshotter is ready, so whoever
-	// waits for it can call at once.
-	l, err := listen(ctx, cfg.Address)
-	if err != nil {
-		return err
-	}
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 
@@ -63,14 +65,17 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 	go func() { served <- srv.Serve(l) }()
 
 	var criSrv *criServer
-	if creds != nil {
-		if criSrv, err = startCRI(ctx, cfg.CRI, creds); err != nil {
+	if cfg.CRI.Address != "" {
+		if criSrv, err = startCRI(ctx, cfg.CRI, criKeeper(cfg, pl)); err != nil {
 			srv.Stop()
 			<-served
 			return err
 		}
 	}
-	logger.WithField("pid", os.Getpid()).Info("lazypulld serving")
+	logger.WithFields(log.Fields{"pid": os.Getpid(), "version": version}).Info("lazypulld serving")
+	if err := sdNotify("READY=1"); err != nil {
+		logger.WithError(err).Warn("notify the service manager")
+	}
 
 	select {
 	case err := <-served:
@@ -85,9 +90,12 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		return err
 	case <-ctx.Done():
 	}
-	logger.Info("lazypulld stopping")
+	logger.Info("lazypulld stopping; data planes keep serving")
 	// Pulls through the image service need the snapshotter: stop them first.
 	criSrv.stop(ctx)
+	if err := sdNotify("STOPPING=1"); err != nil {
+		logger.WithError(err).Warn("notify the service manager")
+	}
 	stopServer(ctx, srv)
 	// GracefulStop closed the listener, which removed the socket.
 	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -95,6 +103,43 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 	}
 	logger.Info("lazypulld stopped")
 	return nil
+}
+
+// newSnapshotter is the snapshotter the daemon serves: its remote layers
+// are mounted by the data planes, which keep them mounted when the daemon
+// stops. The returned close function closes the snapshotter, then stops
+// watching the data planes.
+func newSnapshotter(ctx context.Context, cfg *config.Config) (snapshots.Snapshotter, *planes, func() error, error) {
+	if cfg.FS.Disable {
+		sn, err := snapshotter.New(cfg.Root)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return sn, nil, sn.Close, nil
+	}
+	pl, err := newPlanes(ctx, cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(pl), snapshotter.WithKeepMountsOnClose())
+	if err != nil {
+		return nil, nil, nil, errors.Join(err, pl.Close())
+	}
+	pl.setOnLost(sn.(snapshotter.Remounter).Remount)
+	return sn, pl, func() error { return errors.Join(sn.Close(), pl.Close()) }, nil
+}
+
+// criKeeper is where the CRI image service keeps pull credentials: a store
+// mirrored to the data planes (pl; nil when lazy pulling is off, and no
+// registry is read).
+func criKeeper(cfg *config.Config, pl *planes) cri.Keeper {
+	store := cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
+	if pl == nil {
+		return store
+	}
+	k := &planeCredentials{store: store, planes: pl}
+	pl.setSeed(k.seed)
+	return k
 }
 
 // stopServer stops accepting and lets calls in flight finish, for at most

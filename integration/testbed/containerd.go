@@ -223,9 +223,21 @@ func (c *Containerd) RunCommand(ctx context.Context, snapshotter, ref, id string
 	return c.CtrCommand(ctx, c.runArgs(snapshotter, ref, id, args)...)
 }
 
+// RunCommandWith is RunCommand with more flags of `ctr run` (a bind mount,
+// say) before the image reference.
+func (c *Containerd) RunCommandWith(ctx context.Context, snapshotter, ref, id string, flags []string, args ...string) *exec.Cmd {
+	return c.CtrCommand(ctx, c.runArgsWith(snapshotter, ref, id, flags, args)...)
+}
+
 func (c *Containerd) runArgs(snapshotter, ref, id string, args []string) []string {
-	return append([]string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot,
-		"--fifo-dir", filepath.Join(c.Dir, "fifo"), ref, id}, args...)
+	return c.runArgsWith(snapshotter, ref, id, nil, args)
+}
+
+func (c *Containerd) runArgsWith(snapshotter, ref, id string, flags, args []string) []string {
+	a := []string{"run", "--rm", "--snapshotter", snapshotter, "--runc-root", c.RuncRoot,
+		"--fifo-dir", filepath.Join(c.Dir, "fifo")}
+	a = append(a, flags...)
+	return append(append(a, ref, id), args...)
 }
 
 // Client returns a containerd Go client for c, with c.Namespace as default

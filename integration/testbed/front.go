@@ -27,6 +27,7 @@ type Front struct {
 	Host string
 
 	served atomic.Int64 // response body bytes passed on
+	down   atomic.Bool  // answer every request with 503
 
 	mu      sync.Mutex
 	corrupt map[digest.Digest][]int64 // blob offsets to flip
@@ -55,7 +56,14 @@ func StartFront(t T, backend string) *Front {
 		},
 		ModifyResponse: f.modify,
 	}
-	srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f.down.Load() {
+			http.Error(w, "registry front is down", http.StatusServiceUnavailable)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	t.Cleanup(func() {
@@ -68,6 +76,10 @@ func StartFront(t T, backend string) *Front {
 	})
 	return f
 }
+
+// SetDown makes the front answer every request with 503 Service
+// Unavailable (down) or pass requests on again: a registry that is down.
+func (f *Front) SetDown(down bool) { f.down.Store(down) }
 
 // Ref returns the image reference "<front host>/<repoTag>".
 func (f *Front) Ref(repoTag string) string { return f.Host + "/" + repoTag }

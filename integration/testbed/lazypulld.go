@@ -47,7 +47,10 @@ type Lazypulld struct {
 
 // StartLazypulld starts lazypulld for t, waits until its socket answers
 // snapshot API calls and stops it at cleanup (the test fails if it does not
-// exit cleanly on SIGTERM).
+// exit cleanly on SIGTERM). Then, also when the test failed, it stops the
+// data planes the daemon started (`lazypulld --stop-data-planes`, and
+// SIGKILL for any left), which unmounts their layers; their logs are printed
+// first if the test failed.
 func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 	t.Helper()
 	if err := checkBinary(opts.Binary); err != nil {
@@ -79,10 +82,16 @@ func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if l.proc != nil {
+		if l.proc != nil && !l.proc.exited() {
 			if err := l.proc.stop(15 * time.Second); err != nil {
 				t.Errorf("stop lazypulld: %v", err)
 			}
+		}
+		if t.Failed() {
+			l.logDataPlanes(t)
+		}
+		if err := l.stopDataPlanes(); err != nil {
+			t.Errorf("stop data planes: %v", err)
 		}
 	})
 	if err := l.Start(t); err != nil {
@@ -91,8 +100,11 @@ func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 	return l
 }
 
-// Start starts the daemon again after Stop, with the same root, socket and
-// configuration; the log file is appended to.
+// UseBinary makes the next Start run bin: an upgrade.
+func (l *Lazypulld) UseBinary(bin string) { l.opts.Binary = bin }
+
+// Start starts the daemon again after Stop or Kill, with the same root,
+// socket and configuration; the log file is appended to.
 func (l *Lazypulld) Start(t T) error {
 	if l.proc != nil && !l.proc.exited() {
 		return fmt.Errorf("lazypulld is already running")
@@ -100,6 +112,10 @@ func (l *Lazypulld) Start(t T) error {
 	// Registry credentials come only from what the test gives the daemon:
 	// no docker config.json of the machine.
 	env := append(os.Environ(), "DOCKER_CONFIG="+filepath.Join(l.Dir, "docker"))
+	if _, ok := os.LookupEnv("GORACE"); !ok {
+		// A -race binary otherwise sleeps a second before it exits.
+		env = append(env, "GORACE=atexit_sleep_ms=0")
+	}
 	p, err := startProcess(t, "lazypulld", l.LogPath, env, l.opts.Binary,
 		"--config", l.ConfigPath, "--root", l.Root, "--address", l.Socket, "--log-level", l.opts.LogLevel)
 	if err != nil {
@@ -116,6 +132,18 @@ func (l *Lazypulld) Stop() error {
 		return fmt.Errorf("lazypulld is not running")
 	}
 	return l.proc.stop(15 * time.Second)
+}
+
+// Kill kills the daemon with SIGKILL and waits for it to exit.
+func (l *Lazypulld) Kill() error {
+	if l.proc == nil || l.proc.exited() {
+		return fmt.Errorf("lazypulld is not running")
+	}
+	if err := l.proc.cmd.Process.Kill(); err != nil {
+		return err
+	}
+	_ = l.proc.waitErr()
+	return nil
 }
 
 // Running reports whether the daemon process is alive.

@@ -2,18 +2,62 @@
 // file named on its command line it prints "<sha256>  <path>" (the format of
 // sha256sum), reading the file through the container's root filesystem.
 // It is built static (CGO_ENABLED=0) so the image needs no libc.
+//
+// With "-loop DIR" it reads requests, one line of space-separated paths
+// each, from the FIFO DIR/req and answers each on the FIFO DIR/resp with a
+// line per path ("<sha256>  <path>", or "error <message>") and a line ".",
+// until req reaches its end: a container that keeps reading files, at the
+// pace of the test that asks.
 package main
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "-loop" {
+		os.Exit(loop(os.Args[2], os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func loop(dir string, stderr io.Writer) int {
+	req, err := os.Open(filepath.Join(dir, "req"))
+	if err != nil {
+		fmt.Fprintf(stderr, "hashfiles: %v\n", err)
+		return 1
+	}
+	defer req.Close()
+	resp, err := os.OpenFile(filepath.Join(dir, "resp"), os.O_WRONLY, 0)
+	if err != nil {
+		fmt.Fprintf(stderr, "hashfiles: %v\n", err)
+		return 1
+	}
+	defer resp.Close()
+	sc := bufio.NewScanner(req)
+	w := bufio.NewWriter(resp)
+	for sc.Scan() {
+		for _, p := range strings.Fields(sc.Text()) {
+			if sum, err := hashFile(p); err != nil {
+				fmt.Fprintf(w, "error %v\n", err)
+			} else {
+				fmt.Fprintf(w, "%s  %s\n", sum, p)
+			}
+		}
+		fmt.Fprintln(w, ".")
+		if err := w.Flush(); err != nil {
+			fmt.Fprintf(stderr, "hashfiles: %v\n", err)
+			return 1
+		}
+	}
+	return 0
 }
 
 func run(paths []string, stdout, stderr io.Writer) int {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -22,5 +24,51 @@ func TestRun(t *testing.T) {
 	}
 	if errOut.Len() == 0 {
 		t.Error("no error printed for the missing file")
+	}
+}
+
+func TestLoop(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("abc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"req", "resp"} {
+		if err := syscall.Mkfifo(filepath.Join(dir, n), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, err := os.OpenFile(filepath.Join(dir, "req"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := os.OpenFile(filepath.Join(dir, "resp"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Close()
+	code := make(chan int, 1)
+	var errOut bytes.Buffer
+	go func() { code <- loop(dir, &errOut) }()
+	r := bufio.NewReader(resp)
+	want := []string{
+		"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  " + p,
+		"error open " + p + ".missing: no such file or directory",
+		".",
+	}
+	for range 2 { // twice: the loop answers every request
+		if _, err := req.WriteString(p + " " + p + ".missing\n"); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range want {
+			line, err := r.ReadString('\n')
+			if err != nil || line != w+"\n" {
+				t.Fatalf("answer line %q, %v; want %q", line, err, w)
+			}
+		}
+	}
+	req.Close()
+	if c := <-code; c != 0 {
+		t.Errorf("loop exited with %d: %s", c, errOut.String())
 	}
 }
