@@ -51,12 +51,14 @@ func (c *Containerd) criConfig(o CRIOptions, hostsDir string) string {
 // defaults it names. A default that is not in the file is an error: the
 // file and the bed have drifted apart.
 func lazypullConfig(f Flavour, opts ContainerdOptions) (string, error) {
-	name, text := "containerd/config-v3.toml", contrib.ContainerdV3
-	if f.ConfigVersion < 3 {
-		name, text = "containerd/config-v2.toml", contrib.ContainerdV2
+	if f.ConfigVersion >= 3 {
+		return substitute("containerd/config-v3.toml", contrib.ContainerdV3, contrib.DefaultSocket, opts.LazypullSocket,
+			contrib.DefaultRoot, opts.LazypullRoot, contrib.DefaultHostsDir, opts.HostsDir)
 	}
-	return substitute(name, text, contrib.DefaultSocket, opts.LazypullSocket,
-		contrib.DefaultRoot, opts.LazypullRoot, contrib.DefaultHostsDir, opts.HostsDir)
+	// Sections merged into config.toml, which has its version line.
+	return substitute("containerd/config-v2.toml", contrib.ContainerdV2, "\nversion = 2\n", "\n",
+		contrib.DefaultSocket, opts.LazypullSocket, contrib.DefaultRoot, opts.LazypullRoot,
+		contrib.DefaultHostsDir, opts.HostsDir)
 }
 
 // substitute replaces in text, the content of contrib file name, each
