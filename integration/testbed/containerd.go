@@ -143,6 +143,16 @@ func ContainerdSocket(dir string) string { return filepath.Join(dir, "containerd
 
 func (c *Containerd) dropInPath() string { return filepath.Join(c.Dir, "lazypull.toml") }
 
+// LazypullConfigPath is the file that holds c's lazypull configuration (the
+// proxy plugin): the drop-in config.toml imports on 2.x, config.toml itself
+// on 1.x.
+func (c *Containerd) LazypullConfigPath() string {
+	if c.Flavour.ConfigVersion >= 3 {
+		return c.dropInPath()
+	}
+	return c.ConfigPath
+}
+
 func (c *Containerd) config(opts ContainerdOptions) string {
 	var b strings.Builder
 	q := strconv.Quote
