@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -192,7 +193,7 @@ func newBench(o options, stderr io.Writer) (*bench, error) {
 func (b *bench) run(ctx context.Context, stdout io.Writer) error {
 	started := time.Now()
 	b.progress("link: RTT %v, %s; registry in network namespace lpbench-%d", b.rtt, formatRate(b.rate), os.Getpid())
-	ns := newNetns(b.top)
+	ns := newNetns(b.top, "lpbench-"+strconv.Itoa(os.Getpid()))
 	b.registry = testbed.StartRegistryWith(b.top, testbed.RegistryOptions{NetNS: ns.path, Dial: ns.dial})
 	l, err := startLink(b.registry.Host, ns.dial)
 	if err != nil {
