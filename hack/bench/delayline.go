@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -29,15 +28,28 @@ import (
 //
 // The kernel's queue is bounded (maxLen packets); a packet that finds it
 // full is dropped, as on a real link (no --queue-bypass, no fail-open),
-// and the kernel counts it (queueCounters). The bound is set far above the
-// packets a link's bandwidth-delay product can hold, so that it is not hit.
+// and the kernel counts it (kernelLink.Drops). The bound is set far above
+// the packets a link's bandwidth-delay product can hold, so that it is not
+// hit.
+//
+// The benchmark runs it in a process of its own (delaylineproc.go), away
+// from its own goroutines and garbage collection: the counters are then in
+// memory shared with the benchmark.
 type delayLine struct {
 	fd     int // netlink socket, bound to the queue
 	stopFd int // eventfd: Close wakes the loop through it
 	queue  uint16
 	delay  time.Duration
 	down   netip.Addr // packets from this address travel to the node
+	c      *lineCounters
 
+	done      chan struct{}
+	err       error // why the loop ended, when not closed; read after done
+	closeOnce sync.Once
+}
+
+// lineCounters are what a delay line counts. Only its loop writes them.
+type lineCounters struct {
 	packets   atomic.Int64
 	bytes     atomic.Int64 // IP bytes, headers included
 	payload   atomic.Int64 // TCP payload bytes from down to the node
@@ -45,11 +57,7 @@ type delayLine struct {
 	lateNs    atomic.Int64 // sum over packets of release - due
 	lateMaxNs atomic.Int64
 	overflows atomic.Int64 // ENOBUFS: the socket's buffer overflowed
-	realtime  bool         // the loop's thread runs SCHED_FIFO
-
-	done      chan struct{}
-	err       error // why the loop ended, when not closed; read after done
-	closeOnce sync.Once
+	realtime  atomic.Int64 // 1: the loop's thread runs SCHED_FIFO
 }
 
 // Constants of nfnetlink_queue (linux/netfilter/nfnetlink_queue.h), not in
@@ -79,12 +87,13 @@ const (
 // newDelayLine binds queue in the network namespace open at nsFd and
 // starts delaying its packets by delay. maxLen bounds the kernel's queue.
 // TCP payload from the address down is counted as delivered to the node.
-func newDelayLine(nsFd int, queue uint16, maxLen uint32, delay time.Duration, down netip.Addr) (*delayLine, error) {
+// It counts in c.
+func newDelayLine(nsFd int, queue uint16, maxLen uint32, delay time.Duration, down netip.Addr, c *lineCounters) (*delayLine, error) {
 	fd, err := socketIn(nsFd, unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	d := &delayLine{fd: fd, stopFd: -1, queue: queue, delay: delay, down: down, done: make(chan struct{})}
+	d := &delayLine{fd: fd, stopFd: -1, queue: queue, delay: delay, down: down, c: c, done: make(chan struct{})}
 	if err := d.configure(maxLen); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nfqueue %d: %w", queue, err)
@@ -192,7 +201,9 @@ func (d *delayLine) loop(started chan<- struct{}) {
 	runtime.LockOSThread()
 	defer close(d.done)
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 10}
-	d.realtime = unix.SchedSetAttr(0, &attr, 0) == nil
+	if unix.SchedSetAttr(0, &attr, 0) == nil {
+		d.c.realtime.Store(1)
+	}
 	close(started)
 	var line []held // FIFO: every packet has the same delay
 	buf := make([]byte, 1<<16)
@@ -226,7 +237,7 @@ func (d *delayLine) loop(started chan<- struct{}) {
 				break
 			}
 			if errors.Is(err, unix.ENOBUFS) {
-				d.overflows.Add(1) // the kernel dropped what did not fit
+				d.c.overflows.Add(1) // the kernel dropped what did not fit
 				continue
 			}
 			if errors.Is(err, unix.EINTR) {
@@ -303,17 +314,17 @@ func packetAttrs(b []byte) (id uint32, payload []byte, ok bool) {
 
 // count adds a packet whose first bytes are head to the counters.
 func (d *delayLine) count(head []byte) {
-	d.packets.Add(1)
+	d.c.packets.Add(1)
 	p, ok := parseIPv4TCP(head)
 	if !ok {
 		return
 	}
-	d.bytes.Add(int64(p.total))
-	if int64(p.total) > d.maxPacket.Load() {
-		d.maxPacket.Store(int64(p.total)) // only the loop writes it
+	d.c.bytes.Add(int64(p.total))
+	if int64(p.total) > d.c.maxPacket.Load() {
+		d.c.maxPacket.Store(int64(p.total)) // only the loop writes it
 	}
 	if p.tcp && p.src == d.down {
-		d.payload.Add(int64(p.payload))
+		d.c.payload.Add(int64(p.payload))
 	}
 }
 
@@ -348,9 +359,9 @@ func (d *delayLine) release(line []held, now time.Time) ([]held, error) {
 	n := 0
 	for n < len(line) && !line[n].due.After(now) {
 		late := now.Sub(line[n].due).Nanoseconds()
-		d.lateNs.Add(late)
-		if late > d.lateMaxNs.Load() {
-			d.lateMaxNs.Store(late)
+		d.c.lateNs.Add(late)
+		if late > d.c.lateMaxNs.Load() {
+			d.c.lateMaxNs.Store(late)
 		}
 		n++
 	}
@@ -378,18 +389,14 @@ type delayStats struct {
 	Realtime  bool    `json:"realtime"`
 }
 
-func (d *delayLine) stats() delayStats {
-	s := delayStats{Packets: d.packets.Load(), Bytes: d.bytes.Load(), MaxPacket: d.maxPacket.Load(),
-		LateMaxS: time.Duration(d.lateMaxNs.Load()).Seconds(), Overflows: d.overflows.Load(), Realtime: d.realtime}
+func (c *lineCounters) stats() delayStats {
+	s := delayStats{Packets: c.packets.Load(), Bytes: c.bytes.Load(), MaxPacket: c.maxPacket.Load(),
+		LateMaxS: time.Duration(c.lateMaxNs.Load()).Seconds(), Overflows: c.overflows.Load(), Realtime: c.realtime.Load() == 1}
 	if s.Packets > 0 {
-		s.LateMeanS = time.Duration(d.lateNs.Load() / s.Packets).Seconds()
+		s.LateMeanS = time.Duration(c.lateNs.Load() / s.Packets).Seconds()
 	}
 	return s
 }
-
-// Delivered returns the TCP payload bytes that went from the registry to
-// the node.
-func (d *delayLine) Delivered() int64 { return d.payload.Load() }
 
 // Err reports why the loop ended on its own (nil while it runs).
 func (d *delayLine) Err() error {
@@ -408,10 +415,9 @@ func (d *delayLine) Close() error {
 	d.closeOnce.Do(func() {
 		var one [8]byte
 		binary.NativeEndian.PutUint64(one[:], 1)
-		if _, err := unix.Write(d.stopFd, one[:]); err != nil {
-			fmt.Fprintf(os.Stderr, "delay line: wake the loop: %v\n", err)
+		if _, err := unix.Write(d.stopFd, one[:]); err == nil {
+			<-d.done
 		}
-		<-d.done
 		unix.Close(d.stopFd)
 		unix.Close(d.fd)
 	})

@@ -38,7 +38,7 @@ type kernelLink struct {
 	toNode      string // the link namespace's end towards the node
 	toServer    string // the link namespace's end towards the registry
 	node, regIP netip.Addr
-	delay       *delayLine
+	delay       *delayLineProc
 	rtt         time.Duration
 	rate        int64
 }
@@ -158,7 +158,7 @@ func (k *kernelLink) Shape(rtt time.Duration, rate int64) error {
 	// at most every congestion window at once: a few bandwidth-delay
 	// products in packets of 1500 bytes, both directions.
 	maxLen := uint32(min(4*bdp/1500+1024, 1<<16))
-	d, err := newDelayLine(k.link.fd, queueNum, maxLen, rtt/2, k.regIP)
+	d, err := startDelayLine(k.link.path, queueNum, maxLen, rtt/2, k.regIP, k.s.log)
 	if err != nil {
 		return err
 	}
@@ -190,6 +190,15 @@ func (k *kernelLink) Delivered() int64 {
 		return 0
 	}
 	return k.delay.Delivered()
+}
+
+// Err reports a delay line that ended: from then on the link drops
+// every packet.
+func (k *kernelLink) Err() error {
+	if k.delay == nil {
+		return nil
+	}
+	return k.delay.Err()
 }
 
 // linkDrops are the packets the link dropped: the kernel's queue of the

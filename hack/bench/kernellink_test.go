@@ -10,9 +10,19 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
+
+// TestMain runs the test binary as a delay line process when the kernel
+// link starts one (it runs os.Executable()).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == delayLineArg {
+		os.Exit(runDelayLine(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
 
 // testLink makes a kernel link between a client namespace and a server
 // namespace of the test's own, shaped to rtt and rate, and a server in the
@@ -26,7 +36,7 @@ func testLink(t *testing.T, rtt time.Duration, rate int64) (*kernelLink, net.Add
 	if _, err := exec.LookPath("iptables"); err != nil {
 		t.Fatalf("iptables: %v (hack/install-deps.sh installs it)", err)
 	}
-	s := newScope(t.Name(), io.Discard)
+	s := newScope(t.Name(), testLog{t})
 	t.Cleanup(func() {
 		if s.close() {
 			t.Error("teardown of the link failed")
@@ -95,8 +105,9 @@ func TestKernelLinkDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if took := time.Since(t0); took < rtt*95/100 {
-		t.Errorf("connect took %v, less than the link's round trip %v", took, rtt)
+	connect := time.Since(t0)
+	if connect < rtt*95/100 {
+		t.Errorf("connect took %v, less than the link's round trip %v", connect, rtt)
 	}
 	for range 5 { // small exchanges, each one round trip
 		if _, err := io.WriteString(c, "ping\n"); err != nil {
@@ -128,7 +139,7 @@ func TestKernelLinkDelay(t *testing.T) {
 	}
 	took := time.Since(t0)
 	bps := float64(size*8) / took.Seconds()
-	t.Logf("connect %v, min_rtt %v, %d MiB in %v (%.0f Mbit/s)", time.Since(t0), minRTT, size>>20, took, bps/1e6)
+	t.Logf("connect %v, min_rtt %v, %d MiB in %v (%.0f Mbit/s)", connect, minRTT, size>>20, took, bps/1e6)
 	if bps > rate*1.1 {
 		t.Errorf("bulk transfer at %.0f Mbit/s, above the link's %.0f", bps/1e6, float64(rate)/1e6)
 	}
@@ -203,4 +214,12 @@ func TestPacketParsing(t *testing.T) {
 	if !ok || !p.tcp || p.total != 1500 || p.payload != 1500-20-32 || p.src != netip.MustParseAddr("10.213.0.6") {
 		t.Errorf("parseIPv4TCP = %+v, %v", p, ok)
 	}
+}
+
+// testLog writes to the test's log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

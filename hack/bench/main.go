@@ -43,6 +43,9 @@ func main() {
 	if len(os.Args) == 2 && os.Args[1] == hogArg {
 		hog()
 	}
+	if len(os.Args) > 1 && os.Args[1] == delayLineArg {
+		os.Exit(runDelayLine(os.Args[2:]))
+	}
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
