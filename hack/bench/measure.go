@@ -82,6 +82,11 @@ func (b *bench) coldRun(ctx context.Context, img *image, w workload, mode string
 }
 
 func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, res *result) error {
+	if b.klink != nil {
+		if err := b.klink.Err(); err != nil {
+			return fmt.Errorf("the link is down: %w", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.runTimeout)
 	defer cancel()
 	level := "info"
