@@ -43,9 +43,11 @@ if [[ -n ${ROOTFS_SETUP:-} ]]; then
 	echo "rootfs: setup in $name ..." >&2
 	chroot "$work/root" /bin/sh -ec "$ROOTFS_SETUP" >"$work/log" 2>&1 || { tail -20 "$work/log" >&2; exit 1; }
 fi
-# Drop what a container image does not ship: apt lists and caches, logs.
+# Drop what a container image does not ship: apt lists and caches, logs (the files: a server's
+# log directory stays, or it would not start).
 rm -rf "$work/root/var/cache/apt/"*.bin "$work/root/var/cache/apt/archives/"*.deb \
-	"$work/root/var/lib/apt/lists/"* "$work/root/var/log/"*
+	"$work/root/var/lib/apt/lists/"*
+find "$work/root/var/log" -type f -delete
 tar --numeric-owner --xattrs -C "$work/root" -cf "$work/out.tar" .
 mv "$work/out.tar" "$out"
 echo "$out"
