@@ -42,6 +42,10 @@ type delayLine struct {
 	delay  time.Duration
 	down   netip.Addr // packets from this address travel to the node
 	c      *lineCounters
+	maxLen uint32
+	// verdict is the batch verdict message, ACCEPT up to the id in its
+	// last four bytes.
+	verdict []byte
 
 	done      chan struct{}
 	err       error // why the loop ended, when not closed; read after done
@@ -93,10 +97,17 @@ func newDelayLine(nsFd int, queue uint16, maxLen uint32, delay time.Duration, do
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	d := &delayLine{fd: fd, stopFd: -1, queue: queue, delay: delay, down: down, c: c, done: make(chan struct{})}
+	d := &delayLine{fd: fd, stopFd: -1, queue: queue, delay: delay, down: down, c: c, maxLen: maxLen, done: make(chan struct{})}
+	var v [8]byte
+	binary.BigEndian.PutUint32(v[0:4], nfAccept)
+	d.verdict = nfqMessage(nfqnlMsgVerdictBatch, unix.NLM_F_REQUEST, queue, attr(nfqaVerdictHdr, v[:]))
 	if err := d.configure(maxLen); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nfqueue %d: %w", queue, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
 	}
 	if d.stopFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		unix.Close(fd)
@@ -188,15 +199,33 @@ func attr(typ uint16, data []byte) []byte {
 	return b
 }
 
-// held is a packet in the line: its id and when it is due.
+// held is a packet in the line: its id and when it is due, in
+// nanoseconds since the loop started.
 type held struct {
 	id  uint32
-	due time.Time
+	due int64
 }
+
+// ring is the line's FIFO of held packets. Every packet has the same delay,
+// so the FIFO is in the order they are due.
+type ring struct {
+	buf     []held
+	head, n int
+}
+
+func (r *ring) full() bool    { return r.n == len(r.buf) }
+func (r *ring) front() held   { return r.buf[r.head] }
+func (r *ring) push(h held)   { r.buf[(r.head+r.n)%len(r.buf)] = h; r.n++ }
+func (r *ring) pop()          { r.head, r.n = (r.head+1)%len(r.buf), r.n-1 }
+func (r *ring) empty() bool   { return r.n == 0 }
+func (r *ring) at(i int) held { return r.buf[(r.head+i)%len(r.buf)] }
 
 // loop reads packets and releases them when due, until Close. The thread
 // it runs on is never handed back to the runtime: it may have been made
-// real-time, which no other goroutine should inherit.
+// real-time, which no other goroutine should inherit. It allocates nothing
+// once started, so that the delay line's process can run without garbage
+// collection (whose stop-the-world, driven by threads of normal priority,
+// would hold this one back on a busy machine).
 func (d *delayLine) loop(started chan<- struct{}) {
 	runtime.LockOSThread()
 	defer close(d.done)
@@ -205,22 +234,21 @@ func (d *delayLine) loop(started chan<- struct{}) {
 		d.c.realtime.Store(1)
 	}
 	close(started)
-	var line []held // FIFO: every packet has the same delay
+	start := time.Now()
+	line := &ring{buf: make([]held, d.maxLen+1)} // the kernel queues at most maxLen
 	buf := make([]byte, 1<<16)
 	fds := []unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.stopFd), Events: unix.POLLIN}}
+	var ts unix.Timespec
 	for {
+		// Release what is due, then read what came, at most a batch at a
+		// time, so that a burst of arrivals does not hold releases back.
+		if err := d.release(line, int64(time.Since(start))); err != nil {
+			d.err = err
+			return
+		}
 		var timeout *unix.Timespec
-		if len(line) > 0 {
-			wait := time.Until(line[0].due)
-			if wait <= 0 {
-				var err error
-				if line, err = d.release(line, time.Now()); err != nil {
-					d.err = err
-					return
-				}
-				continue
-			}
-			ts := unix.NsecToTimespec(wait.Nanoseconds())
+		if !line.empty() {
+			ts = unix.NsecToTimespec(max(line.front().due-int64(time.Since(start)), 0))
 			timeout = &ts
 		}
 		if _, err := unix.Ppoll(fds, timeout, nil); err != nil && !errors.Is(err, unix.EINTR) {
@@ -230,9 +258,9 @@ func (d *delayLine) loop(started chan<- struct{}) {
 		if fds[1].Revents != 0 {
 			return
 		}
-		now := time.Now()
-		for {
-			n, _, err := unix.Recvfrom(d.fd, buf, unix.MSG_DONTWAIT)
+		now := int64(time.Since(start))
+		for range 64 {
+			n, err := unix.Read(d.fd, buf)
 			if errors.Is(err, unix.EAGAIN) {
 				break
 			}
@@ -247,25 +275,32 @@ func (d *delayLine) loop(started chan<- struct{}) {
 				d.err = fmt.Errorf("read from nfqueue: %w", err)
 				return
 			}
-			line = d.parse(line, buf[:n], now)
+			d.parse(line, buf[:n], now)
 		}
 	}
 }
 
-// parse appends the packets of the netlink messages in b, all read at now.
-func (d *delayLine) parse(line []held, b []byte, now time.Time) []held {
-	for _, m := range netlinkMessages(b) {
-		if m.typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(m.data) < 4 {
+// parse adds the packets of the netlink messages in b, all read at now.
+func (d *delayLine) parse(line *ring, b []byte, now int64) {
+	for {
+		typ, data, rest, ok := nextNetlinkMessage(b)
+		if !ok {
+			return
+		}
+		b = rest
+		if typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(data) < 4 {
 			continue
 		}
-		id, payload, ok := packetAttrs(m.data[4:]) // after the nfgenmsg
+		id, payload, ok := packetAttrs(data[4:]) // after the nfgenmsg
 		if !ok {
 			continue
 		}
 		d.count(payload)
-		line = append(line, held{id: id, due: now.Add(d.delay)})
+		if line.full() { // cannot be: the kernel holds no more than maxLen
+			d.release(line, line.front().due)
+		}
+		line.push(held{id: id, due: now + int64(d.delay)})
 	}
-	return line
 }
 
 // netlinkMessage is one message of a netlink datagram: its type and what
@@ -279,15 +314,26 @@ type netlinkMessage struct {
 // message ends it.
 func netlinkMessages(b []byte) []netlinkMessage {
 	var ms []netlinkMessage
-	for len(b) >= unix.NLMSG_HDRLEN {
-		l := int(binary.NativeEndian.Uint32(b[0:4]))
-		if l < unix.NLMSG_HDRLEN || l > len(b) {
-			break
+	for {
+		typ, data, rest, ok := nextNetlinkMessage(b)
+		if !ok {
+			return ms
 		}
-		ms = append(ms, netlinkMessage{typ: binary.NativeEndian.Uint16(b[4:6]), data: b[unix.NLMSG_HDRLEN:l]})
-		b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
+		ms = append(ms, netlinkMessage{typ: typ, data: data})
+		b = rest
 	}
-	return ms
+}
+
+// nextNetlinkMessage splits the first message off a netlink datagram.
+func nextNetlinkMessage(b []byte) (typ uint16, data, rest []byte, ok bool) {
+	if len(b) < unix.NLMSG_HDRLEN {
+		return 0, nil, nil, false
+	}
+	l := int(binary.NativeEndian.Uint32(b[0:4]))
+	if l < unix.NLMSG_HDRLEN || l > len(b) {
+		return 0, nil, nil, false
+	}
+	return binary.NativeEndian.Uint16(b[4:6]), b[unix.NLMSG_HDRLEN:l], b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):], true
 }
 
 // packetAttrs finds the packet id and the copied head of the packet in the
@@ -355,10 +401,10 @@ func parseIPv4TCP(head []byte) (ipPacket, bool) {
 
 // release lets every packet due at now go on, with one batch verdict for
 // the last of them (the kernel accepts every queued id up to it).
-func (d *delayLine) release(line []held, now time.Time) ([]held, error) {
+func (d *delayLine) release(line *ring, now int64) error {
 	n := 0
-	for n < len(line) && !line[n].due.After(now) {
-		late := now.Sub(line[n].due).Nanoseconds()
+	for n < line.n && line.at(n).due <= now {
+		late := now - line.at(n).due
 		d.c.lateNs.Add(late)
 		if late > d.c.lateMaxNs.Load() {
 			d.c.lateMaxNs.Store(late)
@@ -366,16 +412,17 @@ func (d *delayLine) release(line []held, now time.Time) ([]held, error) {
 		n++
 	}
 	if n == 0 {
-		return line, nil
+		return nil
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint32(v[0:4], nfAccept)
-	binary.BigEndian.PutUint32(v[4:8], line[n-1].id)
-	msg := nfqMessage(nfqnlMsgVerdictBatch, unix.NLM_F_REQUEST, d.queue, attr(nfqaVerdictHdr, v[:]))
-	if err := unix.Sendto(d.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return line, fmt.Errorf("verdict: %w", err)
+	last := line.at(n - 1).id
+	for range n {
+		line.pop()
 	}
-	return line[n:], nil // append reallocates with only the held packets
+	binary.BigEndian.PutUint32(d.verdict[len(d.verdict)-4:], last)
+	if _, err := unix.Write(d.fd, d.verdict); err != nil {
+		return fmt.Errorf("verdict: %w", err)
+	}
+	return nil
 }
 
 // delayStats is what the delay line counted since it started.
