@@ -102,7 +102,9 @@ func newKernelLink(s *scope, prefix string, client *netns) (*kernelLink, error) 
 			return nil, err
 		}
 	}
-	if err := k.link.exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+	// /proc/sys/net is the namespace's own (and sysctl(8) may not be
+	// installed).
+	if err := k.link.exec("sh", "-c", "echo 1 >/proc/sys/net/ipv4/ip_forward"); err != nil {
 		return nil, err
 	}
 	return k, k.checkRoute()
