@@ -60,6 +60,7 @@ type lineCounters struct {
 	maxPacket atomic.Int64 // the largest IP packet seen
 	lateNs    atomic.Int64 // sum over packets of release - due
 	lateMaxNs atomic.Int64
+	lateOver  atomic.Int64 // packets released more than lateMark late
 	overflows atomic.Int64 // ENOBUFS: the socket's buffer overflowed
 	realtime  atomic.Int64 // 1: the loop's thread runs SCHED_FIFO
 }
@@ -406,6 +407,9 @@ func (d *delayLine) release(line *ring, now int64) error {
 	for n < line.n && line.at(n).due <= now {
 		late := now - line.at(n).due
 		d.c.lateNs.Add(late)
+		if late > int64(lateMark) {
+			d.c.lateOver.Add(1)
+		}
 		if late > d.c.lateMaxNs.Load() {
 			d.c.lateMaxNs.Store(late)
 		}
@@ -425,6 +429,11 @@ func (d *delayLine) release(line *ring, now int64) error {
 	return nil
 }
 
+// lateMark is how late a release counts as a stall of the link. A kernel
+// without full preemption (PREEMPT_NONE, as many servers run) lets a busy
+// CPU hold even a real-time thread back for a few scheduler ticks.
+const lateMark = 5 * time.Millisecond
+
 // delayStats is what the delay line counted since it started.
 type delayStats struct {
 	Packets   int64   `json:"packets"`
@@ -432,13 +441,24 @@ type delayStats struct {
 	MaxPacket int64   `json:"max_packet_bytes"`
 	LateMeanS float64 `json:"late_mean_s"` // release after the packet was due, mean
 	LateMaxS  float64 `json:"late_max_s"`
-	Overflows int64   `json:"socket_overflows"`
-	Realtime  bool    `json:"realtime"`
+	// LateOver5ms counts the packets released more than 5 ms late.
+	LateOver5ms int64 `json:"late_over_5ms"`
+	Overflows   int64 `json:"socket_overflows"`
+	Realtime    bool  `json:"realtime"`
+}
+
+func (s delayStats) String() string {
+	str := fmt.Sprintf("%d packets (largest %d bytes), released %.2f ms late on average, %.1f ms at most, %d (%.3f%%) more than %v late",
+		s.Packets, s.MaxPacket, s.LateMeanS*1000, s.LateMaxS*1000, s.LateOver5ms, 100*float64(s.LateOver5ms)/float64(max(s.Packets, 1)), lateMark)
+	if !s.Realtime {
+		str += ", not at real-time priority"
+	}
+	return str
 }
 
 func (c *lineCounters) stats() delayStats {
 	s := delayStats{Packets: c.packets.Load(), Bytes: c.bytes.Load(), MaxPacket: c.maxPacket.Load(),
-		LateMaxS: time.Duration(c.lateMaxNs.Load()).Seconds(), Overflows: c.overflows.Load(), Realtime: c.realtime.Load() == 1}
+		LateMaxS: time.Duration(c.lateMaxNs.Load()).Seconds(), LateOver5ms: c.lateOver.Load(), Overflows: c.overflows.Load(), Realtime: c.realtime.Load() == 1}
 	if s.Packets > 0 {
 		s.LateMeanS = time.Duration(c.lateNs.Load() / s.Packets).Seconds()
 	}

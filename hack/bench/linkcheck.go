@@ -52,10 +52,7 @@ func (c linkCheck) String() string {
 		fmt.Fprintf(&sb, "\n  packets dropped meanwhile: %d by the rate limit's queue, %d by the delay line's", c.Drops.RateLimit, c.Drops.Queue)
 	}
 	if d := c.DelayLine; d != nil {
-		fmt.Fprintf(&sb, "\n  delay line: %d packets (largest %d bytes), released %.2f ms late on average, %.2f ms at most", d.Packets, d.MaxPacket, d.LateMeanS*1000, d.LateMaxS*1000)
-		if !d.Realtime {
-			sb.WriteString(", not at real-time priority")
-		}
+		fmt.Fprintf(&sb, "\n  delay line: %s", d)
 	}
 	return sb.String()
 }

@@ -75,8 +75,8 @@ func (b *bench) linkDuringRuns(drops0 linkDrops) (*linkRuns, error) {
 }
 
 func (l *linkRuns) String() string {
-	return fmt.Sprintf("link during the runs: %d packets dropped by the rate limit's queue, %d by the delay line's; delay line: %d packets in all, released %.2f ms late on average, %.2f ms at most",
-		l.Drops.RateLimit, l.Drops.Queue, l.DelayLine.Packets, l.DelayLine.LateMeanS*1000, l.DelayLine.LateMaxS*1000)
+	return fmt.Sprintf("link during the runs: %d packets dropped by the rate limit's queue, %d by the delay line's; delay line since the link was shaped: %s",
+		l.Drops.RateLimit, l.Drops.Queue, l.DelayLine)
 }
 
 // hogArg is the argument with which the benchmark's binary runs as one busy
