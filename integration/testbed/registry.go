@@ -34,6 +34,10 @@ type RegistryOptions struct {
 	// Dial connects to the registry to check that it is ready; nil means
 	// net.Dialer's. Required with NetNS.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Listen, when set, is the IP address the registry listens on instead
+	// of 127.0.0.1 (an address of NetNS when that is set); Host is then
+	// <Listen>:<port>.
+	Listen string
 }
 
 // StartRegistry starts a registry for t and stops it at cleanup.
@@ -68,7 +72,11 @@ func (r *Registry) start(t T, opts RegistryOptions) error {
 	if err != nil {
 		return err
 	}
-	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+	ip := "127.0.0.1"
+	if opts.Listen != "" {
+		ip = opts.Listen
+	}
+	r.Host = net.JoinHostPort(ip, strconv.Itoa(port))
 	storage := filepath.Join(r.Dir, "storage")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return err
