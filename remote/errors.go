@@ -41,7 +41,7 @@ func (e *Error) Error() string {
 		msg += fmt.Sprintf(": %d %s", e.Status, http.StatusText(e.Status))
 	}
 	if e.cause != nil {
-		msg += ": " + e.cause.Error()
+		msg += ": " + redactText(e.cause.Error())
 	}
 	if e.class != nil {
 		msg += ": " + e.class.Error()
@@ -133,6 +133,7 @@ func temporaryNetError(err error) bool {
 // netError turns a transport failure into an Error. A canceled caller
 // context is kept as is (errdefs.IsCanceled works on it).
 func (b *Blob) netError(host, rng string, err error) error {
+	redactChain(err)
 	e := &Error{Ref: b.ref, Digest: b.dgst, Host: host, Request: rng, cause: err}
 	var us remoteerrors.ErrUnexpectedStatus
 	switch {

@@ -126,7 +126,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			fields["status"] = resp.StatusCode
 			drain(resp.Body)
 		}
-		log.G(ctx).WithFields(fields).WithError(err).Debug("temporary failure, retrying")
+		log.G(ctx).WithFields(fields).WithError(redact(err)).Debug("temporary failure, retrying")
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -181,7 +181,7 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err := t.auth.AddResponses(ctx, []*http.Response{resp}); err != nil {
 		if !errdefs.IsNotImplemented(err) {
-			log.G(ctx).WithError(err).WithField("host", req.URL.Host).Warn("cannot answer the authentication challenge")
+			log.G(ctx).WithError(redact(err)).WithField("host", req.URL.Host).Warn("cannot answer the authentication challenge")
 		}
 		return resp, nil // the 401 speaks for itself
 	}
