@@ -65,7 +65,7 @@ func (b *Blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 	n := min(int64(len(p)), b.size-off)
 	if n > 0 {
 		s := &span{off: off, end: off + n, buf: p[:n], progress: progress}
-		if _, err := b.readSpans(ctx, []*span{s}, nil); err != nil {
+		if _, err := b.readSpansResuming(ctx, []*span{s}, nil); err != nil {
 			return 0, err
 		}
 	}
@@ -131,7 +131,7 @@ func (b *Blob) readCoalesced(ctx context.Context, spans []*span, deliver func(*s
 			batch = spans[:b.r.opts.maxRanges]
 		}
 		spans = spans[len(batch):]
-		rest, err := b.readSpans(ctx, batch, deliver)
+		rest, err := b.readSpansResuming(ctx, batch, deliver)
 		if err != nil {
 			return err
 		}
@@ -143,7 +143,7 @@ func (b *Blob) readCoalesced(ctx context.Context, spans []*span, deliver func(*s
 // readEach fetches spans one request each, a bounded number at a time.
 func (b *Blob) readEach(ctx context.Context, spans []*span, deliver func(*span, []byte) error) error {
 	if len(spans) == 1 {
-		_, err := b.readSpans(ctx, spans, deliver)
+		_, err := b.readSpansResuming(ctx, spans, deliver)
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -163,7 +163,7 @@ loop:
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if _, err := b.readSpans(ctx, []*span{s}, deliver); err != nil {
+			if _, err := b.readSpansResuming(ctx, []*span{s}, deliver); err != nil {
 				once.Do(func() { first = err; cancel() })
 			}
 		})

@@ -30,6 +30,7 @@ type Error struct {
 	class     error
 	cause     error
 	temporary bool
+	broken    bool // the answer's body broke off part way
 }
 
 func (e *Error) Error() string {
@@ -109,12 +110,16 @@ func classifyStatus(status int) statusClass {
 // It wraps context.DeadlineExceeded.
 var errRequestTimeout = fmt.Errorf("request timed out: %w", context.DeadlineExceeded)
 
+// errStalled marks a response whose body brought no byte for the stall
+// timeout.
+var errStalled = errors.New("response stalled")
+
 // temporaryNetError reports whether a transport error may go away on retry.
 func temporaryNetError(err error) bool {
 	switch {
 	case err == nil, errors.Is(err, context.Canceled):
 		return false
-	case errors.Is(err, errRequestTimeout):
+	case errors.Is(err, errRequestTimeout), errors.Is(err, errStalled):
 		return true
 	case errors.Is(err, context.DeadlineExceeded):
 		return false // the caller's deadline, not ours

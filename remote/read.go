@@ -157,7 +157,9 @@ func (b *Blob) readParts(mr *multipart.Reader, spans []*span, host, rng string, 
 			return nil
 		}
 		if err != nil {
-			return b.contentError(host, rng, errdefs.ErrUnavailable, true, "reading multipart body: %w", err)
+			e := b.contentError(host, rng, errdefs.ErrUnavailable, true, "reading multipart body: %w", err).(*Error)
+			e.broken = true
+			return e
 		}
 		v := part.Header.Get("Content-Range")
 		first, in, err := b.checkPart(v, spans, host, rng)
@@ -234,15 +236,14 @@ func (b *Blob) readSpan(body io.Reader, s *span, host, rng string) error {
 	if s.progress == nil {
 		return b.readFull(body, s.buf, host, rng)
 	}
-	got := 0
-	for got < len(s.buf) {
-		n, err := io.ReadAtLeast(body, s.buf[got:min(len(s.buf), got+progressStep)], 1)
-		got += n
+	for s.got < len(s.buf) {
+		n, err := io.ReadAtLeast(body, s.buf[s.got:min(len(s.buf), s.got+progressStep)], 1)
+		s.got += n
 		if n > 0 {
-			s.progress(got)
+			s.progress(s.got)
 		}
-		if err != nil && got < len(s.buf) {
-			return b.bodyError(host, rng, err, int64(got), int64(len(s.buf)))
+		if err != nil && s.got < len(s.buf) {
+			return b.bodyError(host, rng, err, int64(s.got), int64(len(s.buf)))
 		}
 	}
 	return nil
@@ -256,11 +257,19 @@ func (b *Blob) readFull(body io.Reader, buf []byte, host, rng string) error {
 	return nil
 }
 
+// bodyError reports an answer whose body broke off after got of the want
+// bytes that were read from it.
 func (b *Blob) bodyError(host, rng string, err error, got, want int64) error {
+	var e error
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return b.contentError(host, rng, errdefs.ErrUnavailable, true, "short body: got %d of %d bytes", got, want)
+		e = b.contentError(host, rng, errdefs.ErrUnavailable, true, "short body: got %d of %d bytes", got, want)
+	} else {
+		e = b.netError(host, rng, err)
 	}
-	return b.netError(host, rng, err)
+	if be, ok := e.(*Error); ok {
+		be.broken = true
+	}
+	return e
 }
 
 func (b *Blob) mismatch(host, rng, contentRange string) error {

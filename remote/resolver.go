@@ -42,6 +42,7 @@ type options struct {
 	hostsDir    string
 	credentials func(host string) (string, string, error)
 	timeout     time.Duration
+	stall       time.Duration
 	retries     int
 	userAgent   string
 	parallel    int
@@ -78,8 +79,9 @@ func WithCredentials(f func(host string) (user, secret string, err error)) Optio
 	}
 }
 
-// WithRequestTimeout bounds each HTTP request, reading its body included
-// (default 30s). Retries get a fresh timeout each.
+// WithRequestTimeout bounds the wait for the status and headers of each
+// HTTP response (default 30s); the body is bounded by WithStallTimeout
+// instead. Retries get a fresh timeout each.
 func WithRequestTimeout(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
@@ -90,9 +92,26 @@ func WithRequestTimeout(d time.Duration) Option {
 	}
 }
 
+// WithStallTimeout sets how long a response body may bring no byte before
+// it is given up as stalled (default 3s): a read of a blob then asks again
+// for the bytes it is still missing, up to WithRetries times. Only waits
+// for bytes count, not the whole transfer: a large body on a slow link that
+// keeps bringing bytes is never cut off.
+func WithStallTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("stall timeout %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.stall = d
+		return nil
+	}
+}
+
 // WithRetries sets how many times a request that failed temporarily
 // (network error, 408, 429, 5xx) is tried again, with exponential backoff
-// and jitter (default 3). Other failures are never retried.
+// and jitter (default 3), and how many times a read whose answer broke off
+// (stalled, cut, short) asks again for what it is missing. Other failures
+// are never retried.
 func WithRetries(n int) Option {
 	return func(o *options) error {
 		if n < 0 {
@@ -164,6 +183,7 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		hostsDir:    DefaultHostsDir,
 		credentials: keychainCredentials,
 		timeout:     30 * time.Second,
+		stall:       3 * time.Second,
 		retries:     3,
 		userAgent:   "lazypull",
 		parallel:    4,
@@ -355,7 +375,11 @@ func (b *Blob) warm(ctx context.Context) {
 func (b *Blob) open(ctx context.Context, tail int64) ([]byte, error) {
 	n := max(tail, 1) // "bytes=-0" is unsatisfiable
 	if !b.r.state(b.hosts[0].Host).noSuffix.Load() {
-		data, err := b.readSuffix(ctx, n)
+		var data []byte
+		err := b.again(ctx, func() (err error) {
+			data, err = b.readSuffix(ctx, n)
+			return err
+		})
 		if err == nil {
 			return data[int64(len(data))-min(tail, int64(len(data))):], nil
 		}
@@ -367,7 +391,7 @@ func (b *Blob) open(ctx context.Context, tail int64) ([]byte, error) {
 			log.G(ctx).WithField("host", e.Host).Info("registry rejects suffix ranges; opening blobs takes two requests there")
 		}
 	}
-	if err := b.probeSize(ctx); err != nil {
+	if err := b.again(ctx, func() error { return b.probeSize(ctx) }); err != nil {
 		return nil, err
 	}
 	t := min(tail, b.size)

@@ -63,20 +63,20 @@ func TestRetryTemporaryFailures(t *testing.T) {
 }
 
 func TestBackoffDelay(t *testing.T) {
-	rt := &retryTransport{base: 100 * time.Millisecond, max: time.Second}
+	base, maxDelay := 100*time.Millisecond, time.Second
 	for attempt, want := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
 		want *= time.Millisecond
 		if attempt == 5 {
 			attempt = 100 // no overflow
 		}
 		for range 20 {
-			if d := rt.delay(attempt, nil); d < want/2 || d > want {
+			if d := retryDelay(base, maxDelay, attempt, nil); d < want/2 || d > want {
 				t.Fatalf("attempt %d: delay %v not in [%v, %v]", attempt, d, want/2, want)
 			}
 		}
 	}
 	resp := &http.Response{Header: http.Header{"Retry-After": {"60"}}}
-	if d := rt.delay(0, resp); d != time.Second {
+	if d := retryDelay(base, maxDelay, 0, resp); d != time.Second {
 		t.Errorf("Retry-After 60 with a 1s cap: %v", d)
 	}
 }
@@ -121,11 +121,14 @@ func TestRequestTimeout(t *testing.T) {
 	})
 	t.Run("stalled body", func(t *testing.T) {
 		reg := newRegistry(t, 1000)
-		b, _ := mustOpen(t, newTestResolver(t, reg, WithRequestTimeout(200*time.Millisecond)), reg, 10)
+		b, _ := mustOpen(t, newTestResolver(t, reg, WithStallTimeout(200*time.Millisecond), WithRetries(1)), reg, 10)
 		hang(t, reg, true)
 		start := time.Now()
-		if n, err := b.ReadAt(context.Background(), make([]byte, 1000), 0); n != 0 || !IsTemporary(err) {
+		if n, err := b.ReadAt(context.Background(), make([]byte, 1000), 0); n != 0 || !IsTemporary(err) || !errors.Is(err, errStalled) {
 			t.Errorf("ReadAt of a stalled body = %d, %v", n, err)
+		}
+		if n := len(reg.requests()); n != 3 {
+			t.Errorf("%d requests, want 3 (the open, the read and one more)", n)
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("took %v", d)
