@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -206,6 +207,13 @@ func drain(body io.ReadCloser) {
 // (bearer tokens and basic auth, credentials from the resolver's
 // credentials function) and, on a 401 with a challenge it understands,
 // tries once more with the new authorization.
+//
+// A 401 to a request that carried a bearer token means the token is no
+// longer good (it expired, or was revoked, before the expiry the token
+// server gave): the authorizer is told so, which makes it forget the
+// token and fetch a new one with fresh credentials. Registries say it
+// with error="invalid_token" in the challenge (the distribution registry
+// does); those that do not would otherwise get the stale token again.
 type authTransport struct {
 	inner http.RoundTripper
 	auth  docker.Authorizer
@@ -217,7 +225,7 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
-	if err := t.auth.AddResponses(ctx, []*http.Response{resp}); err != nil {
+	if err := t.auth.AddResponses(ctx, []*http.Response{staleToken(resp)}); err != nil {
 		if !errdefs.IsNotImplemented(err) {
 			log.G(ctx).WithError(redact(err)).WithField("host", req.URL.Host).Warn("cannot answer the authentication challenge")
 		}
@@ -233,4 +241,31 @@ func (t *authTransport) try(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("authorize: %w", err)
 	}
 	return t.inner.RoundTrip(r)
+}
+
+// staleToken returns resp, a 401, as the authorizer should see it: when
+// the request carried a bearer token, with every bearer challenge saying
+// error="invalid_token" (unless it gives an error of its own).
+func staleToken(resp *http.Response) *http.Response {
+	if resp.Request == nil || !strings.HasPrefix(resp.Request.Header.Get("Authorization"), "Bearer ") {
+		return resp
+	}
+	values := resp.Header.Values("WWW-Authenticate")
+	marked := make([]string, len(values))
+	changed := false
+	for i, v := range values {
+		marked[i] = v
+		scheme, params, _ := strings.Cut(strings.TrimSpace(v), " ")
+		if strings.EqualFold(scheme, "bearer") && !strings.Contains(strings.ToLower(params), "error=") {
+			marked[i] = v + `,error="invalid_token"`
+			changed = true
+		}
+	}
+	if !changed {
+		return resp
+	}
+	c := *resp
+	c.Header = resp.Header.Clone()
+	c.Header["Www-Authenticate"] = marked
+	return &c
 }
