@@ -65,7 +65,7 @@ func (b *Blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 	n := min(int64(len(p)), b.size-off)
 	if n > 0 {
 		s := &span{off: off, end: off + n, buf: p[:n], progress: progress}
-		if _, err := b.readSpansResuming(ctx, []*span{s}, nil); err != nil {
+		if err := b.readOne(ctx, s); err != nil {
 			return 0, err
 		}
 	}
@@ -73,6 +73,15 @@ func (b *Blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 		return int(n), io.EOF
 	}
 	return int(n), nil
+}
+
+// readOne reads s, out of b's spool if there is one.
+func (b *Blob) readOne(ctx context.Context, s *span) error {
+	if sp := b.spooled(ctx); sp != nil {
+		return b.readSpansFrom(ctx, sp, []*span{s}, nil)
+	}
+	_, err := b.readSpansResuming(ctx, []*span{s}, nil)
+	return err
 }
 
 // ReadRanges reads several ranges of the blob and calls fn once for each
@@ -111,7 +120,12 @@ func (b *Blob) ReadRanges(ctx context.Context, rs []Range, fn func(Range, []byte
 			}
 		}
 	}
-	err := b.readCoalesced(ctx, coalesce(rs), deliver)
+	var err error
+	if sp := b.spooled(ctx); sp != nil {
+		err = b.readSpansFrom(ctx, sp, coalesce(rs), deliver)
+	} else {
+		err = b.readCoalesced(ctx, coalesce(rs), deliver)
+	}
 	if cbErr != nil {
 		return cbErr
 	}
@@ -187,8 +201,8 @@ func (b *Blob) endpoint() string {
 	return b.hosts[b.cur].Host
 }
 
-// fetch sends one GET for the blob with the Range header rng, trying the
-// hosts in order from the one that answered last. It returns only 200 and
+// fetch sends one GET for the blob with the Range header rng (none if
+// empty), trying the hosts in order from the one that answered last. It returns only 200 and
 // 206 answers; the caller closes the body.
 func (b *Blob) fetch(ctx context.Context, rng string) (*http.Response, error) {
 	ctx, err := docker.ContextWithRepositoryScope(ctx, b.spec, false)
@@ -286,7 +300,9 @@ func (b *Blob) get(ctx context.Context, c *http.Client, u string, hdr http.Heade
 	for k, v := range hdr {
 		req.Header[k] = slices.Clone(v)
 	}
-	req.Header.Set("Range", rng)
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
 	log.G(ctx).WithFields(log.Fields{"host": req.URL.Host, "range": rng}).Trace("GET blob")
 	return c.Do(req)
 }

@@ -128,9 +128,10 @@ func TestReadRangesMultiRangeFallbacks(t *testing.T) {
 				reg.serveContent(w, r)
 			}
 		}, 4, 3},
+		// Open's whole answer went to a spool, which serves the rest.
 		{"200 whole blob", func(reg *registry) func(http.ResponseWriter, *http.Request) {
 			return serveWhole(reg.blob)
-		}, 1, 1},
+		}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := newRegistry(t, 10_000)

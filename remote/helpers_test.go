@@ -181,11 +181,13 @@ func newTestResolver(t *testing.T, reg *registry, opts ...Option) *Resolver {
 	t.Helper()
 	dir := hostsDir(t, reg.host(), fmt.Sprintf("server = %q\n", reg.srv.URL))
 	// No warm-up unless a test asks: tests count requests.
-	opts = append([]Option{WithHostsDir(dir), fastBackoff, WithCredentials(noCredentials), WithWarmConnections(0)}, opts...)
+	opts = append([]Option{WithHostsDir(dir), fastBackoff, WithCredentials(noCredentials), WithWarmConnections(0),
+		WithSpool(t.TempDir(), 1<<30)}, opts...)
 	r, err := NewResolver(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { r.Close() })
 	return r
 }
 

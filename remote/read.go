@@ -17,7 +17,9 @@ import (
 // Answers to range requests are never trusted: a 206 must carry a
 // Content-Range that starts and ends where a requested range does and
 // names the blob's size, and must hold exactly that many bytes; a 200 means
-// the host ignores ranges, and the wanted bytes are cut out of the stream.
+// the host ignores ranges: the answer goes to the blob's spool (spool.go),
+// from which the wanted bytes are read, or, when the blob cannot be
+// spooled, they are cut out of the stream.
 
 // readSuffix asks for the last n bytes, learning the blob's size from the
 // same answer.
@@ -27,14 +29,25 @@ func (b *Blob) readSuffix(ctx context.Context, n int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	handed := false // to a spool, which closes it
+	defer func() {
+		if !handed {
+			resp.Body.Close()
+		}
+	}()
 	host := resp.Request.URL.Host
 	if resp.StatusCode == http.StatusOK {
 		if err := b.sizeFromWhole(ctx, resp, rng); err != nil {
 			return nil, err
 		}
 		s := &span{off: b.size - min(n, b.size), end: b.size}
-		if err := b.stream(resp.Body, 0, []*span{s}, host, rng, nil); err != nil {
+		if sp := b.spoolAnswer(ctx, resp); sp != nil {
+			handed = true
+			err = b.readSpansFrom(ctx, sp, []*span{s}, nil)
+		} else {
+			err = b.stream(resp.Body, 0, []*span{s}, host, rng, nil)
+		}
+		if err != nil {
 			return nil, err
 		}
 		return s.buf, nil
@@ -61,10 +74,22 @@ func (b *Blob) probeSize(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	handed := false // to a spool, which closes it
+	defer func() {
+		if !handed {
+			resp.Body.Close()
+		}
+	}()
 	host := resp.Request.URL.Host
 	if resp.StatusCode == http.StatusOK {
-		return b.sizeFromWhole(ctx, resp, rng)
+		if err := b.sizeFromWhole(ctx, resp, rng); err != nil {
+			return err
+		}
+		if sp := b.spoolAnswer(ctx, resp); sp != nil {
+			handed = true
+			b.r.spools.release(sp) // the download goes on
+		}
+		return nil
 	}
 	v := resp.Header.Get("Content-Range")
 	cr, err := parseContentRange(v)
@@ -106,7 +131,12 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		}
 		return nil, err
 	}
-	defer resp.Body.Close()
+	handed := false // to a spool, which closes it
+	defer func() {
+		if !handed {
+			resp.Body.Close()
+		}
+	}()
 	host := resp.Request.URL.Host
 	mediaType, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch {
@@ -115,6 +145,10 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		if resp.ContentLength >= 0 && resp.ContentLength != b.size {
 			return nil, b.contentError(host, rng, errdefs.ErrDataLoss, false,
 				"registry sent %d bytes for a blob of %d", resp.ContentLength, b.size)
+		}
+		if sp := b.spoolAnswer(ctx, resp); sp != nil {
+			handed = true
+			return nil, b.readSpansFrom(ctx, sp, spans, deliver)
 		}
 		if err := b.stream(resp.Body, 0, spans, host, rng, deliver); err != nil {
 			return nil, err
@@ -285,7 +319,7 @@ func (b *Blob) markNoRanges(ctx context.Context, host string) {
 	st := b.r.state(host)
 	st.noMultiRange.Store(true)
 	if st.noRanges.CompareAndSwap(false, true) {
-		log.G(ctx).WithField("host", host).Warn("host ignores range requests; reading windows out of whole-blob answers")
+		log.G(ctx).WithField("host", host).Warn("host ignores range requests; blobs from it are fetched whole, once, into spool files")
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,8 @@ type options struct {
 	backoffBase time.Duration
 	backoffMax  time.Duration
 	warm        int
+	spoolDir    string
+	spoolMax    int64
 }
 
 // Option configures a Resolver.
@@ -157,12 +160,36 @@ func WithWarmConnections(n int) Option {
 	}
 }
 
+// WithSpool sets where and how much of whole blobs are kept from hosts
+// that ignore range requests (default: the system's temporary directory,
+// 2 GiB in all; 0 turns it off). Such a host answers every read with the
+// whole blob; its first whole answer for a blob is written to a file in dir
+// as it arrives, and every read of the blob is served from there, so that
+// the blob crosses the network once. Files are unlinked on creation and
+// private; beyond max, the least recently read go first, and one nobody has
+// read for 10 minutes is dropped. A blob larger than max is read as before,
+// windows cut out of whole answers.
+func WithSpool(dir string, max int64) Option {
+	return func(o *options) error {
+		if max < 0 {
+			return fmt.Errorf("spool size %d: %w", max, errdefs.ErrInvalidArgument)
+		}
+		if dir == "" {
+			dir = os.TempDir()
+		}
+		o.spoolDir, o.spoolMax = dir, max
+		return nil
+	}
+}
+
 // Resolver opens blobs in registries. It is safe for concurrent use. Host
 // configuration is read from the hosts directory once per registry and
 // kept, with its connections and tokens, for the life of the Resolver.
+// Close stops its downloads and removes its spool files.
 type Resolver struct {
 	opts      options
 	configure docker.RegistryHosts
+	spools    *spools
 
 	mu     sync.Mutex
 	hosts  map[string][]docker.RegistryHost // by registry name in the ref
@@ -191,13 +218,16 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		backoffBase: 100 * time.Millisecond,
 		backoffMax:  5 * time.Second,
 		warm:        8,
+		spoolDir:    os.TempDir(),
+		spoolMax:    2 << 30,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
-	r := &Resolver{opts: o, hosts: map[string][]docker.RegistryHost{}, states: map[string]*hostState{}}
+	r := &Resolver{opts: o, hosts: map[string][]docker.RegistryHost{}, states: map[string]*hostState{},
+		spools: newSpools(o.spoolDir, o.spoolMax)}
 	var hostDir func(string) (string, error)
 	if o.hostsDir != "" {
 		hostDir = config.HostDirFromRoot(o.hostsDir)
@@ -215,6 +245,14 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		},
 	})
 	return r, nil
+}
+
+// Close stops the downloads of whole blobs into spool files and removes
+// the files. Reads of blobs that were being served from them fail; the
+// Resolver must not be used afterwards.
+func (r *Resolver) Close() error {
+	r.spools.close()
+	return nil
 }
 
 // keepConnections makes t keep enough idle connections to a registry for
