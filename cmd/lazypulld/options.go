@@ -20,7 +20,8 @@ import (
 // of the packages the daemon is built from: the registry client feeds the
 // layer filesystems, which the snapshotter mounts lazy layers with. The
 // returned close function closes the snapshotter (which unmounts its
-// layers), then the filesystems, then the chunk cache.
+// layers), then the filesystems, then the chunk cache, then the registry
+// client (its downloads into spool files).
 func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, error) {
 	if cfg.FS.Disable {
 		sn, err := snapshotter.New(cfg.Root)
@@ -32,9 +33,11 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 	resolver, err := remote.NewResolver(
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
 		remote.WithParallelism(cfg.Remote.Parallelism),
 		remote.WithWarmConnections(cfg.Remote.WarmConnections),
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
 		remote.WithUserAgent("lazypull/"+version),
 	)
 	if err != nil {
@@ -42,7 +45,7 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 	}
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, errors.Join(err, resolver.Close())
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -61,13 +64,13 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		fs.WithPassthrough(cfg.FS.Passthrough),
 	)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
+		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
 	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(layers))
 	if err != nil {
-		return nil, nil, errors.Join(err, layers.Close(), chunks.Close())
+		return nil, nil, errors.Join(err, layers.Close(), chunks.Close(), resolver.Close())
 	}
-	return sn, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close()) }, nil
+	return sn, func() error { return errors.Join(sn.Close(), layers.Close(), chunks.Close(), resolver.Close()) }, nil
 }
 
 // The chunk cache is a FileCache, which FUSE passthrough needs: fs finds
