@@ -95,7 +95,7 @@ func TestSpoolServesBytesAsTheyArrive(t *testing.T) {
 // what it has.
 func TestSpoolDownloadStallIsAskedAgain(t *testing.T) {
 	reg := newRegistry(t, 1<<20)
-	b, _ := mustOpen(t, newTestResolver(t, reg, WithStallTimeout(200*time.Millisecond)), reg, 51)
+	b, _ := mustOpen(t, newTestResolver(t, reg, WithStallTimeout(time.Second)), reg, 51)
 	whole := serveWhole(reg.blob)
 	var stalled atomic.Bool
 	reg.serve = func(w http.ResponseWriter, r *http.Request) {
