@@ -239,6 +239,20 @@ func TestExpiredTokenIsRefreshed(t *testing.T) {
 			if n := issued.Load(); n != 2 {
 				t.Errorf("%d tokens issued, want 2", n)
 			}
+			// Concurrent reads meet the next expiry together (which,
+			// under -race, checks that they authorize without a race).
+			validFrom.Store(3)
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Go(func() {
+					p := make([]byte, 100)
+					off := int64(4000 + 100*i)
+					if _, err := b.ReadAt(context.Background(), p, off); err != nil || !bytes.Equal(p, reg.blob[off:off+100]) {
+						t.Errorf("concurrent ReadAt(%d): %v", off, err)
+					}
+				})
+			}
+			wg.Wait()
 		})
 	}
 }

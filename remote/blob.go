@@ -202,9 +202,12 @@ func (b *Blob) endpoint() string {
 }
 
 // fetch sends one GET for the blob with the Range header rng (none if
-// empty), trying the hosts in order from the one that answered last. It returns only 200 and
-// 206 answers; the caller closes the body.
+// empty), trying the hosts in order from the one that answered last. It
+// returns only 200 and 206 answers; the caller closes the body.
 func (b *Blob) fetch(ctx context.Context, rng string) (*http.Response, error) {
+	if b.r.closed() {
+		return nil, b.closedError()
+	}
 	ctx, err := docker.ContextWithRepositoryScope(ctx, b.spec, false)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", b.ref, err, errdefs.ErrInvalidArgument)

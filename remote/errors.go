@@ -34,7 +34,10 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := fmt.Sprintf("blob %s of %s from %s", e.Digest, e.Ref, e.Host)
+	msg := fmt.Sprintf("blob %s of %s", e.Digest, e.Ref)
+	if e.Host != "" {
+		msg += " from " + e.Host
+	}
 	if e.Request != "" {
 		msg += " (" + e.Request + ")"
 	}
@@ -159,6 +162,11 @@ func (b *Blob) statusError(host, rng string, status int) error {
 	c := classifyStatus(status)
 	return &Error{Ref: b.ref, Digest: b.dgst, Host: host, Request: rng, Status: status,
 		class: c.class, temporary: c.temporary}
+}
+
+// closedError reports a read of a blob of a closed Resolver.
+func (b *Blob) closedError() error {
+	return &Error{Ref: b.ref, Digest: b.dgst, cause: errors.New("registry client closed"), class: errdefs.ErrUnavailable}
 }
 
 // contentError reports an answer whose bytes cannot be trusted or are

@@ -30,21 +30,19 @@ func (b *Blob) readSuffix(ctx context.Context, n int64) ([]byte, error) {
 		return nil, err
 	}
 	handed := false // to a spool, which closes it
-	defer func() {
-		if !handed {
-			resp.Body.Close()
-		}
-	}()
+	defer closeUnlessHanded(resp, &handed)
 	host := resp.Request.URL.Host
 	if resp.StatusCode == http.StatusOK {
 		if err := b.sizeFromWhole(ctx, resp, rng); err != nil {
 			return nil, err
 		}
 		s := &span{off: b.size - min(n, b.size), end: b.size}
-		if sp := b.spoolAnswer(ctx, resp); sp != nil {
+		sp, err := b.spoolAnswer(ctx, resp)
+		switch {
+		case sp != nil:
 			handed = true
 			err = b.readSpansFrom(ctx, sp, []*span{s}, nil)
-		} else {
+		case err == nil:
 			err = b.stream(resp.Body, 0, []*span{s}, host, rng, nil)
 		}
 		if err != nil {
@@ -75,21 +73,18 @@ func (b *Blob) probeSize(ctx context.Context) error {
 		return err
 	}
 	handed := false // to a spool, which closes it
-	defer func() {
-		if !handed {
-			resp.Body.Close()
-		}
-	}()
+	defer closeUnlessHanded(resp, &handed)
 	host := resp.Request.URL.Host
 	if resp.StatusCode == http.StatusOK {
 		if err := b.sizeFromWhole(ctx, resp, rng); err != nil {
 			return err
 		}
-		if sp := b.spoolAnswer(ctx, resp); sp != nil {
+		sp, err := b.spoolAnswer(ctx, resp)
+		if sp != nil {
 			handed = true
 			b.r.spools.release(sp) // the download goes on
 		}
-		return nil
+		return err
 	}
 	v := resp.Header.Get("Content-Range")
 	cr, err := parseContentRange(v)
@@ -132,11 +127,7 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		return nil, err
 	}
 	handed := false // to a spool, which closes it
-	defer func() {
-		if !handed {
-			resp.Body.Close()
-		}
-	}()
+	defer closeUnlessHanded(resp, &handed)
 	host := resp.Request.URL.Host
 	mediaType, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch {
@@ -146,9 +137,11 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 			return nil, b.contentError(host, rng, errdefs.ErrDataLoss, false,
 				"registry sent %d bytes for a blob of %d", resp.ContentLength, b.size)
 		}
-		if sp := b.spoolAnswer(ctx, resp); sp != nil {
+		if sp, err := b.spoolAnswer(ctx, resp); sp != nil {
 			handed = true
 			return nil, b.readSpansFrom(ctx, sp, spans, deliver)
+		} else if err != nil {
+			return nil, err
 		}
 		if err := b.stream(resp.Body, 0, spans, host, rng, deliver); err != nil {
 			return nil, err
@@ -289,6 +282,13 @@ func (b *Blob) readFull(body io.Reader, buf []byte, host, rng string) error {
 		return b.bodyError(host, rng, err, int64(n), int64(len(buf)))
 	}
 	return nil
+}
+
+// closeUnlessHanded closes resp's body unless it was handed to a spool.
+func closeUnlessHanded(resp *http.Response, handed *bool) {
+	if !*handed {
+		resp.Body.Close()
+	}
 }
 
 // bodyError reports an answer whose body broke off after got of the want

@@ -5,14 +5,19 @@
 // It owns everything between a blob digest and its bytes: registry hosts,
 // mirrors and TLS from containerd's hosts.toml directory, authentication
 // (containerd's docker authorizer with credentials from docker's
-// config.json and credential helpers by default), redirects to blob storage,
-// retries of temporary failures, and checking every answer (status,
-// Content-Range, length) so that no byte is ever returned for the wrong
-// offset. Registries differ in how they answer range requests; what a host
-// was seen to do (ignore ranges, answer multi-range requests badly, reject
-// suffix ranges) is remembered per host for the life of the Resolver.
+// config.json and credential helpers by default, tokens renewed when a
+// registry stops accepting them), redirects to blob storage (asked again
+// when a storage URL expires), retries of temporary failures, answers that
+// stall or break off (asked again for the rest), and checking every answer
+// (status, Content-Range, length) so that no byte is ever returned for the
+// wrong offset. Registries differ in how they answer range requests; what a
+// host was seen to do (ignore ranges, answer multi-range requests badly,
+// reject suffix ranges) is remembered per host for the life of the
+// Resolver, and a blob from a host that ignores ranges is fetched whole
+// once, into a spool file that serves its reads.
 //
-// Errors are *Error values carrying an errdefs class and Temporary().
+// Errors are *Error values carrying an errdefs class and Temporary(). No
+// error or log line carries a URL's query string or userinfo.
 package remote
 
 import (
@@ -248,12 +253,13 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 }
 
 // Close stops the downloads of whole blobs into spool files and removes
-// the files. Reads of blobs that were being served from them fail; the
-// Resolver must not be used afterwards.
+// the files. Reads under way fail, and so do later ones.
 func (r *Resolver) Close() error {
 	r.spools.close()
 	return nil
 }
+
+func (r *Resolver) closed() bool { return r.spools.ctx.Err() != nil }
 
 // keepConnections makes t keep enough idle connections to a registry for
 // the concurrent range requests of reads, read-ahead and background fetch.
@@ -302,12 +308,13 @@ func (r *Resolver) registryHosts(registry string) ([]docker.RegistryHost, error)
 		return nil, fmt.Errorf("hosts of %s: %w", registry, err)
 	}
 	var hs []docker.RegistryHost
+	authMu := new(sync.Mutex) // see authTransport
 	for _, h := range all {
 		if !h.Capabilities.Has(docker.HostCapabilityPull) {
 			continue
 		}
 		c := *h.Client
-		c.Transport = &authTransport{inner: h.Client.Transport, auth: h.Authorizer}
+		c.Transport = &authTransport{inner: h.Client.Transport, auth: h.Authorizer, mu: authMu}
 		h.Client = &c
 		hs = append(hs, h)
 	}

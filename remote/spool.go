@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -100,7 +101,7 @@ func (s *spools) create(ctx context.Context, key spoolKey, size int64) *spool {
 		sp.readers++
 		return sp
 	}
-	if s.closed || size > s.max || !s.makeRoom(size) {
+	if s.closed || s.max == 0 || size > s.max || !s.makeRoom(size) {
 		return nil
 	}
 	f, err := s.tempFile()
@@ -138,7 +139,7 @@ func (s *spools) makeRoom(size int64) bool {
 	}
 	var idle []*spool
 	for _, sp := range s.m {
-		if sp.readers == 0 && !sp.isRunning() {
+		if sp.readers == 0 && sp.settled() {
 			idle = append(idle, sp)
 		}
 	}
@@ -152,7 +153,8 @@ func (s *spools) makeRoom(size int64) bool {
 	return s.used+size <= s.max
 }
 
-// drop removes sp, which nobody uses. Called with s.mu held.
+// drop removes sp, which nobody uses (readers 0, settled). Called with s.mu
+// held.
 func (s *spools) drop(sp *spool) {
 	sp.idle.Stop()
 	delete(s.m, sp.key)
@@ -173,7 +175,7 @@ func (s *spools) release(sp *spool) {
 func (s *spools) expire(sp *spool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.m[sp.key] == sp && sp.readers == 0 && !sp.isRunning() {
+	if s.m[sp.key] == sp && sp.readers == 0 && sp.settled() {
 		s.drop(sp)
 	}
 }
@@ -193,10 +195,12 @@ func (s *spools) close() {
 	}
 }
 
-func (sp *spool) isRunning() bool {
+// settled reports whether no download will write to sp's file again: none
+// runs, or the one that runs has written the whole blob.
+func (sp *spool) settled() bool {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	return sp.running
+	return !sp.running || sp.have == sp.size
 }
 
 // notify wakes the waiters. Called with sp.mu held.
@@ -208,9 +212,11 @@ func (sp *spool) notify() {
 // start starts a download into sp unless one runs or sp is full, using
 // first (a whole-blob answer, whose body the download then owns) if given.
 func (s *spools) start(ctx context.Context, sp *spool, b *Blob, first *http.Response) {
+	s.mu.Lock()
 	sp.mu.Lock()
-	if sp.running || sp.have == sp.size {
+	if s.closed || sp.running || sp.have == sp.size {
 		sp.mu.Unlock()
+		s.mu.Unlock()
 		if first != nil {
 			first.Body.Close()
 		}
@@ -219,10 +225,13 @@ func (s *spools) start(ctx context.Context, sp *spool, b *Blob, first *http.Resp
 	sp.running, sp.err = true, nil
 	sp.notify()
 	sp.mu.Unlock()
+	s.wg.Add(1) // under s.mu: never after close's Wait has begun
+	s.mu.Unlock()
 	ctx = log.WithLogger(s.ctx, log.G(ctx))
-	s.wg.Go(func() {
+	go func() {
+		defer s.wg.Done()
 		err := b.again(ctx, func() error {
-			resp := first
+			resp, handed := first, first != nil
 			first = nil
 			if resp == nil {
 				var err error
@@ -230,8 +239,19 @@ func (s *spools) start(ctx context.Context, sp *spool, b *Blob, first *http.Resp
 					return err
 				}
 			}
+			// The first answer was asked for by a reader, with its
+			// context: Close must stop it too, and the reader's giving up
+			// must not end the download.
+			stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
+			defer stop()
 			defer resp.Body.Close()
-			return sp.fill(b, resp)
+			err := sp.fill(b, resp)
+			var e *Error
+			if handed && ctx.Err() == nil && errors.As(err, &e) && e.broken &&
+				(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+				e.temporary = true // ask again, with the spool's context
+			}
+			return err
 		})
 		sp.mu.Lock()
 		sp.running, sp.err = false, err
@@ -241,7 +261,7 @@ func (s *spools) start(ctx context.Context, sp *spool, b *Blob, first *http.Resp
 		if err != nil && !errdefs.IsCanceled(err) {
 			log.G(ctx).WithError(err).Warn("spooling a whole blob failed")
 		}
-	})
+	}()
 }
 
 // fill writes the whole-blob answer resp into sp from where sp has got to.
@@ -304,10 +324,10 @@ func (s *spools) readAt(ctx context.Context, sp *spool, b *Blob, p []byte, off i
 			continue
 		}
 		if !running {
-			if restarted || s.ctx.Err() != nil {
-				if err == nil {
-					err = fmt.Errorf("blob %s: spool closed: %w", b.dgst, errdefs.ErrUnavailable)
-				}
+			if s.ctx.Err() != nil {
+				return b.closedError()
+			}
+			if restarted {
 				return err
 			}
 			s.start(ctx, sp, b, nil)
@@ -342,13 +362,16 @@ func (b *Blob) spooled(ctx context.Context) *spool {
 }
 
 // spoolAnswer hands resp, a whole-blob answer, to b's spool and returns
-// the spool, held; nil (resp untouched) when b cannot be spooled.
-func (b *Blob) spoolAnswer(ctx context.Context, resp *http.Response) *spool {
+// the spool, held; nil (resp untouched) when b cannot be spooled, with an
+// error if that is because the Resolver is closed.
+func (b *Blob) spoolAnswer(ctx context.Context, resp *http.Response) (*spool, error) {
 	sp := b.r.spools.create(ctx, b.spoolKey(), b.size)
 	if sp != nil {
 		b.r.spools.start(ctx, sp, b, resp)
+	} else if b.r.closed() {
+		return nil, b.closedError()
 	}
-	return sp
+	return sp, nil
 }
 
 // readSpansFrom reads spans out of sp, which it releases, as readSpans

@@ -212,3 +212,35 @@ func openUnder(t *testing.T, dir string) int {
 	}
 	return n
 }
+
+// Close stops a download into a spool that is under way, and the reads
+// waiting on it fail.
+func TestCloseStopsSpoolDownloads(t *testing.T) {
+	reg := newRegistry(t, 1<<20)
+	r := newTestResolver(t, reg, WithStallTimeout(time.Minute))
+	b, _ := mustOpen(t, r, reg, 51)
+	started := make(chan struct{})
+	reg.serve = func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(reg.blob)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(reg.blob[:1000])
+		w.(http.Flusher).Flush()
+		close(started)
+		<-req.Context().Done()
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := b.ReadAt(context.Background(), make([]byte, 100), 500_000)
+		read <- err
+	}()
+	<-started
+	r.Close() // returns once the download has stopped
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Error("a read of bytes that never came succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read waiting on a spool did not end 10s after Close")
+	}
+}

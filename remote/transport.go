@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -217,6 +218,14 @@ func drain(body io.ReadCloser) {
 type authTransport struct {
 	inner http.RoundTripper
 	auth  docker.Authorizer
+
+	// mu serializes Authorize among the hosts of a registry, which share
+	// an authorizer: containerd's (v2.4.2, doBearerAuth) records a new
+	// token's expiry outside its lock, a data race with any concurrent
+	// Authorize of the same scope. Callers of the same scope wait for
+	// that token fetch anyway; with a cached token, Authorize takes no
+	// time.
+	mu *sync.Mutex
 }
 
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -237,7 +246,10 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 func (t *authTransport) try(req *http.Request) (*http.Response, error) {
 	r := req.Clone(req.Context())
-	if err := t.auth.Authorize(req.Context(), r); err != nil {
+	t.mu.Lock()
+	err := t.auth.Authorize(req.Context(), r)
+	t.mu.Unlock()
+	if err != nil {
 		return nil, fmt.Errorf("authorize: %w", err)
 	}
 	return t.inner.RoundTrip(r)
