@@ -19,7 +19,6 @@ import (
 // hashes the files the test names, one at a time, as the test names them:
 // the reads of a long-running workload, paced by the test.
 type pacedReader struct {
-	t     *testing.T
 	in    io.WriteCloser
 	lines chan string   // the container's answers; closed when it exits
 	done  chan struct{} // closed when ctr has exited, with exit set
@@ -33,7 +32,7 @@ type pacedReader struct {
 func startPacedReader(t *testing.T, ctx context.Context, lb *lazyBed, ref, id string) *pacedReader {
 	t.Helper()
 	cmd := lb.Containerd.RunCommand(ctx, testbed.SnapshotterName, ref, id, "/"+testimage.EntrypointPath, "-")
-	r := &pacedReader{t: t, lines: make(chan string, 16), done: make(chan struct{})}
+	r := &pacedReader{lines: make(chan string, 16), done: make(chan struct{})}
 	var err error
 	if r.in, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -76,12 +75,12 @@ func startPacedReader(t *testing.T, ctx context.Context, lb *lazyBed, ref, id st
 }
 
 // read names path and returns the container's answer, as hashfiles prints
-// it, and how long it took to come.
-func (r *pacedReader) read(path string) (string, time.Duration) {
-	r.t.Helper()
+// it, and how long it took to come. It fails t if none comes.
+func (r *pacedReader) read(t *testing.T, path string) (string, time.Duration) {
+	t.Helper()
 	start := time.Now()
 	if _, err := fmt.Fprintln(r.in, path); err != nil {
-		r.t.Fatalf("send %s to the container: %v", path, err)
+		t.Fatalf("send %s to the container: %v", path, err)
 	}
 	select {
 	case line, ok := <-r.lines:
@@ -89,11 +88,11 @@ func (r *pacedReader) read(path string) (string, time.Duration) {
 			<-r.done
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			r.t.Fatalf("the container exited while reading %s: %v\n%s", path, r.exit, r.errb.String())
+			t.Fatalf("the container exited while reading %s: %v\n%s", path, r.exit, r.errb.String())
 		}
 		return line, time.Since(start)
 	case <-time.After(3 * time.Minute):
-		r.t.Fatalf("no answer for %s in 3 minutes", path)
+		t.Fatalf("no answer for %s in 3 minutes", path)
 		return "", 0
 	}
 }
