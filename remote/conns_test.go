@@ -62,21 +62,22 @@ func TestReadRangesParallelBound(t *testing.T) {
 
 // TestConnectionsReused checks that concurrent reads keep their
 // connections to the registry: a second round of as many concurrent
-// requests opens no new connection. A new connection costs a round trip and
-// TCP's slow start, which on a long link is several more.
+// requests reuses every connection the first round put back into the idle
+// pool, and the pool takes them all. A new connection costs a round trip
+// and TCP's slow start, which on a long link is several more.
 func TestConnectionsReused(t *testing.T) {
 	reg := newRegistry(t, 1<<20)
-	conns := countConnections(reg)
 	const n = 8
 	gather(t, reg, n)
 	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
-	ctx, idle := idleTrace(t)
+	ctx, pool := idleTrace(t)
+	_, closedBefore := reg.conns()
 	readConcurrently(t, ctx, b, n)
-	idle(n) // the first round's connections are back in the pool
-	before := conns()
+	idle := pool.settle(reg, n, closedBefore)
+	before, _ := reg.conns()
 	readConcurrently(t, ctx, b, n)
-	if opened := conns() - before; opened != 0 {
-		t.Errorf("a second round of %d concurrent reads opened %d new connections, want 0", n, opened)
+	if opened, _ := reg.conns(); opened-before > n-idle {
+		t.Errorf("a second round of %d concurrent reads opened %d new connections with %d idle, want at most %d", n, opened-before, idle, n-idle)
 	}
 }
 
@@ -84,23 +85,22 @@ func TestConnectionsReused(t *testing.T) {
 // find connections open: the resolver warmed them in the background.
 func TestWarmConnections(t *testing.T) {
 	reg := newRegistry(t, 1<<20)
-	conns := countConnections(reg)
 	const n = 6
 	gather(t, reg, n)
 	r := newTestResolver(t, reg, WithWarmConnections(n))
-	ctx, idle := idleTrace(t)
+	ctx, pool := idleTrace(t)
 	b, _, err := r.Open(ctx, reg.ref(), reg.dgst, 10) // the warm-up inherits the trace
 	if err != nil {
 		t.Fatal(err)
 	}
-	idle(n + 1) // Open's connection and the warm-up's are in the pool
-	before := conns()
+	idle := pool.settle(reg, n+1, 0) // Open's connection and the warm-up's
+	before, _ := reg.conns()
 	if before < n {
 		t.Fatalf("after Open, %d connections were opened, want at least %d", before, n)
 	}
 	readConcurrently(t, context.Background(), b, n)
-	if opened := conns() - before; opened != 0 {
-		t.Errorf("%d concurrent reads after the warm-up opened %d new connections, want 0", n, opened)
+	if opened, _ := reg.conns(); opened-before > max(0, n-idle) {
+		t.Errorf("%d concurrent reads after the warm-up opened %d new connections with %d idle, want at most %d", n, opened-before, idle, max(0, n-idle))
 	}
 	// Opening another blob of the host soon after warms nothing again: the
 	// decision is made before Open returns.
@@ -109,25 +109,6 @@ func TestWarmConnections(t *testing.T) {
 	mustOpen(t, r, reg, 10)
 	if got := len(reg.requests()) - had; got != 1 || r.state(reg.host()).warmedAt.Load() != warmed {
 		t.Errorf("a second Open made %d requests and warmed again (%v), want 1 and no warm-up", got, r.state(reg.host()).warmedAt.Load() != warmed)
-	}
-}
-
-// countConnections makes reg count the connections requests come on and
-// returns the count so far.
-func countConnections(reg *registry) func() int {
-	var mu sync.Mutex
-	conns := map[string]bool{} // client addresses seen: one per connection
-	serve := reg.serve
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		conns[r.RemoteAddr] = true
-		mu.Unlock()
-		serve(w, r)
-	}
-	return func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(conns)
 	}
 }
 
@@ -167,23 +148,51 @@ func gather(t *testing.T, reg *registry, n int) {
 	}
 }
 
-// idleTrace returns a context whose requests report when their connection
-// goes back to the client's idle pool, and a function that waits until n
-// have (or fails t after a generous deadline).
-func idleTrace(t *testing.T) (context.Context, func(n int)) {
-	var puts atomic.Int32
+// idlePool counts what became of the connections of traced requests once
+// their answers were read.
+type idlePool struct {
+	t        *testing.T
+	idle     atomic.Int32 // put back into the idle pool
+	rejected atomic.Int32 // refused by the pool (too many idle ones)
+}
+
+// idleTrace returns a context whose requests report to the returned pool.
+func idleTrace(t *testing.T) (context.Context, *idlePool) {
+	p := &idlePool{t: t}
 	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
-		PutIdleConn: func(error) { puts.Add(1) },
-	})
-	return ctx, func(n int) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for int(puts.Load()) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d connections went back to the idle pool in 10s, want %d", puts.Load(), n)
+		PutIdleConn: func(err error) {
+			if err == nil {
+				p.idle.Add(1)
+			} else {
+				p.rejected.Add(1)
 			}
-			time.Sleep(5 * time.Millisecond)
+		},
+	})
+	return ctx, p
+}
+
+// settle waits until each of n traced requests' connections has gone back
+// to the idle pool, been refused by it, or been closed (net/http drops a
+// connection whose request it has not seen written within 50ms, which on a
+// busy machine happens), counting closes from closedBefore on. It fails
+// the test if the pool refused any, or took back fewer than half, and
+// returns how many it took back.
+func (p *idlePool) settle(reg *registry, n, closedBefore int) int {
+	p.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, closed := reg.conns()
+		idle, rejected := int(p.idle.Load()), int(p.rejected.Load())
+		if idle+rejected+closed-closedBefore >= n {
+			if rejected > 0 || idle < n/2 {
+				p.t.Fatalf("of %d connections, the idle pool took %d back and refused %d, want all taken back", n, idle, rejected)
+			}
+			return idle
 		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("after 10s, of %d connections %d are idle, %d refused by the pool, %d closed", n, idle, rejected, closed-closedBefore)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
