@@ -44,6 +44,8 @@ type lazyBedOptions struct {
 	// for tests that measure what the container's reads (with their
 	// read-ahead) fetch.
 	NoBackgroundFetch bool
+	// Remote holds more keys of lazypulld's [remote] table, one a line.
+	Remote string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -64,7 +66,7 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 		}
 	})
 	hostsDir := testbed.Dir(t, "hosts")
-	cfg := testbed.LazypulldRemoteConfig(hostsDir)
+	cfg := testbed.LazypulldRemoteConfig(hostsDir) + opts.Remote
 	if opts.NoBackgroundFetch {
 		cfg += "\n[fs]\nbackground_fetch = false\n"
 	}

@@ -18,14 +18,17 @@ import (
 // of the packages a data plane is built from: the registry client feeds
 // the layer filesystems, which read through the chunk cache. The returned
 // close function closes the filesystems (which unmounts their layers),
-// then the chunk cache.
+// then the chunk cache, then the registry client (its downloads into
+// spool files).
 func newFileSystem(cfg *config.Config) (*fs.FileSystem, func() error, error) {
 	resolver, err := remote.NewResolver(
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
 		remote.WithParallelism(cfg.Remote.Parallelism),
 		remote.WithWarmConnections(cfg.Remote.WarmConnections),
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
 		remote.WithUserAgent("lazypull/"+version),
 	)
 	if err != nil {
@@ -33,7 +36,7 @@ func newFileSystem(cfg *config.Config) (*fs.FileSystem, func() error, error) {
 	}
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, errors.Join(err, resolver.Close())
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -52,9 +55,9 @@ func newFileSystem(cfg *config.Config) (*fs.FileSystem, func() error, error) {
 		fs.WithPassthrough(cfg.FS.Passthrough),
 	)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
+		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
-	return layers, func() error { return errors.Join(layers.Close(), chunks.Close()) }, nil
+	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
 }
 
 // The chunk cache is a FileCache, which FUSE passthrough needs: fs finds
