@@ -80,12 +80,22 @@ type Remote struct {
 	// missing directory means HTTPS to the registry itself.
 	HostsDir string `toml:"hosts_dir"`
 
-	// RequestTimeout bounds each HTTP request to a registry, its body
-	// included; a retried request gets a fresh timeout.
+	// RequestTimeout bounds the wait for the status and headers of each
+	// HTTP answer of a registry; a retried request gets a fresh timeout.
+	// The body is bounded by StallTimeout instead.
 	RequestTimeout Duration `toml:"request_timeout"`
 
+	// StallTimeout is how long an answer's body may bring no byte before
+	// it is given up as stalled; the read then asks again for the bytes it
+	// is still missing (up to Retries times). Only the waits for bytes
+	// count, not the whole transfer: a large body on a slow link is never
+	// cut off while it keeps coming.
+	StallTimeout Duration `toml:"stall_timeout"`
+
 	// Retries is how often a request that failed for a temporary reason
-	// (network error, HTTP 429 or 5xx) is retried, with exponential backoff.
+	// (network error, HTTP 429 or 5xx) is retried, with exponential
+	// backoff, and how often a read whose answer broke off (stalled, cut
+	// off, short) asks again for the rest.
 	Retries int `toml:"retries"`
 
 	// Parallelism bounds the concurrent range requests one read of
@@ -97,6 +107,15 @@ type Remote struct {
 	// burst of reads of a starting container waits for no TCP or TLS
 	// handshake. 0 turns it off.
 	WarmConnections int `toml:"warm_connections"`
+
+	// SpoolMaxSize bounds the whole blobs kept from registry hosts (or
+	// proxies) that ignore range requests and answer every read with the
+	// whole blob: such a blob is fetched whole once, into a file under
+	// <root>/spool, and every read of it is served from there. Beyond the
+	// bound the least recently read go first; one unread for 10 minutes is
+	// dropped. A blob larger than the bound is read out of whole answers,
+	// one per read. 0 turns spooling off.
+	SpoolMaxSize Size `toml:"spool_max_size"`
 }
 
 // FS is the [fs] table: the FUSE filesystems of lazily pulled layers.
@@ -246,9 +265,11 @@ func Default() *Config {
 		Remote: Remote{
 			HostsDir:        DefaultHostsDir,
 			RequestTimeout:  Duration{30 * time.Second},
+			StallTimeout:    Duration{3 * time.Second},
 			Retries:         3,
 			Parallelism:     4,
 			WarmConnections: 8,
+			SpoolMaxSize:    2 * GiB,
 		},
 		FS: FS{
 			TailSize:           512 * KiB,
@@ -293,6 +314,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Remote.RequestTimeout.Duration <= 0 {
 		errs = append(errs, errors.New("remote.request_timeout: must be greater than 0"))
+	}
+	if c.Remote.StallTimeout.Duration <= 0 {
+		errs = append(errs, errors.New("remote.stall_timeout: must be greater than 0"))
 	}
 	if c.Remote.Retries < 0 {
 		errs = append(errs, fmt.Errorf("remote.retries: %d is negative", c.Remote.Retries))

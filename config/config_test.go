@@ -146,6 +146,11 @@ func TestLoadErrors(t *testing.T) {
 				`cri.containerd_address: "c.sock" is not an absolute path`, "cri.credential_ttl: must be greater than 0"},
 		},
 		{
+			name: "bad remote settings",
+			doc:  "[remote]\nstall_timeout = \"0s\"\nretries = -1\n",
+			want: []string{`: remote.stall_timeout: must be greater than 0`, "remote.retries: -1 is negative"},
+		},
+		{
 			name: "relative root and address",
 			doc:  "root = \"var/lib/lazypull\"\naddress = \"\"\n",
 			want: []string{`: root: "var/lib/lazypull" is not an absolute path`, "address: must not be empty"},

@@ -52,8 +52,8 @@ type lazyBedOptions struct {
 	CRIImageService bool
 	// RegistryAuth makes the registry require these credentials.
 	RegistryAuth *testbed.RegistryAuth
-	// LazypulldConfig is added to lazypulld's configuration.
-	LazypulldConfig string
+	// Remote holds more keys of lazypulld's [remote] table, one a line.
+	Remote string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -74,11 +74,10 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 		}
 	})
 	hostsDir := testbed.Dir(t, "hosts")
-	cfg := testbed.LazypulldRemoteConfig(hostsDir)
+	cfg := testbed.LazypulldRemoteConfig(hostsDir) + opts.Remote
 	if opts.NoBackgroundFetch {
 		cfg += "\n[fs]\nbackground_fetch = false\n"
 	}
-	cfg += opts.LazypulldConfig
 	bopts := testbed.Options{
 		Flavour:         f,
 		LazypulldBinary: lazypulldBin,

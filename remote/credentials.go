@@ -3,6 +3,7 @@ package remote
 import (
 	"fmt"
 	"net/http"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
@@ -74,9 +75,10 @@ func (r *Resolver) hostsFor(registry, repo string) ([]docker.RegistryHost, error
 	// through the registry's transport, without authorization.
 	auth := docker.NewDockerAuthorizer(docker.WithAuthClient(&http.Client{Transport: inner[len(hs)-1]}), docker.WithAuthCreds(creds))
 	rh := make([]docker.RegistryHost, len(hs))
+	authMu := &sync.Mutex{} // the hosts share auth: see authTransport.mu
 	for i, h := range hs {
 		c := *h.Client
-		c.Transport = &authTransport{inner: inner[i], auth: auth}
+		c.Transport = &authTransport{inner: inner[i], auth: auth, mu: authMu}
 		h.Client, h.Authorizer = &c, auth
 		rh[i] = h
 	}

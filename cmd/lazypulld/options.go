@@ -20,14 +20,16 @@ import (
 // nil, gives the registry client credentials ahead of docker's config.json
 // (those the daemon's CRI image service pushes). The returned close
 // function closes the filesystems (which unmounts their layers), then the
-// chunk cache.
+// chunk cache, then the registry client (its downloads into spool files).
 func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, func() error, error) {
 	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
 		remote.WithParallelism(cfg.Remote.Parallelism),
 		remote.WithWarmConnections(cfg.Remote.WarmConnections),
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
 		remote.WithUserAgent("lazypull/" + version),
 	}
 	if creds != nil {
@@ -39,7 +41,7 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 	}
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, errors.Join(err, resolver.Close())
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -58,9 +60,9 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 		fs.WithPassthrough(cfg.FS.Passthrough),
 	)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
+		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
-	return layers, func() error { return errors.Join(layers.Close(), chunks.Close()) }, nil
+	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
 }
 
 // The chunk cache is a FileCache, which FUSE passthrough needs: fs finds

@@ -37,6 +37,10 @@ type RegistryOptions struct {
 	// Dial connects to the registry to check that it is ready; nil means
 	// net.Dialer's. Required with NetNS.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Listen, when set, is the IP address the registry listens on instead
+	// of 127.0.0.1 (an address of NetNS when that is set); Host is then
+	// <Listen>:<port>.
+	Listen string
 	// Auth, when set, makes the registry require HTTP basic
 	// authentication with these credentials (an htpasswd file), as a
 	// private registry does.
@@ -90,7 +94,11 @@ func (r *Registry) start(t T, opts RegistryOptions) error {
 	if err != nil {
 		return err
 	}
-	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+	ip := "127.0.0.1"
+	if opts.Listen != "" {
+		ip = opts.Listen
+	}
+	r.Host = net.JoinHostPort(ip, strconv.Itoa(port))
 	storage := filepath.Join(r.Dir, "storage")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return err

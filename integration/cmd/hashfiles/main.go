@@ -8,6 +8,10 @@
 // line per path ("<sha256>  <path>", or "error <message>") and a line ".",
 // until req reaches its end: a container that keeps reading files, at the
 // pace of the test that asks.
+//
+// With "-" as its only argument it reads the paths from stdin instead, one
+// a line, and answers each on stdout as it comes, "error <path>: <why>" for
+// a file it cannot read, until stdin ends.
 package main
 
 import (
@@ -24,6 +28,9 @@ import (
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == "-loop" {
 		os.Exit(loop(os.Args[2], os.Stderr))
+	}
+	if len(os.Args) == 2 && os.Args[1] == "-" {
+		os.Exit(serve(os.Stdin, os.Stdout))
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -56,6 +63,26 @@ func loop(dir string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "hashfiles: %v\n", err)
 			return 1
 		}
+	}
+	return 0
+}
+
+// serve hashes the files named by the lines of in, answering each on out.
+func serve(in io.Reader, out io.Writer) int {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		p := sc.Text()
+		if p == "" {
+			continue
+		}
+		if sum, err := hashFile(p); err != nil {
+			fmt.Fprintf(out, "error %s: %v\n", p, err)
+		} else {
+			fmt.Fprintf(out, "%s  %s\n", sum, p)
+		}
+	}
+	if sc.Err() != nil {
+		return 1
 	}
 	return 0
 }
