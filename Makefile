@@ -44,18 +44,23 @@ install: build
 release:
 	VERSION=$(VERSION) hack/release.sh _output/release
 
-# System packages, and containerd 2.x built from the Go module proxy.
+# System packages, and containerd 2.x, crictl and dockerd built from the Go
+# module proxy into a cache directory (each skipped when already built).
 deps:
 	hack/install-deps.sh
 	hack/build-containerd2.sh
+	hack/build-crictl.sh
+	hack/build-dockerd.sh
 
 demo: deps build
 	hack/demo.sh
 
-# End to end, as root: cold starts of python3 and JDK images pulled normally
-# (overlayfs) and lazily, over an emulated link; tables on stdout, results.json
+# End to end, as root: cold starts of five images (python3, a JDK, nginx, C
+# headers, sqlite3 and a database) pulled normally (overlayfs) and lazily,
+# over an emulated link (per packet in the kernel's network path, checked
+# before the runs); tables on stdout, results.json
 # and chart.png in bench-results/ (README, "Benchmarks"). Flags of hack/bench
-# go in BENCH_FLAGS, e.g. make bench BENCH_FLAGS='-runs 3 -rtt 80ms -rate 100mbit'.
+# go in BENCH_FLAGS, e.g. make bench BENCH_FLAGS='-runs 3 -rtt 80ms -rate 100mbit -cpu-hog 2'.
 # Then the Go micro-benchmarks of fs and cache.
 BENCH_FLAGS ?=
 bench: deps build

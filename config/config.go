@@ -70,6 +70,9 @@ type Config struct {
 	// remove from containerd's records the snapshots of layers that failed
 	// verification.
 	Containerd Containerd `toml:"containerd"`
+	// CRI configures the Kubernetes image service that passes the
+	// credentials of pod pull secrets to lazypulld.
+	CRI CRI `toml:"cri"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -81,12 +84,22 @@ type Remote struct {
 	// missing directory means HTTPS to the registry itself.
 	HostsDir string `toml:"hosts_dir"`
 
-	// RequestTimeout bounds each HTTP request to a registry, its body
-	// included; a retried request gets a fresh timeout.
+	// RequestTimeout bounds the wait for the status and headers of each
+	// HTTP answer of a registry; a retried request gets a fresh timeout.
+	// The body is bounded by StallTimeout instead.
 	RequestTimeout Duration `toml:"request_timeout"`
 
+	// StallTimeout is how long an answer's body may bring no byte before
+	// it is given up as stalled; the read then asks again for the bytes it
+	// is still missing (up to Retries times). Only the waits for bytes
+	// count, not the whole transfer: a large body on a slow link is never
+	// cut off while it keeps coming.
+	StallTimeout Duration `toml:"stall_timeout"`
+
 	// Retries is how often a request that failed for a temporary reason
-	// (network error, HTTP 429 or 5xx) is retried, with exponential backoff.
+	// (network error, HTTP 429 or 5xx) is retried, with exponential
+	// backoff, and how often a read whose answer broke off (stalled, cut
+	// off, short) asks again for the rest.
 	Retries int `toml:"retries"`
 
 	// Parallelism bounds the concurrent range requests one read of
@@ -98,6 +111,15 @@ type Remote struct {
 	// burst of reads of a starting container waits for no TCP or TLS
 	// handshake. 0 turns it off.
 	WarmConnections int `toml:"warm_connections"`
+
+	// SpoolMaxSize bounds the whole blobs kept from registry hosts (or
+	// proxies) that ignore range requests and answer every read with the
+	// whole blob: such a blob is fetched whole once, into a file under
+	// <root>/spool, and every read of it is served from there. Beyond the
+	// bound the least recently read go first; one unread for 10 minutes is
+	// dropped. A blob larger than the bound is read out of whole answers,
+	// one per read. 0 turns spooling off.
+	SpoolMaxSize Size `toml:"spool_max_size"`
 }
 
 // FS is the [fs] table: the FUSE filesystems of lazily pulled layers.
@@ -246,6 +268,25 @@ type Containerd struct {
 	Snapshotter string `toml:"snapshotter"`
 }
 
+// CRI is the [cri] table: an image service for kubelet that forwards to
+// containerd's CRI plugin and keeps the credentials of each pull for
+// lazypulld's own reads of the image's layers.
+type CRI struct {
+	// Address is the unix socket on which lazypulld serves the CRI image
+	// service (point kubelet's --image-service-endpoint at
+	// unix://<address>). Every call is forwarded to containerd's CRI
+	// plugin; the credentials a pull carries (from the pod's image pull
+	// secrets) are kept in memory, by registry host and repository, for
+	// lazypulld's reads of that image. Empty, the default, turns it off.
+	Address string `toml:"address"`
+
+	// CredentialTTL is how long the credentials of a pull are kept after
+	// it; a later pull of the same repository renews them. Reads of layers
+	// not yet local need them until the background fetch has brought the
+	// whole image.
+	CredentialTTL Duration `toml:"credential_ttl"`
+}
+
 // minCacheSize is the least non-zero cache.max_size accepted: a smaller
 // bound is more likely a missing unit than a wish.
 const minCacheSize = MiB
@@ -259,9 +300,11 @@ func Default() *Config {
 		Remote: Remote{
 			HostsDir:        DefaultHostsDir,
 			RequestTimeout:  Duration{30 * time.Second},
+			StallTimeout:    Duration{3 * time.Second},
 			Retries:         3,
 			Parallelism:     4,
 			WarmConnections: 8,
+			SpoolMaxSize:    2 * GiB,
 		},
 		FS: FS{
 			TailSize:           512 * KiB,
@@ -288,6 +331,9 @@ func Default() *Config {
 			Address:     "/run/containerd/containerd.sock",
 			Snapshotter: "lazypull",
 		},
+		CRI: CRI{
+			CredentialTTL:     Duration{24 * time.Hour},
+		},
 	}
 }
 
@@ -309,6 +355,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Remote.RequestTimeout.Duration <= 0 {
 		errs = append(errs, errors.New("remote.request_timeout: must be greater than 0"))
+	}
+	if c.Remote.StallTimeout.Duration <= 0 {
+		errs = append(errs, errors.New("remote.stall_timeout: must be greater than 0"))
 	}
 	if c.Remote.Retries < 0 {
 		errs = append(errs, fmt.Errorf("remote.retries: %d is negative", c.Remote.Retries))
@@ -357,7 +406,27 @@ func (c *Config) Validate() error {
 	if c.Cache.MaxSize != 0 && c.Cache.MaxSize < minCacheSize {
 		errs = append(errs, fmt.Errorf("cache.max_size: %s is less than %s (0 means no bound)", c.Cache.MaxSize, minCacheSize))
 	}
+	errs = append(errs, c.CRI.validate(c.Address, c.Containerd.Address)...)
 	return errors.Join(errs...)
+}
+
+func (c *CRI) validate(snapshotsAddress, containerdAddress string) []error {
+	if c.Address == "" {
+		return nil
+	}
+	var errs []error
+	if err := absPath(c.Address); err != nil {
+		errs = append(errs, fmt.Errorf("cri.address: %w", err))
+	} else if filepath.Clean(c.Address) == filepath.Clean(snapshotsAddress) {
+		errs = append(errs, fmt.Errorf("cri.address: %q is also the snapshots socket (address)", c.Address))
+	}
+	if containerdAddress == "" {
+		errs = append(errs, errors.New("cri.address: the image service forwards to containerd: containerd.address must not be empty"))
+	}
+	if c.CredentialTTL.Duration <= 0 {
+		errs = append(errs, errors.New("cri.credential_ttl: must be greater than 0"))
+	}
+	return errs
 }
 
 func absPath(p string) error {

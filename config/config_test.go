@@ -146,6 +146,17 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`:2: key "fs.prefetch_wait"`},
 		},
 		{
+			name: "bad cri",
+			doc:  "address = \"/run/l.sock\"\n[containerd]\naddress = \"\"\n[cri]\naddress = \"/run/l.sock\"\ncredential_ttl = \"0s\"\n",
+			want: []string{`: cri.address: "/run/l.sock" is also the snapshots socket (address)`,
+				"cri.address: the image service forwards to containerd: containerd.address must not be empty", "cri.credential_ttl: must be greater than 0"},
+		},
+		{
+			name: "bad remote settings",
+			doc:  "[remote]\nstall_timeout = \"0s\"\nretries = -1\n",
+			want: []string{`: remote.stall_timeout: must be greater than 0`, "remote.retries: -1 is negative"},
+		},
+		{
 			name: "relative root and address",
 			doc:  "root = \"var/lib/lazypull\"\naddress = \"\"\n",
 			want: []string{`: root: "var/lib/lazypull" is not an absolute path`, "address: must not be empty"},

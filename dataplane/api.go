@@ -19,7 +19,28 @@ const (
 	PathShutdown = "/v1/shutdown"
 	// PathVerifications is a long poll; see VerificationList.
 	PathVerifications = "/v1/verifications"
+	// PathCredentials takes Credentials for the data plane's registry
+	// reads (the CRI image service's): served when the FileSystem is a
+	// CredentialKeeper.
+	PathCredentials = "/v1/credentials"
 )
+
+// Credentials are registry credentials for one repository, which the data
+// plane uses for its reads of that repository's layers until Expires. A
+// zero Expires removes what it holds for the repository. They are never
+// logged.
+type Credentials struct {
+	Host    string    `json:"host"`
+	Repo    string    `json:"repo"`
+	User    string    `json:"user,omitempty"`
+	Secret  string    `json:"secret,omitempty"`
+	Expires time.Time `json:"expires"`
+}
+
+// CredentialKeeper is a FileSystem that takes Credentials for its reads.
+type CredentialKeeper interface {
+	SetCredentials(c Credentials)
+}
 
 // Info says which data plane answers.
 type Info struct {

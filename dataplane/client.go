@@ -102,6 +102,13 @@ func (c *Client) Verifications(ctx context.Context, since uint64) ([]Verificatio
 	return l.Verifications, l.Generation, nil
 }
 
+// SetCredentials gives the data plane credentials for its reads of a
+// repository (see Credentials); a data plane whose FileSystem takes none
+// answers with an error of class NotImplemented.
+func (c *Client) SetCredentials(ctx context.Context, cr Credentials) error {
+	return c.call(ctx, http.MethodPost, PathCredentials, cr, nil)
+}
+
 // call sends a request with body in as JSON (if not nil) and decodes a
 // successful answer into out (if not nil).
 func (c *Client) call(ctx context.Context, method, path string, in, out any) error {

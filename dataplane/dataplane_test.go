@@ -295,3 +295,43 @@ func mountErr(ctx context.Context, c *Client, mountpoint string, labels map[stri
 	_, err := c.Mount(ctx, mountpoint, labels)
 	return err
 }
+
+// keeperFS is a testFS that takes credentials.
+type keeperFS struct {
+	*testFS
+	mu  sync.Mutex
+	got []Credentials
+}
+
+func (k *keeperFS) SetCredentials(c Credentials) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.got = append(k.got, c)
+}
+
+// Credentials reach a FileSystem that takes them, as sent; one that does
+// not answers "not implemented", which the daemon tells from a failure.
+func TestCredentials(t *testing.T) {
+	ctx := context.Background()
+	k := &keeperFS{testFS: newTestFS()}
+	c, _ := serve(t, k)
+	want := Credentials{Host: "registry.example", Repo: "team/app", User: "u", Secret: "s", Expires: time.Unix(2_000_000_000, 0).UTC()}
+	if err := c.SetCredentials(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCredentials(ctx, Credentials{Repo: "x"}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("credentials without a host: %v, want invalid argument", err)
+	}
+	k.mu.Lock()
+	got := k.got
+	k.mu.Unlock()
+	if len(got) != 1 || got[0].Host != want.Host || got[0].Repo != want.Repo || got[0].User != want.User ||
+		got[0].Secret != want.Secret || !got[0].Expires.Equal(want.Expires) {
+		t.Errorf("FileSystem got %+v, want [%+v]", got, want)
+	}
+
+	plain, _ := serve(t, newTestFS())
+	if err := plain.SetCredentials(ctx, want); !errdefs.IsNotImplemented(err) {
+		t.Errorf("credentials to a FileSystem that takes none: %v, want not implemented", err)
+	}
+}

@@ -21,6 +21,7 @@
 //	POST /v1/check     MountRequest    -> 204 No Content
 //	POST /v1/unmount   UnmountRequest  -> 204 No Content
 //	POST /v1/shutdown  ShutdownRequest -> 204 No Content
+//	POST /v1/credentials Credentials   -> 204 No Content (CredentialKeeper)
 //	GET  /v1/verifications?since=N[&wait=D] -> VerificationList
 //
 // /v1/verifications is a long poll: the data plane answers once its
@@ -58,13 +59,14 @@
 // A call that only some FileSystems can answer is served when the
 // FileSystem has the method (the Server checks with a type assertion, as
 // it does for io.Closer at Shutdown and for Verifier at
-// /v1/verifications) and answered "not implemented" otherwise: per-layer
-// status (/v1/status: digest, mountpoint, bytes local), credentials pushed
-// by a CRI proxy (/v1/credentials) and the data plane's metrics
-// (/v1/metrics, Prometheus text) fit this shape, each a path, a request
-// and an answer type here, and a method on the Client. A call that waits
-// for an event is a long poll bounded as /v1/verifications is, so that
-// Shutdown need not wait for it.
+// /v1/verifications) and answered "not implemented" otherwise, as
+// /v1/credentials is (the credentials of pulls that the daemon's CRI image
+// service pushes, for a CredentialKeeper): per-layer status (/v1/status:
+// digest, mountpoint, bytes local, verification state) and the data
+// plane's metrics (/v1/metrics, Prometheus text) fit this shape, each a
+// path, a request and an answer type here, and a method on the Client. A
+// call that waits for an event is a long poll bounded as /v1/verifications
+// is, so that Shutdown need not wait for it.
 //
 // # Concurrency
 //

@@ -80,6 +80,7 @@ func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 	mux.HandleFunc("POST "+PathUnmount, s.handleUnmount)
 	mux.HandleFunc("POST "+PathShutdown, s.handleShutdown)
 	mux.HandleFunc("GET "+PathVerifications, s.handleVerifications)
+	mux.HandleFunc("POST "+PathCredentials, s.handleCredentials)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotImplemented))
 	})
@@ -189,6 +190,24 @@ func (s *Server) handleUnmount(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	writeResult(w, err)
+}
+
+func (s *Server) handleCredentials(w http.ResponseWriter, r *http.Request) {
+	k, ok := s.fs.(CredentialKeeper)
+	if !ok {
+		writeError(w, fmt.Errorf("%s: %w", PathCredentials, errdefs.ErrNotImplemented))
+		return
+	}
+	var c Credentials
+	if !readJSON(w, r, &c) {
+		return
+	}
+	if c.Host == "" || c.Repo == "" {
+		writeError(w, fmt.Errorf("credentials without host or repository: %w", errdefs.ErrInvalidArgument))
+		return
+	}
+	k.SetCredentials(c)
+	writeResult(w, nil)
 }
 
 // claim marks mountpoint busy for a Mount (mount) or an Unmount. A

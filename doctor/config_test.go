@@ -48,6 +48,11 @@ func TestDocumentedConfigs(t *testing.T) {
 		for _, release := range versions[v[1]] {
 			t.Run(name+"/containerd-"+release, func(t *testing.T) {
 				n := newNode(t)
+				cfg := cfg
+				if release == "2.0.0" {
+					// The line the 2.x drop-in says to uncomment on 2.0.
+					cfg = strings.ReplaceAll(cfg, "# disable_snapshot_annotations = false", "disable_snapshot_annotations = false")
+				}
 				n.write("config.toml", cfg)
 				r := n.run(release)
 				if fs := containerdFailures(r); len(fs) > 0 {

@@ -11,6 +11,7 @@ packages=(
 	libbtrfs-dev        # headers for containerd's btrfs snapshotter when building containerd 2.x
 	fuse3               # fusermount3 and /dev/fuse setup for lazypulld
 	iproute2
+	iptables            # make bench: its link's delay line is an NFQUEUE rule (also its unit test)
 	ca-certificates
 	git
 	gcc                 # cgo (go test -race)

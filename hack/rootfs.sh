@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds a Debian root filesystem with the given packages and prints the path of a tar of it.
 #
-#   hack/rootfs.sh NAME [PACKAGE...]
+#   [ROOTFS_SETUP='shell commands'] hack/rootfs.sh NAME [PACKAGE...]
 #
-# The tar is cached in ${LAZYPULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lazypull}/rootfs/NAME.tar
+# ROOTFS_SETUP, when set, runs with sh in the root filesystem (chroot) once the packages are
+# installed, e.g. to create the data a benchmark workload reads. The tar is cached in ${LAZYPULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lazypull}/rootfs/NAME.tar
 # and rebuilt only when missing. Packages come from the Debian mirror this machine's apt is
 # configured with (debootstrap, minbase variant, the running Debian release).
 set -euo pipefail
@@ -38,9 +39,15 @@ include=$(IFS=,; echo "$*")
 echo "rootfs: debootstrap $suite ${include:+with $include} ..." >&2
 debootstrap --variant=minbase ${include:+--include="$include"} "$suite" "$work/root" "$mirror" >"$work/log" 2>&1 ||
 	{ tail -20 "$work/log" >&2; exit 1; }
-# Drop what a container image does not ship: apt lists and caches, logs.
+if [[ -n ${ROOTFS_SETUP:-} ]]; then
+	echo "rootfs: setup in $name ..." >&2
+	chroot "$work/root" /bin/sh -ec "$ROOTFS_SETUP" >"$work/log" 2>&1 || { tail -20 "$work/log" >&2; exit 1; }
+fi
+# Drop what a container image does not ship: apt lists and caches, logs (the files: a server's
+# log directory stays, or it would not start).
 rm -rf "$work/root/var/cache/apt/"*.bin "$work/root/var/cache/apt/archives/"*.deb \
-	"$work/root/var/lib/apt/lists/"* "$work/root/var/log/"*
+	"$work/root/var/lib/apt/lists/"*
+find "$work/root/var/log" -type f -delete
 tar --numeric-owner --xattrs -C "$work/root" -cf "$work/out.tar" .
 mv "$work/out.tar" "$out"
 echo "$out"

@@ -73,10 +73,22 @@ func TestLazyCorruptChunk(t *testing.T) {
 // that holds the file's uncompressed offset fileOff, read from the TOC.
 func payloadByte(t *testing.T, ctx context.Context, ref, file string, fileOff int64) (digest.Digest, int64) {
 	t.Helper()
+	return payloads(t, ctx, ref)(file, fileOff)
+}
+
+// payloads reads the layers of image ref once and returns payloadByte's
+// lookup on them.
+func payloads(t *testing.T, ctx context.Context, ref string) func(file string, fileOff int64) (digest.Digest, int64) {
+	t.Helper()
 	layers, err := remoteImage(t, ctx, ref).Layers()
 	if err != nil {
 		t.Fatal(err)
 	}
+	type layerTOC struct {
+		dgst digest.Digest
+		toc  *estargz.Reader
+	}
+	var tocs []layerTOC
 	for _, l := range layers {
 		rc, err := l.Compressed()
 		if err != nil {
@@ -91,19 +103,25 @@ func payloadByte(t *testing.T, ctx context.Context, ref, file string, fileOff in
 		if err != nil {
 			t.Fatalf("layer of %s is not eStargz: %v", ref, err)
 		}
-		ce, ok := toc.ChunkEntryForOffset(file, fileOff)
-		if !ok {
-			continue
-		}
-		if ce.NextOffset() <= ce.Offset+2 {
-			t.Fatalf("%s: chunk at %d has no payload to corrupt", file, ce.Offset)
-		}
 		h, err := l.Digest()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return digest.Digest(h.String()), ce.Offset + (ce.NextOffset()-ce.Offset)/2
+		tocs = append(tocs, layerTOC{digest.Digest(h.String()), toc})
 	}
-	t.Fatalf("no layer of %s holds %s at %d", ref, file, fileOff)
-	return "", 0
+	return func(file string, fileOff int64) (digest.Digest, int64) {
+		t.Helper()
+		for i := len(tocs) - 1; i >= 0; i-- { // the top layer's file is the one a container sees
+			ce, ok := tocs[i].toc.ChunkEntryForOffset(file, fileOff)
+			if !ok {
+				continue
+			}
+			if ce.NextOffset() <= ce.Offset+2 {
+				t.Fatalf("%s: chunk at %d has no payload to corrupt", file, ce.Offset)
+			}
+			return tocs[i].dgst, ce.Offset + (ce.NextOffset()-ce.Offset)/2
+		}
+		t.Fatalf("no layer of %s holds %s at %d", ref, file, fileOff)
+		return "", 0
+	}
 }

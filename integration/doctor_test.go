@@ -142,7 +142,7 @@ func TestDoctor(t *testing.T) {
 			t.Errorf("exit %d with the wrong proxy address, want 1:\n%s", code, r)
 		}
 		r.expect(t, "containerd.proxy_plugin", "FAIL", `address = "`+wrong+`", but lazypulld listens on `+sock,
-			`set address = "`+sock+`" in [proxy_plugins.lazypull] of `+other.ConfigPath)
+			`set address = "`+sock+`" in [proxy_plugins.lazypull] of `+other.LazypullConfigPath())
 		r.expect(t, "containerd.running", "FAIL", "sends \"lazypull\"'s calls to "+wrong, "restart containerd")
 		r.expect(t, "lazypulld", "OK", "", "")
 	})

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"archive/tar"
 	"context"
 	"os"
 	"sync"
@@ -54,6 +55,29 @@ func loadDefaultImage() (*testImage, error) {
 	}
 	ti.chainIDs = identity.ChainIDs(diffIDs)
 	return ti, nil
+}
+
+// fileBytes is the size of the regular files of all layers of the image
+// (a file an upper layer replaces counted in each): what lazypull counts
+// as the layers' usage, but for the blocks they take.
+func (ti *testImage) fileBytes() int64 {
+	var n int64
+	for _, l := range ti.layers {
+		for _, e := range l.Entries {
+			if e.Type == tar.TypeReg {
+				n += int64(len(e.Data))
+			}
+		}
+	}
+	return n
+}
+
+// pushConverted pushes the test image to lb's registry, converts it with
+// `lazypull convert` and returns the eStargz image's reference.
+func pushConverted(t *testing.T, ctx context.Context, lb *lazyBed) (string, *testImage) {
+	t.Helper()
+	orig, img := pushDefaultImage(t, ctx, lb.Registry)
+	return convertImage(t, ctx, orig, lb.Registry.Ref("lazypull/testimage:esgz")), img
 }
 
 // pushDefaultImage pushes the test image to reg and returns its reference.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -46,6 +47,15 @@ type lazyBedOptions struct {
 	NoBackgroundFetch bool
 	// FS holds more keys of lazypulld's [fs] table.
 	FS string
+	// CRI turns containerd's CRI plugin on, with criPauseImage in the
+	// bed's registry as the pods' pause image (pushPauseImage pushes it).
+	CRI bool
+	// CRIImageService, with CRI, turns lazypulld's CRI image service on.
+	CRIImageService bool
+	// RegistryAuth makes the registry require these credentials.
+	RegistryAuth *testbed.RegistryAuth
+	// Remote holds more keys of lazypulld's [remote] table, one a line.
+	Remote string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -66,18 +76,25 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 		}
 	})
 	hostsDir := testbed.Dir(t, "hosts")
-	cfg := testbed.LazypulldRemoteConfig(hostsDir)
+	cfg := testbed.LazypulldRemoteConfig(hostsDir) + opts.Remote
 	if opts.NoBackgroundFetch || opts.FS != "" {
 		cfg += "\n[fs]\n" + opts.FS + "\n"
 	}
 	if opts.NoBackgroundFetch {
 		cfg += "background_fetch = false\n"
 	}
-	bed := testbed.New(t, testbed.Options{
+	bopts := testbed.Options{
 		Flavour:         f,
 		LazypulldBinary: lazypulldBin,
 		LazypulldConfig: cfg,
-	})
+		HostsDir:        hostsDir,
+		RegistryAuth:    opts.RegistryAuth,
+	}
+	if opts.CRI {
+		bopts.CRIPauseImage = criPauseImage
+		bopts.CRIImageService = opts.CRIImageService
+	}
+	bed := testbed.New(t, bopts)
 	daemonDir = bed.Lazypulld.Dir
 	lb := &lazyBed{Bed: bed, HostsDir: hostsDir}
 	hosts := []string{bed.Registry.Host}
@@ -94,10 +111,11 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 }
 
 // convertImage runs `lazypull convert` from src to dst (both in the test
-// registry) and returns dst.
-func convertImage(t *testing.T, ctx context.Context, src, dst string) string {
+// registry) and returns dst. env is added to the tool's environment.
+func convertImage(t *testing.T, ctx context.Context, src, dst string, env ...string) string {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, lazypullBin, "convert", "--plain-http", src, dst)
+	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -206,9 +224,12 @@ func inspectImage(t *testing.T, ctx context.Context, cl *client.Client, ref stri
 // requireLazy fails t unless every layer of img is a remote snapshot of
 // lazypull (see requireLazyLabels), mounted by its own FUSE filesystem under
 // lazypulld's root, and was never downloaded into containerd's content store.
+// The image is looked for in ctx's namespace, by default the bed's.
 func requireLazy(t *testing.T, ctx context.Context, lb *lazyBed, cl *client.Client, img pulledImage) {
 	t.Helper()
-	ctx = namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+	if _, ok := namespaces.Namespace(ctx); !ok {
+		ctx = namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+	}
 	requireLazyLabels(t, ctx, cl, img)
 	ms, err := testbed.LazyMounts(lb.Lazypulld.Root)
 	if err != nil {

@@ -23,10 +23,12 @@ var (
 	skipReason string
 	// flavours are the containerd installations every test runs against.
 	flavours []testbed.Flavour
-	// lazypulldBin, lazypullBin and entrypointBin are built by TestMain.
+	// lazypulldBin, lazypullBin, entrypointBin and pauseBin are built by
+	// TestMain.
 	lazypulldBin  string
 	lazypullBin   string
 	entrypointBin string
+	pauseBin      string
 	// daemonFlags are the flags lazypulldBin was built with.
 	daemonFlags []string
 )
@@ -58,6 +60,7 @@ func testMain(m *testing.M) int {
 	lazypulldBin = filepath.Join(dir, "lazypulld")
 	lazypullBin = filepath.Join(dir, "lazypull")
 	entrypointBin = filepath.Join(dir, "hashfiles")
+	pauseBin = filepath.Join(dir, "pause")
 	if raceEnabled {
 		daemonFlags = append(daemonFlags, "-race")
 	}
@@ -71,9 +74,11 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "integration: build lazypull: %v\n", err)
 		return 1
 	}
-	if err := goBuild(entrypointBin, "./cmd/hashfiles", []string{"CGO_ENABLED=0"}, "-trimpath", "-ldflags=-s -w"); err != nil {
-		fmt.Fprintf(os.Stderr, "integration: build entrypoint: %v\n", err)
-		return 1
+	for _, b := range []struct{ out, pkg string }{{entrypointBin, "./cmd/hashfiles"}, {pauseBin, "./cmd/pause"}} {
+		if err := goBuild(b.out, b.pkg, []string{"CGO_ENABLED=0"}, "-trimpath", "-ldflags=-s -w"); err != nil {
+			fmt.Fprintf(os.Stderr, "integration: build %s: %v\n", b.pkg, err)
+			return 1
+		}
 	}
 	return m.Run()
 }

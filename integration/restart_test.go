@@ -119,7 +119,7 @@ func TestDataPlaneKilled(t *testing.T) {
 
 		// Down, the registry fails every request (after retries): a
 		// layer whose mount needed it would not be mounted again.
-		lb.Front.SetDown(true)
+		lb.Front.Down(true)
 		if err := killPID(dp.Info.PID); err != nil {
 			t.Fatal(err)
 		}
@@ -149,7 +149,7 @@ func TestDataPlaneKilled(t *testing.T) {
 			t.Errorf("after the kill: data plane %d serving %d layers, want a new one serving %d", now.Info.PID, len(now.Mounts), len(pulled.Layers))
 		}
 
-		lb.Front.SetDown(false)
+		lb.Front.Down(false)
 		out, err := runHashfiles(ctx, lb, ref, "after-kill", paths...)
 		if err != nil {
 			t.Fatal(err)

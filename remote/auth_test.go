@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -123,8 +124,15 @@ func TestBasicAuth(t *testing.T) {
 }
 
 // The registry redirects to blob storage; reads go straight to storage
-// until its URL expires, then the registry is asked once more.
+// until its URL expires (storage answers 403, or 404 as some do), then the
+// registry is asked once more.
 func TestRedirectToStorage(t *testing.T) {
+	for _, expired := range []int{http.StatusForbidden, http.StatusNotFound} {
+		t.Run(strconv.Itoa(expired), func(t *testing.T) { testRedirectToStorage(t, expired) })
+	}
+}
+
+func testRedirectToStorage(t *testing.T, expired int) {
 	reg := newRegistry(t, 100_000)
 	var sig, valid atomic.Int64
 	var storageReqs atomic.Int32
@@ -134,7 +142,7 @@ func TestRedirectToStorage(t *testing.T) {
 			t.Error("credentials sent to storage")
 		}
 		if r.URL.Query().Get("sig") != fmt.Sprint(valid.Load()) {
-			http.Error(w, "expired", http.StatusForbidden)
+			http.Error(w, "expired", expired)
 			return
 		}
 		reg.serveContent(w, r)
@@ -167,7 +175,84 @@ func TestRedirectToStorage(t *testing.T) {
 	check(1, 2) // straight to storage
 	valid.Store(-1)
 	read(6000)
-	check(2, 4) // 403 from storage, registry again, new storage URL
+	check(2, 4) // refused by storage, registry again, new storage URL
 	read(7000)
 	check(2, 5)
+}
+
+// A token that the registry stops accepting before the expiry the token
+// server gave (revoked, or a registry whose clock runs ahead) is replaced:
+// the 401 makes the authorizer fetch a new token and the read is tried
+// again, whether or not the challenge says error="invalid_token".
+func TestExpiredTokenIsRefreshed(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra string // added to the challenge
+	}{
+		{"plain challenge", ""},
+		{"invalid_token challenge", `,error="invalid_token"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newRegistry(t, 10_000)
+			var issued, validFrom atomic.Int32
+			tokenSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n := issued.Add(1)
+				json.NewEncoder(w).Encode(map[string]any{"token": fmt.Sprintf("tok-%d", n), "expires_in": 3600})
+			}))
+			t.Cleanup(tokenSrv.Close)
+			serve := reg.serve
+			reg.serve = func(w http.ResponseWriter, r *http.Request) {
+				var n int32
+				if _, err := fmt.Sscanf(r.Header.Get("Authorization"), "Bearer tok-%d", &n); err != nil || n < validFrom.Load() {
+					extra := ""
+					if err == nil {
+						extra = tc.extra
+					}
+					w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="test",scope="repository:%s:pull"%s`, tokenSrv.URL+"/token", testRepo, extra))
+					http.Error(w, "auth", http.StatusUnauthorized)
+					return
+				}
+				serve(w, r)
+			}
+			b, _ := mustOpen(t, newTestResolver(t, reg), reg, 51)
+			read := func(off int64) {
+				t.Helper()
+				p := make([]byte, 100)
+				if _, err := b.ReadAt(context.Background(), p, off); err != nil || !bytes.Equal(p, reg.blob[off:off+100]) {
+					t.Fatalf("ReadAt(%d): %v", off, err)
+				}
+			}
+			read(1000)
+			if n := issued.Load(); n != 1 {
+				t.Fatalf("%d tokens issued, want 1", n)
+			}
+			validFrom.Store(2) // tok-1 expires
+			before := len(reg.requests())
+			read(2000)
+			if n := issued.Load(); n != 2 {
+				t.Errorf("%d tokens issued, want 2: one new after the 401", n)
+			}
+			if n := len(reg.requests()) - before; n != 2 {
+				t.Errorf("%d requests for the read, want 2: the 401 and the retry", n)
+			}
+			read(3000) // with the new token, in one request
+			if n := issued.Load(); n != 2 {
+				t.Errorf("%d tokens issued, want 2", n)
+			}
+			// Concurrent reads meet the next expiry together (which,
+			// under -race, checks that they authorize without a race).
+			validFrom.Store(3)
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Go(func() {
+					p := make([]byte, 100)
+					off := int64(4000 + 100*i)
+					if _, err := b.ReadAt(context.Background(), p, off); err != nil || !bytes.Equal(p, reg.blob[off:off+100]) {
+						t.Errorf("concurrent ReadAt(%d): %v", off, err)
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
 }

@@ -65,7 +65,7 @@ func (b *Blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 	n := min(int64(len(p)), b.size-off)
 	if n > 0 {
 		s := &span{off: off, end: off + n, buf: p[:n], progress: progress}
-		if _, err := b.readSpans(ctx, []*span{s}, nil); err != nil {
+		if err := b.readOne(ctx, s); err != nil {
 			return 0, err
 		}
 	}
@@ -73,6 +73,15 @@ func (b *Blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 		return int(n), io.EOF
 	}
 	return int(n), nil
+}
+
+// readOne reads s, out of b's spool if there is one.
+func (b *Blob) readOne(ctx context.Context, s *span) error {
+	if sp := b.spooled(ctx); sp != nil {
+		return b.readSpansFrom(ctx, sp, []*span{s}, nil)
+	}
+	_, err := b.readSpansResuming(ctx, []*span{s}, nil)
+	return err
 }
 
 // ReadRanges reads several ranges of the blob and calls fn once for each
@@ -111,7 +120,12 @@ func (b *Blob) ReadRanges(ctx context.Context, rs []Range, fn func(Range, []byte
 			}
 		}
 	}
-	err := b.readCoalesced(ctx, coalesce(rs), deliver)
+	var err error
+	if sp := b.spooled(ctx); sp != nil {
+		err = b.readSpansFrom(ctx, sp, coalesce(rs), deliver)
+	} else {
+		err = b.readCoalesced(ctx, coalesce(rs), deliver)
+	}
 	if cbErr != nil {
 		return cbErr
 	}
@@ -131,7 +145,7 @@ func (b *Blob) readCoalesced(ctx context.Context, spans []*span, deliver func(*s
 			batch = spans[:b.r.opts.maxRanges]
 		}
 		spans = spans[len(batch):]
-		rest, err := b.readSpans(ctx, batch, deliver)
+		rest, err := b.readSpansResuming(ctx, batch, deliver)
 		if err != nil {
 			return err
 		}
@@ -143,7 +157,7 @@ func (b *Blob) readCoalesced(ctx context.Context, spans []*span, deliver func(*s
 // readEach fetches spans one request each, a bounded number at a time.
 func (b *Blob) readEach(ctx context.Context, spans []*span, deliver func(*span, []byte) error) error {
 	if len(spans) == 1 {
-		_, err := b.readSpans(ctx, spans, deliver)
+		_, err := b.readSpansResuming(ctx, spans, deliver)
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -163,7 +177,7 @@ loop:
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if _, err := b.readSpans(ctx, []*span{s}, deliver); err != nil {
+			if _, err := b.readSpansResuming(ctx, []*span{s}, deliver); err != nil {
 				once.Do(func() { first = err; cancel() })
 			}
 		})
@@ -187,10 +201,13 @@ func (b *Blob) endpoint() string {
 	return b.hosts[b.cur].Host
 }
 
-// fetch sends one GET for the blob with the Range header rng, trying the
-// hosts in order from the one that answered last. It returns only 200 and
-// 206 answers; the caller closes the body.
+// fetch sends one GET for the blob with the Range header rng (none if
+// empty), trying the hosts in order from the one that answered last. It
+// returns only 200 and 206 answers; the caller closes the body.
 func (b *Blob) fetch(ctx context.Context, rng string) (*http.Response, error) {
+	if b.r.closed() {
+		return nil, b.closedError()
+	}
 	ctx, err := docker.ContextWithRepositoryScope(ctx, b.spec, false)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", b.ref, err, errdefs.ErrInvalidArgument)
@@ -286,7 +303,9 @@ func (b *Blob) get(ctx context.Context, c *http.Client, u string, hdr http.Heade
 	for k, v := range hdr {
 		req.Header[k] = slices.Clone(v)
 	}
-	req.Header.Set("Range", rng)
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
 	log.G(ctx).WithFields(log.Fields{"host": req.URL.Host, "range": rng}).Trace("GET blob")
 	return c.Do(req)
 }

@@ -10,10 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -152,9 +149,10 @@ func TestReadRangesMultiRangeFallbacks(t *testing.T) {
 				reg.serveContent(w, r)
 			}
 		}, 4, 3},
+		// Open's whole answer went to a spool, which serves the rest.
 		{"200 whole blob", func(reg *registry) func(http.ResponseWriter, *http.Request) {
 			return serveWhole(reg.blob)
-		}, 1, 1},
+		}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := newRegistry(t, 10_000)
@@ -269,125 +267,6 @@ func TestCallbackErrorStopsReadRanges(t *testing.T) {
 	}
 }
 
-// When a host answers multi-range requests badly, ranges go as parallel
-// single-range requests, never more at once than WithParallelism allows.
-func TestReadRangesParallelBound(t *testing.T) {
-	reg := newRegistry(t, 100_000)
-	first := serveFirstRange(reg.blob, 0)
-	var inflight, peak atomic.Int32
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
-		n := inflight.Add(1)
-		defer inflight.Add(-1)
-		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-		}
-		time.Sleep(10 * time.Millisecond)
-		first(w, r)
-	}
-	b, _ := mustOpen(t, newTestResolver(t, reg, WithParallelism(2)), reg, 10)
-	var rs []Range
-	for i := range 10 {
-		rs = append(rs, Range{int64(i) * 5000, 100})
-	}
-	got, err := collect(t, b, rs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, reg.blob, rs, got)
-	if p := peak.Load(); p != 2 {
-		t.Errorf("peak of %d concurrent requests, want 2", p)
-	}
-	// A canceled context stops the reads.
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := b.ReadRanges(ctx, rs, func(Range, []byte) error { return nil }); !errors.Is(err, context.Canceled) {
-		t.Errorf("ReadRanges with a canceled context: %v", err)
-	}
-}
-
-// TestConnectionsReused checks that concurrent reads keep their
-// connections to the registry: a second round of as many concurrent
-// requests opens no new connection. A new connection costs a round trip and
-// TCP's slow start, which on a long link is several more.
-func TestConnectionsReused(t *testing.T) {
-	reg := newRegistry(t, 1<<20)
-	conns := countConnections(reg)
-	b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
-	const n = 8
-	for round := range 2 {
-		// Let the last round's connections go back to the idle pool.
-		time.Sleep(50 * time.Millisecond)
-		before := conns()
-		readConcurrently(t, b, n)
-		if opened := conns() - before; round == 1 && opened != 0 {
-			t.Errorf("a second round of %d concurrent reads opened %d new connections, want 0", n, opened)
-		}
-	}
-}
-
-// The first reads after a blob is opened (a starting container's burst)
-// find connections open: the resolver warmed them in the background.
-func TestWarmConnections(t *testing.T) {
-	reg := newRegistry(t, 1<<20)
-	conns := countConnections(reg)
-	const n = 6
-	r := newTestResolver(t, reg, WithWarmConnections(n))
-	b, _ := mustOpen(t, r, reg, 10)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(reg.requests()) < n+1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond) // let the warm-up's connections go idle
-	before := conns()
-	if before < n {
-		t.Fatalf("after Open, %d connections were opened, want at least %d", before, n)
-	}
-	readConcurrently(t, b, n)
-	if opened := conns() - before; opened != 0 {
-		t.Errorf("%d concurrent reads after the warm-up opened %d new connections, want 0", n, opened)
-	}
-	// Opening another blob of the host soon after warms nothing again.
-	had := len(reg.requests())
-	mustOpen(t, r, reg, 10)
-	time.Sleep(100 * time.Millisecond)
-	if got := len(reg.requests()) - had; got != 1 {
-		t.Errorf("a second Open made %d requests, want 1", got)
-	}
-}
-
-// countConnections makes reg count the connections requests come on,
-// holding each request a moment so that concurrent ones stay concurrent,
-// and returns the count so far.
-func countConnections(reg *registry) func() int {
-	var mu sync.Mutex
-	conns := map[string]bool{} // client addresses seen: one per connection
-	serve := reg.serve
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		conns[r.RemoteAddr] = true
-		mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-		serve(w, r)
-	}
-	return func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(conns)
-	}
-}
-
-// readConcurrently reads n small ranges of b at once.
-func readConcurrently(t *testing.T, b *Blob, n int) {
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			if _, err := b.ReadAt(context.Background(), make([]byte, 1000), int64(i)*100_000); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-}
-
 // A caller of ReadAtProgress may work on the start of a read while the
 // rest is on the wire: it is told, in order, how much has arrived, and
 // never of bytes that are not in place or that an answer failed to bring.
@@ -398,11 +277,13 @@ func TestReadAtProgress(t *testing.T) {
 		serve func(reg *registry) func(http.ResponseWriter, *http.Request)
 	}{
 		{"ranges", nil},
+		// Without a spool (spool_test.go tests reads of one): read out of
+		// the whole answer as it streams by.
 		{"whole blob", func(reg *registry) func(http.ResponseWriter, *http.Request) { return serveWhole(reg.blob) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := newRegistry(t, size)
-			b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+			b, _ := mustOpen(t, newTestResolver(t, reg, WithSpool(t.TempDir(), 0)), reg, 10)
 			if tc.serve != nil {
 				reg.serve = tc.serve(reg)
 			}
@@ -427,13 +308,25 @@ func TestReadAtProgress(t *testing.T) {
 		})
 	}
 	t.Run("short body", func(t *testing.T) {
+		// Every answer brings half of what is asked: each retry asks for
+		// the rest, and the progress never runs ahead of what came.
 		reg := newRegistry(t, 10_000)
-		b, _ := mustOpen(t, newTestResolver(t, reg), reg, 10)
+		b, _ := mustOpen(t, newTestResolver(t, reg, WithRetries(2)), reg, 10)
 		reg.serve = serveHalf(reg)
+		p := make([]byte, 1000)
 		most := 0
-		_, err := b.ReadAtProgress(context.Background(), make([]byte, 1000), 0, func(n int) { most = n })
-		if err == nil || !errdefs.IsUnavailable(err) || most >= 1000/2+1 {
-			t.Errorf("short body: %v, progress reached %d of 1000 (500 sent)", err, most)
+		_, err := b.ReadAtProgress(context.Background(), p, 0, func(n int) {
+			if !bytes.Equal(p[:n], reg.blob[:n]) {
+				t.Errorf("progress(%d): those bytes are not in place", n)
+			}
+			most = n
+		})
+		// 499 of 1000, then 250 of 501, then 125 of 251.
+		if err == nil || !errdefs.IsUnavailable(err) || most != 874 {
+			t.Errorf("short body: %v, progress reached %d of 1000 (874 sent)", err, most)
+		}
+		if got, want := strings.Join(reg.requests()[1:], " "), "bytes=0-999 bytes=499-999 bytes=749-999"; got != want {
+			t.Errorf("requests %s, want %s", got, want)
 		}
 	})
 	t.Run("lying range", func(t *testing.T) {

@@ -30,10 +30,14 @@ type Error struct {
 	class     error
 	cause     error
 	temporary bool
+	broken    bool // the answer's body broke off part way
 }
 
 func (e *Error) Error() string {
-	msg := fmt.Sprintf("blob %s of %s from %s", e.Digest, e.Ref, e.Host)
+	msg := fmt.Sprintf("blob %s of %s", e.Digest, e.Ref)
+	if e.Host != "" {
+		msg += " from " + e.Host
+	}
 	if e.Request != "" {
 		msg += " (" + e.Request + ")"
 	}
@@ -41,7 +45,7 @@ func (e *Error) Error() string {
 		msg += fmt.Sprintf(": %d %s", e.Status, http.StatusText(e.Status))
 	}
 	if e.cause != nil {
-		msg += ": " + e.cause.Error()
+		msg += ": " + redactText(e.cause.Error())
 	}
 	if e.class != nil {
 		msg += ": " + e.class.Error()
@@ -109,12 +113,16 @@ func classifyStatus(status int) statusClass {
 // It wraps context.DeadlineExceeded.
 var errRequestTimeout = fmt.Errorf("request timed out: %w", context.DeadlineExceeded)
 
+// errStalled marks a response whose body brought no byte for the stall
+// timeout.
+var errStalled = errors.New("response stalled")
+
 // temporaryNetError reports whether a transport error may go away on retry.
 func temporaryNetError(err error) bool {
 	switch {
 	case err == nil, errors.Is(err, context.Canceled):
 		return false
-	case errors.Is(err, errRequestTimeout):
+	case errors.Is(err, errRequestTimeout), errors.Is(err, errStalled):
 		return true
 	case errors.Is(err, context.DeadlineExceeded):
 		return false // the caller's deadline, not ours
@@ -133,6 +141,7 @@ func temporaryNetError(err error) bool {
 // netError turns a transport failure into an Error. A canceled caller
 // context is kept as is (errdefs.IsCanceled works on it).
 func (b *Blob) netError(host, rng string, err error) error {
+	redactChain(err)
 	e := &Error{Ref: b.ref, Digest: b.dgst, Host: host, Request: rng, cause: err}
 	var us remoteerrors.ErrUnexpectedStatus
 	switch {
@@ -153,6 +162,11 @@ func (b *Blob) statusError(host, rng string, status int) error {
 	c := classifyStatus(status)
 	return &Error{Ref: b.ref, Digest: b.dgst, Host: host, Request: rng, Status: status,
 		class: c.class, temporary: c.temporary}
+}
+
+// closedError reports a read of a blob of a closed Resolver.
+func (b *Blob) closedError() error {
+	return &Error{Ref: b.ref, Digest: b.dgst, cause: errors.New("registry client closed"), class: errdefs.ErrUnavailable}
 }
 
 // contentError reports an answer whose bytes cannot be trusted or are

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -57,6 +58,8 @@ type registry struct {
 	ranges  []string // Range header of each blob request
 	queries []string // query of each blob request
 	other   int      // requests that were not blob GETs
+	opened  int      // connections clients opened
+	closed  int      // connections closed
 }
 
 func newRegistry(t *testing.T, size int) *registry {
@@ -64,9 +67,30 @@ func newRegistry(t *testing.T, size int) *registry {
 	blob, dgst := testBlob(size)
 	reg := &registry{blob: blob, dgst: dgst}
 	reg.serve = reg.serveContent
-	reg.srv = httptest.NewServer(reg)
+	reg.srv = httptest.NewUnstartedServer(reg)
+	reg.srv.Config.ConnState = reg.connState
+	reg.srv.Start()
 	t.Cleanup(reg.srv.Close)
 	return reg
+}
+
+func (reg *registry) connState(_ net.Conn, s http.ConnState) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	switch s {
+	case http.StateNew:
+		reg.opened++
+	case http.StateClosed, http.StateHijacked:
+		reg.closed++
+	}
+}
+
+// conns returns how many connections clients have opened to reg, and how
+// many of them are closed.
+func (reg *registry) conns() (opened, closed int) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	return reg.opened, reg.closed
 }
 
 func (reg *registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -181,11 +205,13 @@ func newTestResolver(t *testing.T, reg *registry, opts ...Option) *Resolver {
 	t.Helper()
 	dir := hostsDir(t, reg.host(), fmt.Sprintf("server = %q\n", reg.srv.URL))
 	// No warm-up unless a test asks: tests count requests.
-	opts = append([]Option{WithHostsDir(dir), fastBackoff, WithCredentials(noCredentials), WithWarmConnections(0)}, opts...)
+	opts = append([]Option{WithHostsDir(dir), fastBackoff, WithCredentials(noCredentials), WithWarmConnections(0),
+		WithSpool(t.TempDir(), 1<<30)}, opts...)
 	r, err := NewResolver(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { r.Close() })
 	return r
 }
 

@@ -35,7 +35,8 @@ func (r *Resolver) Manifest(ctx context.Context, ref string, dgst digest.Digest)
 		return nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
 	registry := spec.Hostname()
-	hosts, err := r.registryHosts(registry)
+	repo := strings.TrimPrefix(spec.Locator, registry+"/")
+	hosts, err := r.hostsFor(registry, repo)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +44,6 @@ func (r *Resolver) Manifest(ctx context.Context, ref string, dgst digest.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
-	repo := strings.TrimPrefix(spec.Locator, registry+"/")
 	var last error
 	for _, h := range hosts {
 		data, err := r.manifestFrom(ctx, h, objectURL(h, registry, repo, "manifests", dgst), dgst)
@@ -61,7 +61,7 @@ func (r *Resolver) Manifest(ctx context.Context, ref string, dgst digest.Digest)
 func (r *Resolver) manifestFrom(ctx context.Context, h docker.RegistryHost, u string, dgst digest.Digest) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, redact(err)
 	}
 	for k, v := range h.Header {
 		req.Header[k] = v
@@ -69,7 +69,7 @@ func (r *Resolver) manifestFrom(ctx context.Context, h docker.RegistryHost, u st
 	req.Header.Set("Accept", manifestTypes)
 	resp, err := h.Client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("manifest %s from %s: %w: %w", dgst, h.Host, err, errdefs.ErrUnavailable)
+		return nil, fmt.Errorf("manifest %s from %s: %w: %w", dgst, h.Host, redact(err), errdefs.ErrUnavailable)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -77,7 +77,7 @@ func (r *Resolver) manifestFrom(ctx context.Context, h docker.RegistryHost, u st
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
 	if err != nil {
-		return nil, fmt.Errorf("manifest %s from %s: %w: %w", dgst, h.Host, err, errdefs.ErrUnavailable)
+		return nil, fmt.Errorf("manifest %s from %s: %w: %w", dgst, h.Host, redact(err), errdefs.ErrUnavailable)
 	}
 	if len(data) > maxManifest {
 		return nil, fmt.Errorf("manifest %s from %s: larger than %d bytes: %w", dgst, h.Host, maxManifest, errdefs.ErrInvalidArgument)

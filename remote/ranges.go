@@ -20,8 +20,10 @@ type span struct {
 	// buf, if set, receives the bytes (len(buf) == end-off).
 	buf  []byte
 	done bool
-	// progress, if set, is told how many bytes of buf are in as they arrive.
+	// progress, if set, is told how many bytes of buf are in as they
+	// arrive; got is that count.
 	progress func(n int)
+	got      int
 }
 
 // coalesce sorts ranges and merges adjacent or overlapping ones into spans.

@@ -17,7 +17,9 @@ import (
 // Answers to range requests are never trusted: a 206 must carry a
 // Content-Range that starts and ends where a requested range does and
 // names the blob's size, and must hold exactly that many bytes; a 200 means
-// the host ignores ranges, and the wanted bytes are cut out of the stream.
+// the host ignores ranges: the answer goes to the blob's spool (spool.go),
+// from which the wanted bytes are read, or, when the blob cannot be
+// spooled, they are cut out of the stream.
 
 // readSuffix asks for the last n bytes, learning the blob's size from the
 // same answer.
@@ -27,14 +29,23 @@ func (b *Blob) readSuffix(ctx context.Context, n int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	handed := false // to a spool, which closes it
+	defer closeUnlessHanded(resp, &handed)
 	host := resp.Request.URL.Host
 	if resp.StatusCode == http.StatusOK {
 		if err := b.sizeFromWhole(ctx, resp, rng); err != nil {
 			return nil, err
 		}
 		s := &span{off: b.size - min(n, b.size), end: b.size}
-		if err := b.stream(resp.Body, 0, []*span{s}, host, rng, nil); err != nil {
+		sp, err := b.spoolAnswer(ctx, resp)
+		switch {
+		case sp != nil:
+			handed = true
+			err = b.readSpansFrom(ctx, sp, []*span{s}, nil)
+		case err == nil:
+			err = b.stream(resp.Body, 0, []*span{s}, host, rng, nil)
+		}
+		if err != nil {
 			return nil, err
 		}
 		return s.buf, nil
@@ -61,10 +72,19 @@ func (b *Blob) probeSize(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	handed := false // to a spool, which closes it
+	defer closeUnlessHanded(resp, &handed)
 	host := resp.Request.URL.Host
 	if resp.StatusCode == http.StatusOK {
-		return b.sizeFromWhole(ctx, resp, rng)
+		if err := b.sizeFromWhole(ctx, resp, rng); err != nil {
+			return err
+		}
+		sp, err := b.spoolAnswer(ctx, resp)
+		if sp != nil {
+			handed = true
+			b.r.spools.release(sp) // the download goes on
+		}
+		return err
 	}
 	v := resp.Header.Get("Content-Range")
 	cr, err := parseContentRange(v)
@@ -106,7 +126,8 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		}
 		return nil, err
 	}
-	defer resp.Body.Close()
+	handed := false // to a spool, which closes it
+	defer closeUnlessHanded(resp, &handed)
 	host := resp.Request.URL.Host
 	mediaType, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch {
@@ -115,6 +136,12 @@ func (b *Blob) readSpans(ctx context.Context, spans []*span, deliver func(*span,
 		if resp.ContentLength >= 0 && resp.ContentLength != b.size {
 			return nil, b.contentError(host, rng, errdefs.ErrDataLoss, false,
 				"registry sent %d bytes for a blob of %d", resp.ContentLength, b.size)
+		}
+		if sp, err := b.spoolAnswer(ctx, resp); sp != nil {
+			handed = true
+			return nil, b.readSpansFrom(ctx, sp, spans, deliver)
+		} else if err != nil {
+			return nil, err
 		}
 		if err := b.stream(resp.Body, 0, spans, host, rng, deliver); err != nil {
 			return nil, err
@@ -157,7 +184,9 @@ func (b *Blob) readParts(mr *multipart.Reader, spans []*span, host, rng string, 
 			return nil
 		}
 		if err != nil {
-			return b.contentError(host, rng, errdefs.ErrUnavailable, true, "reading multipart body: %w", err)
+			e := b.contentError(host, rng, errdefs.ErrUnavailable, true, "reading multipart body: %w", err).(*Error)
+			e.broken = true
+			return e
 		}
 		v := part.Header.Get("Content-Range")
 		first, in, err := b.checkPart(v, spans, host, rng)
@@ -234,15 +263,14 @@ func (b *Blob) readSpan(body io.Reader, s *span, host, rng string) error {
 	if s.progress == nil {
 		return b.readFull(body, s.buf, host, rng)
 	}
-	got := 0
-	for got < len(s.buf) {
-		n, err := io.ReadAtLeast(body, s.buf[got:min(len(s.buf), got+progressStep)], 1)
-		got += n
+	for s.got < len(s.buf) {
+		n, err := io.ReadAtLeast(body, s.buf[s.got:min(len(s.buf), s.got+progressStep)], 1)
+		s.got += n
 		if n > 0 {
-			s.progress(got)
+			s.progress(s.got)
 		}
-		if err != nil && got < len(s.buf) {
-			return b.bodyError(host, rng, err, int64(got), int64(len(s.buf)))
+		if err != nil && s.got < len(s.buf) {
+			return b.bodyError(host, rng, err, int64(s.got), int64(len(s.buf)))
 		}
 	}
 	return nil
@@ -256,11 +284,26 @@ func (b *Blob) readFull(body io.Reader, buf []byte, host, rng string) error {
 	return nil
 }
 
-func (b *Blob) bodyError(host, rng string, err error, got, want int64) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return b.contentError(host, rng, errdefs.ErrUnavailable, true, "short body: got %d of %d bytes", got, want)
+// closeUnlessHanded closes resp's body unless it was handed to a spool.
+func closeUnlessHanded(resp *http.Response, handed *bool) {
+	if !*handed {
+		resp.Body.Close()
 	}
-	return b.netError(host, rng, err)
+}
+
+// bodyError reports an answer whose body broke off after got of the want
+// bytes that were read from it.
+func (b *Blob) bodyError(host, rng string, err error, got, want int64) error {
+	var e error
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		e = b.contentError(host, rng, errdefs.ErrUnavailable, true, "short body: got %d of %d bytes", got, want)
+	} else {
+		e = b.netError(host, rng, err)
+	}
+	if be, ok := e.(*Error); ok {
+		be.broken = true
+	}
+	return e
 }
 
 func (b *Blob) mismatch(host, rng, contentRange string) error {
@@ -276,7 +319,7 @@ func (b *Blob) markNoRanges(ctx context.Context, host string) {
 	st := b.r.state(host)
 	st.noMultiRange.Store(true)
 	if st.noRanges.CompareAndSwap(false, true) {
-		log.G(ctx).WithField("host", host).Warn("host ignores range requests; reading windows out of whole-blob answers")
+		log.G(ctx).WithField("host", host).Warn("host ignores range requests; blobs from it are fetched whole, once, into spool files")
 	}
 }
 

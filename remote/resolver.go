@@ -5,14 +5,19 @@
 // It owns everything between a blob digest and its bytes: registry hosts,
 // mirrors and TLS from containerd's hosts.toml directory, authentication
 // (containerd's docker authorizer with credentials from docker's
-// config.json and credential helpers by default), redirects to blob storage,
-// retries of temporary failures, and checking every answer (status,
-// Content-Range, length) so that no byte is ever returned for the wrong
-// offset. Registries differ in how they answer range requests; what a host
-// was seen to do (ignore ranges, answer multi-range requests badly, reject
-// suffix ranges) is remembered per host for the life of the Resolver.
+// config.json and credential helpers by default, tokens renewed when a
+// registry stops accepting them), redirects to blob storage (asked again
+// when a storage URL expires), retries of temporary failures, answers that
+// stall or break off (asked again for the rest), and checking every answer
+// (status, Content-Range, length) so that no byte is ever returned for the
+// wrong offset. Registries differ in how they answer range requests; what a
+// host was seen to do (ignore ranges, answer multi-range requests badly,
+// reject suffix ranges) is remembered per host for the life of the
+// Resolver, and a blob from a host that ignores ranges is fetched whole
+// once, into a spool file that serves its reads.
 //
-// Errors are *Error values carrying an errdefs class and Temporary().
+// Errors are *Error values carrying an errdefs class and Temporary(). No
+// error or log line carries a URL's query string or userinfo.
 package remote
 
 import (
@@ -20,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,7 +47,9 @@ const DefaultHostsDir = "/etc/containerd/certs.d"
 type options struct {
 	hostsDir    string
 	credentials func(host string) (string, string, error)
+	source      CredentialSource
 	timeout     time.Duration
+	stall       time.Duration
 	retries     int
 	userAgent   string
 	parallel    int
@@ -49,6 +57,8 @@ type options struct {
 	backoffBase time.Duration
 	backoffMax  time.Duration
 	warm        int
+	spoolDir    string
+	spoolMax    int64
 }
 
 // Option configures a Resolver.
@@ -78,8 +88,9 @@ func WithCredentials(f func(host string) (user, secret string, err error)) Optio
 	}
 }
 
-// WithRequestTimeout bounds each HTTP request, reading its body included
-// (default 30s). Retries get a fresh timeout each.
+// WithRequestTimeout bounds the wait for the status and headers of each
+// HTTP response (default 30s); the body is bounded by WithStallTimeout
+// instead. Retries get a fresh timeout each.
 func WithRequestTimeout(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
@@ -90,9 +101,26 @@ func WithRequestTimeout(d time.Duration) Option {
 	}
 }
 
+// WithStallTimeout sets how long a response body may bring no byte before
+// it is given up as stalled (default 3s): a read of a blob then asks again
+// for the bytes it is still missing, up to WithRetries times. Only waits
+// for bytes count, not the whole transfer: a large body on a slow link that
+// keeps bringing bytes is never cut off.
+func WithStallTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("stall timeout %v: %w", d, errdefs.ErrInvalidArgument)
+		}
+		o.stall = d
+		return nil
+	}
+}
+
 // WithRetries sets how many times a request that failed temporarily
 // (network error, 408, 429, 5xx) is tried again, with exponential backoff
-// and jitter (default 3). Other failures are never retried.
+// and jitter (default 3), and how many times a read whose answer broke off
+// (stalled, cut, short) asks again for what it is missing. Other failures
+// are never retried.
 func WithRetries(n int) Option {
 	return func(o *options) error {
 		if n < 0 {
@@ -138,16 +166,41 @@ func WithWarmConnections(n int) Option {
 	}
 }
 
+// WithSpool sets where and how much of whole blobs are kept from hosts
+// that ignore range requests (default: the system's temporary directory,
+// 2 GiB in all; 0 turns it off). Such a host answers every read with the
+// whole blob; its first whole answer for a blob is written to a file in dir
+// as it arrives, and every read of the blob is served from there, so that
+// the blob crosses the network once. Files are unlinked on creation and
+// private; beyond max, the least recently read go first, and one nobody has
+// read for 10 minutes is dropped. A blob larger than max is read as before,
+// windows cut out of whole answers.
+func WithSpool(dir string, max int64) Option {
+	return func(o *options) error {
+		if max < 0 {
+			return fmt.Errorf("spool size %d: %w", max, errdefs.ErrInvalidArgument)
+		}
+		if dir == "" {
+			dir = os.TempDir()
+		}
+		o.spoolDir, o.spoolMax = dir, max
+		return nil
+	}
+}
+
 // Resolver opens blobs in registries. It is safe for concurrent use. Host
 // configuration is read from the hosts directory once per registry and
 // kept, with its connections and tokens, for the life of the Resolver.
+// Close stops its downloads and removes its spool files.
 type Resolver struct {
 	opts      options
 	configure docker.RegistryHosts
+	spools    *spools
 
-	mu     sync.Mutex
-	hosts  map[string][]docker.RegistryHost // by registry name in the ref
-	states map[string]*hostState            // by host:port that answered
+	mu        sync.Mutex
+	hosts     map[string][]docker.RegistryHost // by registry name in the ref
+	repoHosts map[string][]docker.RegistryHost // by registry/repository, see hostsFor
+	states    map[string]*hostState            // by host:port that answered
 }
 
 // hostState is what a host was seen to do with range requests.
@@ -164,6 +217,7 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		hostsDir:    DefaultHostsDir,
 		credentials: keychainCredentials,
 		timeout:     30 * time.Second,
+		stall:       3 * time.Second,
 		retries:     3,
 		userAgent:   "lazypull",
 		parallel:    4,
@@ -171,13 +225,16 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		backoffBase: 100 * time.Millisecond,
 		backoffMax:  5 * time.Second,
 		warm:        8,
+		spoolDir:    os.TempDir(),
+		spoolMax:    2 << 30,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
 	}
-	r := &Resolver{opts: o, hosts: map[string][]docker.RegistryHost{}, states: map[string]*hostState{}}
+	r := &Resolver{opts: o, hosts: map[string][]docker.RegistryHost{}, states: map[string]*hostState{},
+		spools: newSpools(o.spoolDir, o.spoolMax)}
 	var hostDir func(string) (string, error)
 	if o.hostsDir != "" {
 		hostDir = config.HostDirFromRoot(o.hostsDir)
@@ -196,6 +253,15 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 	})
 	return r, nil
 }
+
+// Close stops the downloads of whole blobs into spool files and removes
+// the files. Reads under way fail, and so do later ones.
+func (r *Resolver) Close() error {
+	r.spools.close()
+	return nil
+}
+
+func (r *Resolver) closed() bool { return r.spools.ctx.Err() != nil }
 
 // keepConnections makes t keep enough idle connections to a registry for
 // the concurrent range requests of reads, read-ahead and background fetch.
@@ -244,12 +310,13 @@ func (r *Resolver) registryHosts(registry string) ([]docker.RegistryHost, error)
 		return nil, fmt.Errorf("hosts of %s: %w", registry, err)
 	}
 	var hs []docker.RegistryHost
+	authMu := new(sync.Mutex) // see authTransport
 	for _, h := range all {
 		if !h.Capabilities.Has(docker.HostCapabilityPull) {
 			continue
 		}
 		c := *h.Client
-		c.Transport = &authTransport{inner: h.Client.Transport, auth: h.Authorizer}
+		c.Transport = &authTransport{inner: h.Client.Transport, auth: h.Authorizer, mu: authMu}
 		h.Client = &c
 		hs = append(hs, h)
 	}
@@ -312,7 +379,8 @@ func (r *Resolver) newBlob(ref string, dgst digest.Digest, size int64) (*Blob, e
 		return nil, fmt.Errorf("image reference %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
 	registry := spec.Hostname()
-	hosts, err := r.registryHosts(registry)
+	repo := strings.TrimPrefix(spec.Locator, registry+"/")
+	hosts, err := r.hostsFor(registry, repo)
 	if err != nil {
 		return nil, err
 	}
@@ -321,7 +389,7 @@ func (r *Resolver) newBlob(ref string, dgst digest.Digest, size int64) (*Blob, e
 		ref:      ref,
 		spec:     spec,
 		registry: registry,
-		repo:     strings.TrimPrefix(spec.Locator, registry+"/"),
+		repo:     repo,
 		dgst:     dgst,
 		size:     size,
 		hosts:    hosts,
@@ -372,7 +440,11 @@ func (b *Blob) warm(ctx context.Context) {
 func (b *Blob) open(ctx context.Context, tail int64) ([]byte, error) {
 	n := max(tail, 1) // "bytes=-0" is unsatisfiable
 	if !b.r.state(b.hosts[0].Host).noSuffix.Load() {
-		data, err := b.readSuffix(ctx, n)
+		var data []byte
+		err := b.again(ctx, func() (err error) {
+			data, err = b.readSuffix(ctx, n)
+			return err
+		})
 		if err == nil {
 			return data[int64(len(data))-min(tail, int64(len(data))):], nil
 		}
@@ -384,7 +456,7 @@ func (b *Blob) open(ctx context.Context, tail int64) ([]byte, error) {
 			log.G(ctx).WithField("host", e.Host).Info("registry rejects suffix ranges; opening blobs takes two requests there")
 		}
 	}
-	if err := b.probeSize(ctx); err != nil {
+	if err := b.again(ctx, func() error { return b.probeSize(ctx) }); err != nil {
 		return nil, err
 	}
 	t := min(tail, b.size)

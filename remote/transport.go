@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -16,7 +18,8 @@ import (
 )
 
 // The behaviour of every request is built from small http.RoundTrippers,
-// outermost first: auth (per registry host), user agent, retry, timeout,
+// outermost first: auth (per registry host), user agent, retry, timeout
+// and stall,
 // then the transport that containerd's hosts.toml support configured (TLS,
 // dial timeout, plain HTTP). Token requests of the authorizer use the same
 // stack minus auth, so they get the timeout and retries too.
@@ -26,7 +29,7 @@ func (o *options) wrapTransport(base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	var rt http.RoundTripper = &timeoutTransport{inner: base, timeout: o.timeout}
+	var rt http.RoundTripper = &timeoutTransport{inner: base, timeout: o.timeout, stall: o.stall}
 	rt = &retryTransport{inner: rt, retries: o.retries, base: o.backoffBase, max: o.backoffMax}
 	return &userAgentTransport{inner: rt, ua: o.userAgent}
 }
@@ -45,50 +48,76 @@ func (t *userAgentTransport) RoundTrip(req *http.Request) (*http.Response, error
 	return t.inner.RoundTrip(r)
 }
 
-// timeoutTransport bounds one request, reading its body included: the body
-// is cut off when the time is up, and closing it releases the timer.
+// timeoutTransport bounds the wait for a response's headers by timeout,
+// then each wait for bytes of its body by stall: a body that brings no byte
+// for that long is cut off (errStalled), however long the whole body takes,
+// so that a large answer on a slow link is not mistaken for a stalled one.
+// Time the caller spends between two reads of the body does not count.
+// Closing the body releases the timers.
 type timeoutTransport struct {
 	inner   http.RoundTripper
 	timeout time.Duration
+	stall   time.Duration
 }
 
 func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx, cancel := context.WithTimeoutCause(req.Context(), t.timeout, errRequestTimeout)
+	ctx, cancel := context.WithCancelCause(req.Context())
+	timer := time.AfterFunc(t.timeout, func() { cancel(errRequestTimeout) })
 	resp, err := t.inner.RoundTrip(req.WithContext(ctx))
+	timer.Stop()
 	if err != nil {
 		err = timeoutCause(ctx, err)
-		cancel()
+		cancel(nil)
 		return nil, err
 	}
-	resp.Body = &timeoutBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel}
+	resp.Body = newStallBody(resp.Body, ctx, cancel, t.stall)
 	return resp, nil
 }
 
-// timeoutCause marks err as our own timeout when that is why it failed.
+// timeoutCause returns our own timeout or stall error in place of err when
+// that is why the request failed (the transport itself only says that the
+// request's context was canceled), and err otherwise.
 func timeoutCause(ctx context.Context, err error) error {
-	if err != nil && errors.Is(context.Cause(ctx), errRequestTimeout) && !errors.Is(err, errRequestTimeout) {
-		return errors.Join(errRequestTimeout, err)
+	if err == nil {
+		return nil
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, errRequestTimeout) || errors.Is(cause, errStalled) {
+		return cause
 	}
 	return err
 }
 
-type timeoutBody struct {
+// stallBody cuts its response off when a read waits stall for a byte.
+type stallBody struct {
 	io.ReadCloser
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
+	stall  time.Duration
+	timer  *time.Timer // armed only while a Read waits
 }
 
-func (b *timeoutBody) Read(p []byte) (int, error) {
+func newStallBody(body io.ReadCloser, ctx context.Context, cancel context.CancelCauseFunc, stall time.Duration) *stallBody {
+	b := &stallBody{ReadCloser: body, ctx: ctx, cancel: cancel, stall: stall}
+	cause := fmt.Errorf("%w: no bytes for %v", errStalled, stall)
+	b.timer = time.AfterFunc(stall, func() { cancel(cause) })
+	b.timer.Stop()
+	return b
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.stall)
 	n, err := b.ReadCloser.Read(p)
+	b.timer.Stop()
 	if err != nil && err != io.EOF {
 		err = timeoutCause(b.ctx, err)
 	}
 	return n, err
 }
 
-func (b *timeoutBody) Close() error {
+func (b *stallBody) Close() error {
+	b.timer.Stop()
 	err := b.ReadCloser.Close()
-	b.cancel()
+	b.cancel(nil)
 	return err
 }
 
@@ -120,19 +149,15 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if attempt >= retries || ctx.Err() != nil || !retryable(resp, err) || req.Body != nil {
 			return resp, err
 		}
-		wait := t.delay(attempt, resp)
+		wait := retryDelay(t.base, t.max, attempt, resp)
 		fields := log.Fields{"host": req.URL.Host, "attempt": attempt + 1, "wait": wait}
 		if resp != nil {
 			fields["status"] = resp.StatusCode
 			drain(resp.Body)
 		}
-		log.G(ctx).WithFields(fields).WithError(err).Debug("temporary failure, retrying")
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil, ctx.Err()
-		case <-timer.C:
+		log.G(ctx).WithFields(fields).WithError(redact(err)).Debug("temporary failure, retrying")
+		if err := sleep(ctx, wait); err != nil {
+			return nil, err
 		}
 	}
 }
@@ -144,17 +169,32 @@ func retryable(resp *http.Response, err error) bool {
 	return classifyStatus(resp.StatusCode).temporary
 }
 
-func (t *retryTransport) delay(attempt int, resp *http.Response) time.Duration {
+// retryDelay is how long to wait before attempt+1: exponential backoff
+// from base up to max with full jitter, or what the answer's Retry-After
+// asks for, up to max.
+func retryDelay(base, max time.Duration, attempt int, resp *http.Response) time.Duration {
 	if resp != nil {
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-			return min(time.Duration(s)*time.Second, t.max)
+			return min(time.Duration(s)*time.Second, max)
 		}
 	}
-	d := t.max
+	d := max
 	if attempt < 30 {
-		d = min(t.base<<attempt, t.max)
+		d = min(base<<attempt, max)
 	}
 	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
 }
 
 // drain reads a little of an unwanted body so the connection can be reused,
@@ -168,9 +208,24 @@ func drain(body io.ReadCloser) {
 // (bearer tokens and basic auth, credentials from the resolver's
 // credentials function) and, on a 401 with a challenge it understands,
 // tries once more with the new authorization.
+//
+// A 401 to a request that carried a bearer token means the token is no
+// longer good (it expired, or was revoked, before the expiry the token
+// server gave): the authorizer is told so, which makes it forget the
+// token and fetch a new one with fresh credentials. Registries say it
+// with error="invalid_token" in the challenge (the distribution registry
+// does); those that do not would otherwise get the stale token again.
 type authTransport struct {
 	inner http.RoundTripper
 	auth  docker.Authorizer
+
+	// mu serializes Authorize among the hosts of a registry, which share
+	// an authorizer: containerd's (v2.4.2, doBearerAuth) records a new
+	// token's expiry outside its lock, a data race with any concurrent
+	// Authorize of the same scope. Callers of the same scope wait for
+	// that token fetch anyway; with a cached token, Authorize takes no
+	// time.
+	mu *sync.Mutex
 }
 
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -179,9 +234,9 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
-	if err := t.auth.AddResponses(ctx, []*http.Response{resp}); err != nil {
+	if err := t.auth.AddResponses(ctx, []*http.Response{staleToken(resp)}); err != nil {
 		if !errdefs.IsNotImplemented(err) {
-			log.G(ctx).WithError(err).WithField("host", req.URL.Host).Warn("cannot answer the authentication challenge")
+			log.G(ctx).WithError(redact(err)).WithField("host", req.URL.Host).Warn("cannot answer the authentication challenge")
 		}
 		return resp, nil // the 401 speaks for itself
 	}
@@ -191,8 +246,38 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 func (t *authTransport) try(req *http.Request) (*http.Response, error) {
 	r := req.Clone(req.Context())
-	if err := t.auth.Authorize(req.Context(), r); err != nil {
+	t.mu.Lock()
+	err := t.auth.Authorize(req.Context(), r)
+	t.mu.Unlock()
+	if err != nil {
 		return nil, fmt.Errorf("authorize: %w", err)
 	}
 	return t.inner.RoundTrip(r)
+}
+
+// staleToken returns resp, a 401, as the authorizer should see it: when
+// the request carried a bearer token, with every bearer challenge saying
+// error="invalid_token" (unless it gives an error of its own).
+func staleToken(resp *http.Response) *http.Response {
+	if resp.Request == nil || !strings.HasPrefix(resp.Request.Header.Get("Authorization"), "Bearer ") {
+		return resp
+	}
+	values := resp.Header.Values("WWW-Authenticate")
+	marked := make([]string, len(values))
+	changed := false
+	for i, v := range values {
+		marked[i] = v
+		scheme, params, _ := strings.Cut(strings.TrimSpace(v), " ")
+		if strings.EqualFold(scheme, "bearer") && !strings.Contains(strings.ToLower(params), "error=") {
+			marked[i] = v + `,error="invalid_token"`
+			changed = true
+		}
+	}
+	if !changed {
+		return resp
+	}
+	c := *resp
+	c.Header = resp.Header.Clone()
+	c.Header["Www-Authenticate"] = marked
+	return &c
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptrace"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -63,20 +64,20 @@ func TestRetryTemporaryFailures(t *testing.T) {
 }
 
 func TestBackoffDelay(t *testing.T) {
-	rt := &retryTransport{base: 100 * time.Millisecond, max: time.Second}
+	base, maxDelay := 100*time.Millisecond, time.Second
 	for attempt, want := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
 		want *= time.Millisecond
 		if attempt == 5 {
 			attempt = 100 // no overflow
 		}
 		for range 20 {
-			if d := rt.delay(attempt, nil); d < want/2 || d > want {
+			if d := retryDelay(base, maxDelay, attempt, nil); d < want/2 || d > want {
 				t.Fatalf("attempt %d: delay %v not in [%v, %v]", attempt, d, want/2, want)
 			}
 		}
 	}
 	resp := &http.Response{Header: http.Header{"Retry-After": {"60"}}}
-	if d := rt.delay(0, resp); d != time.Second {
+	if d := retryDelay(base, maxDelay, 0, resp); d != time.Second {
 		t.Errorf("Retry-After 60 with a 1s cap: %v", d)
 	}
 }
@@ -107,44 +108,49 @@ func TestRequestTimeout(t *testing.T) {
 		reg := newRegistry(t, 1000)
 		hang(t, reg, false)
 		start := time.Now()
+		ctx, attempts := countAttempts()
 		_, _, err := newTestResolver(t, reg, WithRequestTimeout(100*time.Millisecond), WithRetries(1)).
-			Open(context.Background(), reg.ref(), reg.dgst, 10)
+			Open(ctx, reg.ref(), reg.dgst, 10)
 		if !IsTemporary(err) || !errdefs.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Open of a hanging server: %v", err)
 		}
-		if n := len(reg.requests()); n != 2 {
-			t.Errorf("%d requests, want 2 (one retry)", n)
+		if n := attempts(); n != 2 {
+			t.Errorf("%d attempts, want 2 (one retry)", n)
 		}
-		if d := time.Since(start); d > 2*time.Second {
+		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("took %v", d)
 		}
 	})
 	t.Run("stalled body", func(t *testing.T) {
 		reg := newRegistry(t, 1000)
-		b, _ := mustOpen(t, newTestResolver(t, reg, WithRequestTimeout(200*time.Millisecond)), reg, 10)
+		b, _ := mustOpen(t, newTestResolver(t, reg, WithStallTimeout(200*time.Millisecond), WithRetries(1)), reg, 10)
 		hang(t, reg, true)
 		start := time.Now()
-		if n, err := b.ReadAt(context.Background(), make([]byte, 1000), 0); n != 0 || !IsTemporary(err) {
+		if n, err := b.ReadAt(context.Background(), make([]byte, 1000), 0); n != 0 || !IsTemporary(err) || !errors.Is(err, errStalled) {
 			t.Errorf("ReadAt of a stalled body = %d, %v", n, err)
 		}
-		if d := time.Since(start); d > 5*time.Second {
+		if n := len(reg.requests()); n != 3 {
+			t.Errorf("%d requests, want 3 (the open, the read and one more)", n)
+		}
+		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("took %v", d)
 		}
 	})
 	t.Run("caller's context", func(t *testing.T) {
 		reg := newRegistry(t, 1000)
 		hang(t, reg, false)
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		ctx, attempts := countAttempts()
+		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
 		_, _, err := newTestResolver(t, reg).Open(ctx, reg.ref(), reg.dgst, 10)
 		if !errors.Is(err, context.DeadlineExceeded) || IsTemporary(err) {
 			t.Errorf("Open with an expiring context: %v", err)
 		}
-		if n := len(reg.requests()); n != 1 {
-			t.Errorf("%d requests, want 1", n)
+		if n := attempts(); n != 1 {
+			t.Errorf("%d attempts, want 1", n)
 		}
-		if d := time.Since(start); d > 2*time.Second {
+		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("took %v", d)
 		}
 	})
@@ -157,4 +163,16 @@ func TestRequestTimeout(t *testing.T) {
 		buf := make([]byte, 1<<16)
 		t.Errorf("%d goroutines, %d before:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
 	}
+}
+
+// countAttempts returns a context whose requests count their attempts
+// (each asks the transport for a connection), and the count so far. Unlike
+// the server's count, it does not depend on a request getting there before
+// its time is up.
+func countAttempts() (context.Context, func() int) {
+	var n atomic.Int32
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GetConn: func(string) { n.Add(1) },
+	})
+	return ctx, func() int { return int(n.Load()) }
 }

@@ -87,8 +87,12 @@
 //
 // A remote snapshot is bound to its parent, so the snapshotter does not
 // offer containerd's "rebase" capability (parallel unpack, which prepares
-// every layer without a parent). Remote snapshots report zero usage: their
-// content is not stored under the root.
+// every layer without a parent). A remote snapshot reports, as its usage,
+// what the filesystem mounted for its layer held at commit (statfs): for
+// lazypull's layers the uncompressed size of the files and the number of
+// entries, which is what the layer takes in the chunk cache once fully
+// fetched and what containerd, the CRI (image filesystem usage) and Docker
+// (image sizes) would count for the layer pulled normally.
 //
 // Errors carry their errdefs class where they arise; the gRPC service maps
 // the classes to status codes and containerd's proxy maps them back.

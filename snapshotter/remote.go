@@ -138,6 +138,7 @@ func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, 
 func (s *snapshotter) commitRemote(ctx context.Context, id, key, target string, labels map[string]string) error {
 	l := &remoteLayer{name: target, labels: labels, cancel: func() {}, ready: make(chan struct{})}
 	close(l.ready)
+	usage := mountUsage(ctx, s.upperPath(id))
 	err := writeRemoteFile(s.snapshotDir(id), labels)
 	if err == nil {
 		// Registered first so that a Remove right after the commit finds it.
@@ -153,7 +154,7 @@ func (s *snapshotter) commitRemote(ctx context.Context, id, key, target string, 
 			if err != nil {
 				return err
 			}
-			_, err = storage.CommitActive(ctx, key, target, snapshots.Usage{},
+			_, err = storage.CommitActive(ctx, key, target, usage,
 				snapshots.WithLabels(info.Labels),
 				snapshots.WithLabels(map[string]string{LabelRemote: "true"}),
 				snapshots.WithLabels(verdict))

@@ -173,8 +173,8 @@ func (s *snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 }
 
 // Usage scans the upper directory of an active snapshot; committed snapshots
-// report the usage recorded at Commit. Remote snapshots use no local disk
-// for their layer and report zero.
+// report the usage recorded at Commit, remote ones that of their layer's
+// filesystem (see the package doc).
 func (s *snapshotter) Usage(ctx context.Context, key string) (usage snapshots.Usage, err error) {
 	var (
 		id   string

@@ -16,24 +16,32 @@ import (
 
 // newFileSystem is the one place where the configuration becomes options
 // of the packages a data plane is built from: the registry client feeds
-// the layer filesystems, which read through the chunk cache. The returned
-// close function closes the filesystems (which unmounts their layers),
-// then the chunk cache.
-func newFileSystem(cfg *config.Config) (*fs.FileSystem, func() error, error) {
-	resolver, err := remote.NewResolver(
+// the layer filesystems, which read through the chunk cache. creds, if not
+// nil, gives the registry client credentials ahead of docker's config.json
+// (those the daemon's CRI image service pushes). The returned close
+// function closes the filesystems (which unmounts their layers), then the
+// chunk cache, then the registry client (its downloads into spool files).
+func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, func() error, error) {
+	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
 		remote.WithParallelism(cfg.Remote.Parallelism),
 		remote.WithWarmConnections(cfg.Remote.WarmConnections),
-		remote.WithUserAgent("lazypull/"+version),
-	)
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
+		remote.WithUserAgent("lazypull/" + version),
+	}
+	if creds != nil {
+		ropts = append(ropts, remote.WithCredentialSource(creds))
+	}
+	resolver, err := remote.NewResolver(ropts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry client: %w", err)
 	}
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, errors.Join(err, resolver.Close())
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -55,9 +63,9 @@ func newFileSystem(cfg *config.Config) (*fs.FileSystem, func() error, error) {
 		fs.WithSpoolSize(cfg.FS.VerifySpoolSize.Int64()),
 	)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
+		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
-	return layers, func() error { return errors.Join(layers.Close(), chunks.Close()) }, nil
+	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
 }
 
 // verifyMode is [fs] verify as fs has it.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/config"
+	"github.com/lazypull/lazypull/cri"
 	"github.com/lazypull/lazypull/dataplane"
 )
 
@@ -99,7 +100,12 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if err != nil {
 		return fmt.Errorf("build id: %w", err)
 	}
-	layers, closeFS, err := newFileSystem(cfg)
+	// The credentials the daemon's CRI image service pushes ([cri]).
+	var creds *cri.Store
+	if cfg.CRI.Address != "" {
+		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
+	}
+	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds))
 	if err != nil {
 		return err
 	}
@@ -115,7 +121,11 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	info := dataplane.Info{Version: version, Build: build, PID: os.Getpid()}
-	srv := dataplane.NewServer(verifyingFS{layers}, info, stop)
+	var fsys dataplane.FileSystem = verifyingFS{layers}
+	if creds != nil {
+		fsys = credentialFS{verifyingFS{layers}, creds}
+	}
+	srv := dataplane.NewServer(fsys, info, stop)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if ready != nil {

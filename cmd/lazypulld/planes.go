@@ -46,7 +46,8 @@ type planes struct {
 	onLost  func(mountpoints []string, reason string)
 	// onMounted is told the verification state a Mount answered with.
 	onMounted func(ctx context.Context, v dataplane.Verification)
-	each      *planeWatch // what runs for every data plane, if anything
+	seed      func(ctx context.Context, c *dataplane.Client) // see setSeed
+	each      *planeWatch                                    // what runs for every data plane, if anything
 	closed    bool
 }
 
@@ -128,6 +129,25 @@ func (p *planes) startWatchLocked(w *planeWatch, pl *plane) {
 		defer context.AfterFunc(pl.life, cancel)()
 		w.fn(log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"data_plane": pl.id, "pid": pl.info.PID})), pl)
 	}()
+}
+
+// setSeed sets what is given a data plane this daemon starts, before its
+// first Mount: the CRI image service's credentials.
+func (p *planes) setSeed(fn func(ctx context.Context, c *dataplane.Client)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seed = fn
+}
+
+// clients returns the clients of the running data planes.
+func (p *planes) clients() []*dataplane.Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cs := make([]*dataplane.Client, 0, len(p.byID))
+	for _, pl := range p.byID {
+		cs = append(cs, pl.client)
+	}
+	return cs
 }
 
 // Mount mounts the layer on the current data plane, starting one if none

@@ -193,6 +193,12 @@ func (p *planes) ensureCurrent(ctx context.Context) (*plane, error) {
 		return nil, err
 	}
 	p.mu.Lock()
+	seed := p.seed
+	p.mu.Unlock()
+	if seed != nil {
+		seed(ctx, pl.client)
+	}
+	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, fmt.Errorf("lazypulld is stopping")

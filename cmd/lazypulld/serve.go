@@ -16,6 +16,7 @@ import (
 
 	"github.com/lazypull/lazypull/config"
 	"github.com/lazypull/lazypull/dataplane"
+	"github.com/lazypull/lazypull/cri"
 	"github.com/lazypull/lazypull/snapshotter"
 )
 
@@ -66,6 +67,15 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
+
+	var criSrv *criServer
+	if cfg.CRI.Address != "" {
+		if criSrv, err = startCRI(ctx, cfg.CRI, cfg.Containerd.Address, criKeeper(cfg, pl)); err != nil {
+			srv.Stop()
+			<-served
+			return err
+		}
+	}
 	logger.WithFields(log.Fields{"pid": os.Getpid(), "version": version}).Info("lazypulld serving")
 	if err := sdNotify("READY=1"); err != nil {
 		logger.WithError(err).Warn("notify the service manager")
@@ -76,10 +86,17 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 		// Serve only returns early on an accept error; its listener
 		// is closed and the socket gone.
 		srv.Stop()
+		criSrv.stop(ctx)
 		return fmt.Errorf("serve %s: %w", cfg.Address, err)
+	case err := <-criSrv.failed():
+		srv.Stop()
+		criSrv.stop(ctx)
+		return err
 	case <-ctx.Done():
 	}
 	logger.Info("lazypulld stopping; data planes keep serving")
+	// Pulls through the image service need the snapshotter: stop them first.
+	criSrv.stop(ctx)
 	if err := sdNotify("STOPPING=1"); err != nil {
 		logger.WithError(err).Warn("notify the service manager")
 	}
@@ -114,6 +131,19 @@ func newSnapshotter(ctx context.Context, cfg *config.Config) (snapshots.Snapshot
 	}
 	pl.setOnLost(sn.(snapshotter.Remounter).Remount)
 	return sn, pl, func() error { return errors.Join(sn.Close(), pl.Close()) }, nil
+}
+
+// criKeeper is where the CRI image service keeps pull credentials: a store
+// mirrored to the data planes (pl; nil when lazy pulling is off, and no
+// registry is read).
+func criKeeper(cfg *config.Config, pl *planes) cri.Keeper {
+	store := cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
+	if pl == nil {
+		return store
+	}
+	k := &planeCredentials{store: store, planes: pl}
+	pl.setSeed(k.seed)
+	return k
 }
 
 // stopServer stops accepting and lets calls in flight finish, for at most

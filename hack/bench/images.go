@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -25,31 +26,80 @@ import (
 type imageSpec struct {
 	Name     string
 	Packages []string
+	// Setup is run in the root filesystem once the packages are in
+	// (hack/rootfs.sh's ROOTFS_SETUP): data the workload reads.
+	Setup string
 	// Split is mkimage's -split: the packages whose files form the upper layer.
 	Split string
 	Files map[string]string
+	// Kind says what sort of workload Start is, for the report.
+	Kind string
 	// Start is the workload that starts the image's program and prints
 	// one line.
 	Start workload
 }
 
-// workload is a command run in a container and the last line it must print.
+// workload is a command run in a container and what the last line it
+// prints must be: a regular expression matched against the whole line.
 type workload struct {
 	Name string
 	Args []string
 	Want string
 }
 
+// images are the benchmark's images, one kind of start-up each. They are
+// kinds, not runtimes to tune for: an interpreter, a JIT with a large
+// module image, a server answering its first request, a shell pipeline
+// over many small files, and a program that reads parts of a large data
+// file.
 var images = []imageSpec{
 	{
-		Name: "python3", Packages: []string{"python3"}, Split: `^(lib)?python3`,
+		Name: "python3", Packages: []string{"python3"}, Split: `^(lib)?python3`, Kind: "interpreter",
 		Start: workload{Name: "start", Args: []string{"python3", "-c", "print(1)"}, Want: "1"},
 	},
 	{
-		Name: "java", Packages: []string{"openjdk-17-jdk-headless"}, Split: `^(openjdk-|ca-certificates-java|java-common)`,
+		Name: "java", Packages: []string{"openjdk-17-jdk-headless"}, Split: `^(openjdk-|ca-certificates-java|java-common)`, Kind: "JVM, source launcher",
 		Files: map[string]string{"Hello.java": "class Hello {\n\tpublic static void main(String[] args) {\n\t\tSystem.out.println(\"hello\");\n\t}\n}\n"},
 		Start: workload{Name: "start", Args: []string{"java", "/Hello.java"}, Want: "hello"},
 	},
+	{
+		// The server starts (nginx daemonizes once it listens) and answers
+		// one request, made with bash's /dev/tcp from inside the container.
+		Name: "nginx", Packages: []string{"nginx"}, Split: `nginx`, Kind: "server, first request",
+		Start: workload{Name: "start", Args: []string{"bash", "-c",
+			`nginx && exec 3<>/dev/tcp/127.0.0.1/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && head -n 1 <&3`},
+			Want: `HTTP/1\.1 200 OK`},
+	},
+	{
+		// Many small files: the C and C++ headers, listed by find and
+		// searched by grep (which stops reading a file at its first match).
+		Name: "headers", Packages: []string{"libc6-dev", "libstdc++-12-dev"}, Split: `-dev$`, Kind: "shell pipeline, many small files",
+		Start: workload{Name: "start", Args: []string{"sh", "-c",
+			`find /usr/include -name '*.h' | xargs grep -l __cplusplus | wc -l`}, Want: `[0-9]+`},
+	},
+	{
+		// A large database of which a query reads a few pages: one lookup
+		// through an index, one range of 10,000 rows.
+		Name: "sqlite", Packages: []string{"sqlite3"}, Split: `sqlite3`, Kind: "large data file, read in parts",
+		Setup: `mkdir -p /srv
+sqlite3 /srv/bench.db <<'EOF'
+CREATE TABLE kv(k INTEGER PRIMARY KEY, name TEXT, v TEXT);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000000)
+INSERT INTO kv SELECT i, printf('name-%08d', (i*7919) % 1000003), hex(randomblob(32)) FROM n;
+CREATE INDEX kv_name ON kv(name);
+EOF`,
+		Start: workload{Name: "start", Args: []string{"sqlite3", "/srv/bench.db",
+			`SELECT (SELECT k FROM kv WHERE name = 'name-00424242'), (SELECT count(*) FROM kv WHERE k BETWEEN 500000 AND 509999)`},
+			Want: `[0-9]+\|10000`},
+	},
+}
+
+func imageNames() []string {
+	var ns []string
+	for _, s := range images {
+		ns = append(ns, s.Name)
+	}
+	return ns
 }
 
 // readAll reads every file of the image's root filesystem.
@@ -57,6 +107,14 @@ var readAll = workload{
 	Name: "read-all",
 	Args: []string{"sh", "-c", "find / -xdev -type f -exec cat {} + >/dev/null; echo done"},
 	Want: "done",
+}
+
+// lastLineMatches reports whether the last line of out matches want (a
+// regular expression, anchored at both ends).
+func lastLineMatches(out, want string) bool {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	ok, err := regexp.MatchString(`^(?:`+want+`)$`, strings.TrimSpace(lines[len(lines)-1]))
+	return err == nil && ok
 }
 
 // image is a built benchmark image in the registry.
@@ -92,7 +150,7 @@ type builder struct {
 // build makes the gzip image of spec with mkimage, adds its extra files,
 // converts it with `lazypull convert` and measures both.
 func (b *builder) build(ctx context.Context, spec imageSpec) (*image, error) {
-	rootfs, err := b.output(ctx, filepath.Join(b.repo, "hack", "rootfs.sh"), append([]string{spec.Name}, spec.Packages...)...)
+	rootfs, err := b.outputEnv(ctx, []string{"ROOTFS_SETUP=" + spec.Setup}, filepath.Join(b.repo, "hack", "rootfs.sh"), append([]string{spec.Name}, spec.Packages...)...)
 	if err != nil {
 		return nil, fmt.Errorf("root filesystem: %w", err)
 	}
@@ -137,8 +195,14 @@ func (b *builder) convert(ctx context.Context, src, dst string, args ...string) 
 // output runs a command, logging its stderr, and returns the last line of
 // its stdout.
 func (b *builder) output(ctx context.Context, bin string, args ...string) (string, error) {
+	return b.outputEnv(ctx, nil, bin, args...)
+}
+
+// outputEnv is output with more environment variables.
+func (b *builder) outputEnv(ctx context.Context, env []string, bin string, args ...string) (string, error) {
 	fmt.Fprintf(b.log, "%s $ %s %s\n", time.Now().Format("15:04:05.000"), bin, strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Dir = b.repo
 	cmd.Stderr = b.log
 	out, err := cmd.Output()

@@ -3,13 +3,18 @@
 // their image is pulled normally into containerd's overlayfs snapshotter
 // and when it is mounted lazily by lazypulld, over an emulated network link.
 //
-// It builds its images (Debian + python3, Debian + a JDK; hack/rootfs.sh and
-// hack/mkimage, converted with `lazypull convert`), serves them from a
-// distribution registry in a network namespace of its own whose loopback
-// is rate-limited by a token bucket filter, and reaches that registry
-// through a TCP proxy on 127.0.0.1 that adds the round trip time. Then,
-// for each image, workload and mode, it makes -runs cold runs (fresh
-// containerd 2.x and lazypulld, no content, snapshots or chunk cache) and
+// It builds its images (Debian with python3, a JDK, nginx, C headers,
+// sqlite3 and a database: hack/rootfs.sh and hack/mkimage, converted with
+// `lazypull convert`), serves them from a distribution registry in a
+// network namespace of its own and reaches it over an emulated link: by
+// default (-link kernel) the kernel's network path, routed through a
+// second namespace where tbf limits the rate and an NFQUEUE delay line
+// delays every packet (kernellink.go); with -link proxy, the optimistic
+// emulation of earlier versions, a TCP proxy on 127.0.0.1 that adds the
+// round trip time per connection and per write. It checks the link and
+// prints what it found. Then, for each image, workload and mode, it makes
+// -runs cold runs (fresh containerd 2.x and lazypulld, no content,
+// snapshots or chunk cache), optionally beside -cpu-hog busy loops, and
 // prints the medians, ranges and lazypull/overlayfs ratios, and writes
 // results.json and chart.png to -out.
 //
@@ -35,6 +40,12 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == hogArg {
+		hog()
+	}
+	if len(os.Args) > 1 && os.Args[1] == delayLineArg {
+		os.Exit(runDelayLine(os.Args[2:]))
+	}
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
@@ -51,7 +62,15 @@ type options struct {
 	fsConfig  string // TOML keys of lazypulld's [fs] table
 	logs      bool   // keep lazypulld's debug log of every lazy run
 	convert   []string
+	link      string // linkKernel or linkProxy
+	cpuHog    int    // busy loops beside the runs
 }
+
+// Links: how the network between the node and the registry is emulated.
+const (
+	linkKernel = "kernel" // per packet, in the kernel's network path
+	linkProxy  = "proxy"  // a delaying TCP proxy on loopback: optimistic
+)
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	o := options{}
@@ -66,7 +85,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fset.StringVar(&o.fsConfig, "fs-config", "", "`TOML` keys for lazypulld's [fs] table, e.g. 'readahead_size = \"512KiB\"', to compare settings")
 	fset.BoolVar(&o.logs, "logs", false, "run lazypulld at debug level and keep its log of every run in DIR/logs (each fetch with its offset, size and duration)")
 	convert := fset.String("convert-flags", "", "more `FLAGS` for lazypull convert, space separated, e.g. '--chunk-size 1048576', to compare layouts")
-	imgs := fset.String("images", "python3,java", "images to benchmark, comma separated")
+	fset.StringVar(&o.link, "link", linkKernel, "the emulated link: kernel (every packet delayed in the kernel's network path, as on a real network) or proxy (a delaying TCP proxy on loopback, optimistic: no slow start, no cost of new or idle connections)")
+	fset.IntVar(&o.cpuHog, "cpu-hog", 0, "`N` busy loops (processes) running beside the link check and every run, for speed under CPU contention")
+	imgs := fset.String("images", strings.Join(imageNames(), ","), "images to benchmark, comma separated")
 	wls := fset.String("workloads", "start,"+readAll.Name, "workloads, comma separated: start (the image's program), "+readAll.Name+" (every file)")
 	if err := fset.Parse(args[1:]); err != nil {
 		return o, err
@@ -78,8 +99,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.rate, err = parseRate(*rate); err != nil {
 		return o, err
 	}
-	if o.runs < 1 || o.rtt < 0 {
-		return o, fmt.Errorf("-runs must be at least 1 and -rtt not negative")
+	if o.runs < 1 || o.rtt < 0 || o.cpuHog < 0 {
+		return o, fmt.Errorf("-runs must be at least 1, -rtt and -cpu-hog not negative")
+	}
+	if o.link != linkKernel && o.link != linkProxy {
+		return o, fmt.Errorf("-link: want %s or %s, not %q", linkKernel, linkProxy, o.link)
 	}
 	o.images, o.workloads = strings.Split(*imgs, ","), strings.Split(*wls, ",")
 	for _, n := range o.images {
@@ -147,7 +171,9 @@ type bench struct {
 	repo     string
 	flavour  testbed.Flavour
 	registry *testbed.Registry
-	link     *link
+	host     string      // the registry as the node reaches it: host:port
+	net      network     // the link to it
+	klink    *kernelLink // the link, with -link kernel
 	work     string
 	hostsDir string
 
@@ -191,18 +217,13 @@ func newBench(o options, stderr io.Writer) (*bench, error) {
 // run sets up the link and the images, makes the runs and reports.
 func (b *bench) run(ctx context.Context, stdout io.Writer) error {
 	started := time.Now()
-	b.progress("link: RTT %v, %s; registry in network namespace lpbench-%d", b.rtt, formatRate(b.rate), os.Getpid())
-	ns := newNetns(b.top)
-	b.registry = testbed.StartRegistryWith(b.top, testbed.RegistryOptions{NetNS: ns.path, Dial: ns.dial})
-	l, err := startLink(b.registry.Host, ns.dial)
+	shape, err := b.setupLink()
 	if err != nil {
 		return err
 	}
-	b.top.Cleanup(func() { l.Close() })
-	b.link = l
 	b.work = testbed.Dir(b.top, "bench")
 	b.hostsDir = filepath.Join(b.work, "certs.d")
-	if err := testbed.WritePlainHTTPHost(b.hostsDir, l.Addr()); err != nil {
+	if err := testbed.WritePlainHTTPHost(b.hostsDir, b.host); err != nil {
 		return err
 	}
 
@@ -211,15 +232,26 @@ func (b *bench) run(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	// Only now the link gets slow: building and pushing ran at full speed.
-	if err := ns.shape(b.rate); err != nil {
+	if err := shape(); err != nil {
 		return err
 	}
-	l.SetRTT(b.rtt)
-	check, err := checkLink(ctx, l.Addr(), imgs[0].GzipRef)
+	if b.cpuHog > 0 {
+		if err := startHogs(b.top, b.cpuHog); err != nil {
+			return err
+		}
+		b.progress("%d busy loops run beside the link check and the runs (-cpu-hog)", b.cpuHog)
+	}
+	check, err := checkLink(ctx, b.link, b.host, imgs[0].GzipRef, b.klink)
 	if err != nil {
 		return fmt.Errorf("link check: %w", err)
 	}
-	b.progress("link check: %s", check)
+	b.progress("%s", check)
+	var drops0 linkDrops
+	if b.klink != nil {
+		if drops0, err = b.klink.Drops(); err != nil {
+			return err
+		}
+	}
 
 	var results []result
 	for i := 1; i <= b.runs; i++ {
@@ -245,6 +277,11 @@ func (b *bench) run(ctx context.Context, stdout io.Writer) error {
 		}
 	}
 	rep := newReport(b, imgs, results, check, time.Since(started))
+	if b.klink != nil {
+		if rep.LinkDuringRuns, err = b.linkDuringRuns(drops0); err != nil {
+			return err
+		}
+	}
 	rep.print(stdout)
 	if err := rep.write(b.out); err != nil {
 		return err
@@ -258,7 +295,7 @@ func (b *bench) buildImages(ctx context.Context) ([]*image, error) {
 	if err := command("go", "build", "-o", mk, "./hack/mkimage"); err != nil {
 		return nil, err
 	}
-	bl := &builder{repo: b.repo, work: b.work, bin: b.bin, host: b.link.Addr(), convertArgs: b.convert, log: b.log}
+	bl := &builder{repo: b.repo, work: b.work, bin: b.bin, host: b.host, convertArgs: b.convert, log: b.log}
 	var imgs []*image
 	for _, n := range b.images {
 		t := time.Now()

@@ -87,6 +87,11 @@ func (b *bench) coldRun(ctx context.Context, img *image, w workload, mode string
 }
 
 func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, res *result) error {
+	if b.klink != nil {
+		if err := b.klink.Err(); err != nil {
+			return fmt.Errorf("the link is down: %w", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.runTimeout)
 	defer cancel()
 	level := "info"
@@ -191,7 +196,7 @@ func (b *bench) localTimeout(img *image) time.Duration {
 // link and requests in its access log.
 func (b *bench) served() (int64, int, error) {
 	reqs, err := b.registry.Requests()
-	return b.link.Delivered(), len(reqs), err
+	return b.net.Delivered(), len(reqs), err
 }
 
 func (b *bench) servedSince(bytes0 int64, reqs0 int) (int64, int, error) {
@@ -200,7 +205,7 @@ func (b *bench) servedSince(bytes0 int64, reqs0 int) (int64, int, error) {
 }
 
 // runOnce runs w in a new container of ref and returns when it first wrote
-// to stdout and when ctr returned. Its last line must be w.Want.
+// to stdout and when ctr returned. Its last line must match w.Want.
 func runOnce(ctx context.Context, c *testbed.Containerd, sn, ref, id string, w workload) (first, exit time.Time, err error) {
 	cmd := c.RunCommand(ctx, sn, ref, id, w.Args...)
 	var stderr bytes.Buffer
@@ -211,9 +216,8 @@ func runOnce(ctx context.Context, c *testbed.Containerd, sn, ref, id string, w w
 		return first, exit, fmt.Errorf("ctr run %s: %w\nstderr:\n%s", strings.Join(w.Args, " "), err, stderr.String())
 	}
 	exit = time.Now()
-	lines := strings.Split(strings.TrimSpace(out.buf.String()), "\n")
-	if got := lines[len(lines)-1]; got != w.Want {
-		return first, exit, fmt.Errorf("%s printed %q, want %q as the last line", strings.Join(w.Args, " "), out.buf.String(), w.Want)
+	if !lastLineMatches(out.buf.String(), w.Want) {
+		return first, exit, fmt.Errorf("%s printed %q, want a last line matching %q", strings.Join(w.Args, " "), out.buf.String(), w.Want)
 	}
 	return out.at, exit, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -14,20 +13,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// netns is a network namespace of our own, with only a loopback interface:
-// the registry runs in it, behind a token bucket filter on its lo, and the
-// delay proxy reaches it through sockets created inside it.
+// netns is a network namespace of our own. With the proxy link, the
+// registry runs in one with only a loopback interface, behind a token
+// bucket filter on its lo, and the delay proxy reaches it through sockets
+// created inside it; the kernel link (kernellink.go) makes two.
 type netns struct {
 	name string
 	path string // /run/netns/<name>
 	fd   int    // open on path, for setns
 }
 
-// newNetns creates the namespace lpbench-<pid>, brings up its lo with an
-// Ethernet-sized MTU (so that the token bucket shapes packets of a real
-// link's size) and registers its deletion with s.
-func newNetns(s *scope) *netns {
-	n := &netns{name: "lpbench-" + strconv.Itoa(os.Getpid())}
+// newNetns creates the namespace name, brings up its lo with an
+// Ethernet-sized MTU (so that the token bucket of the proxy link shapes
+// packets of a real link's size) and registers its deletion with s.
+func newNetns(s *scope, name string) *netns {
+	n := &netns{name: name}
 	n.path = filepath.Join("/run/netns", n.name)
 	if err := command("ip", "netns", "add", n.name); err != nil {
 		s.Fatalf("create network namespace: %v", err)
@@ -54,6 +54,24 @@ func (n *netns) exec(args ...string) error {
 	return command("ip", append([]string{"netns", "exec", n.name}, args...)...)
 }
 
+// output runs a command inside the namespace and returns its output.
+func (n *netns) output(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", n.name}, args...)...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s in %s: %v: %s", strings.Join(args, " "), n.name, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// ip runs ip(8) with args in the namespace, or in the current one when n
+// is nil.
+func (n *netns) ip(args ...string) error {
+	if n != nil {
+		args = append([]string{"-n", n.name}, args...)
+	}
+	return command("ip", args...)
+}
+
 // shape limits what leaves the namespace's lo (so both directions of every
 // connection in it) to rate bits per second with a token bucket filter.
 // The bucket holds a few milliseconds of traffic at that rate, and at most
@@ -64,42 +82,60 @@ func (n *netns) shape(rate int64) error {
 		"rate", strconv.FormatInt(rate, 10)+"bit", "burst", strconv.FormatInt(burst, 10), "latency", "100ms")
 }
 
-// dial connects to addr from inside the namespace. The socket is created
-// by a goroutine locked to a thread that enters the namespace for the
-// dial and then returns to its own. Should it fail to return, the goroutine
-// exits still locked and the runtime ends the thread rather than let it run
-// other goroutines in the wrong namespace. (Threads must not end needlessly:
-// the test bed starts processes with Pdeathsig, which fires when the
-// thread that started them ends.)
+// dial connects to addr from inside the namespace.
 func (n *netns) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := inNetns(n.fd, func() error {
+		var err error
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// listen listens on addr inside the namespace.
+func (n *netns) listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inNetns(n.fd, func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+// inNetns runs fn on a thread in the network namespace open at fd: the
+// sockets fn creates belong to that namespace. The thread is a goroutine's,
+// locked to it, that enters the namespace for fn and then returns to its
+// own. Should it fail to return, the goroutine exits still locked and the
+// runtime ends the thread rather than let it run other goroutines in the
+// wrong namespace. (Threads must not end needlessly: the test bed starts
+// processes with Pdeathsig, which fires when the thread that started them
+// ends.)
+func inNetns(fd int, fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("open own network namespace: %w", err)}
+			ch <- fmt.Errorf("open own network namespace: %w", err)
 			return
 		}
 		defer unix.Close(own)
-		if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("setns %s: %w", n.path, err)}
+			ch <- fmt.Errorf("setns: %w", err)
 			return
 		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
+		err = fn()
 		if unix.Setns(own, unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
-		ch <- result{c, err}
+		ch <- err
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }
 
 // command runs a command, its output becoming part of the error.
@@ -109,4 +145,16 @@ func command(name string, args ...string) error {
 		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// commandOutput runs a command and returns its stdout.
+func commandOutput(name string, args ...string) (string, error) {
+	var stderr strings.Builder
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
 }

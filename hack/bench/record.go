@@ -54,8 +54,8 @@ func (b *bench) recordStart(ctx context.Context, img *image) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if got := strings.TrimSpace(out); !strings.HasSuffix(got, img.Spec.Start.Want) {
-			return fmt.Errorf("%s printed %q, want %q", strings.Join(img.Spec.Start.Args, " "), got, img.Spec.Start.Want)
+		if !lastLineMatches(out, img.Spec.Start.Want) {
+			return fmt.Errorf("%s printed %q, want a last line matching %q", strings.Join(img.Spec.Start.Args, " "), out, img.Spec.Start.Want)
 		}
 		files, err = readSince(dir, started)
 		return err

@@ -81,17 +81,22 @@ type report struct {
 	Containerd string    `json:"containerd"`
 	RTTms      float64   `json:"rtt_ms"`
 	RateBits   int64     `json:"rate_bits_per_second"`
+	Link       string    `json:"link"` // -link: kernel or proxy
+	CPUHog     int       `json:"cpu_hog"`
 	LinkCheck  linkCheck `json:"link_check"`
-	RunsPerRow int       `json:"runs_per_row"`
-	WallS      float64   `json:"wall_s"`
-	Images     []*image  `json:"images"`
-	Rows       []row     `json:"rows"`
-	Results    []result  `json:"results"`
+	// LinkDuringRuns is what the kernel link dropped and how late its
+	// delay line was from the check's end to the last run's.
+	LinkDuringRuns *linkRuns `json:"link_during_runs,omitempty"`
+	RunsPerRow     int       `json:"runs_per_row"`
+	WallS          float64   `json:"wall_s"`
+	Images         []*image  `json:"images"`
+	Rows           []row     `json:"rows"`
+	Results        []result  `json:"results"`
 }
 
 func newReport(b *bench, imgs []*image, results []result, check linkCheck, wall time.Duration) *report {
 	rep := &report{Containerd: testbed.Containerd2Version, RTTms: float64(b.rtt) / float64(time.Millisecond), RateBits: b.rate,
-		LinkCheck: check, RunsPerRow: b.runs, WallS: wall.Seconds(), Images: imgs, Results: results}
+		Link: b.link, CPUHog: b.cpuHog, LinkCheck: check, RunsPerRow: b.runs, WallS: wall.Seconds(), Images: imgs, Results: results}
 	for _, img := range imgs {
 		for _, w := range b.workloadsOf(img) {
 			for _, m := range b.modesOf(img, w) {
@@ -136,8 +141,19 @@ func (rep *report) row(img, wl, mode string) *row {
 // metrics, each row the median (min-max) over the runs, and the ratio of
 // the medians, lazypull/overlayfs.
 func (rep *report) print(w io.Writer) {
-	fmt.Fprintf(w, "\nlazypull benchmark: containerd %s, link RTT %v and %s (measured: %s)\n",
-		rep.Containerd, time.Duration(rep.RTTms*float64(time.Millisecond)), formatRate(rep.RateBits), rep.LinkCheck)
+	about := "every packet delayed in the kernel's network path"
+	if rep.Link == linkProxy {
+		about = "OPTIMISTIC: a delaying TCP proxy on loopback, no slow start, new and idle connections nearly free"
+	}
+	fmt.Fprintf(w, "\nlazypull benchmark: containerd %s, %s link (%s), RTT %v, %s",
+		rep.Containerd, rep.Link, about, time.Duration(rep.RTTms*float64(time.Millisecond)), formatRate(rep.RateBits))
+	if rep.CPUHog > 0 {
+		fmt.Fprintf(w, ", %d busy loops beside the runs", rep.CPUHog)
+	}
+	fmt.Fprintf(w, "\n%s\n", rep.LinkCheck)
+	if rep.LinkDuringRuns != nil {
+		fmt.Fprintf(w, "%s\n", rep.LinkDuringRuns)
+	}
 	fmt.Fprintf(w, "N = %d cold runs per row; median (min-max); seconds; wall time %s\n", rep.RunsPerRow, time.Duration(rep.WallS*float64(time.Second)).Round(time.Second))
 	fmt.Fprintln(w, "pull: ctr image pull; run→output: ctr run until the first output; total: both; warm run: a second ctr run;")
 	fmt.Fprintln(w, "fully local: from the pull until every layer is on the node; verified: until every layer was checked against its DiffID; MiB and requests: served by the registry.")

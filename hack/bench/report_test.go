@@ -78,3 +78,43 @@ func TestReport(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestBulkFigures checks what the link check reads from a body's arrival:
+// the first byte, the time to the first MiB, the mean and the steady rate.
+func TestBulkFigures(t *testing.T) {
+	ms := time.Millisecond
+	// Slow start: 64 KiB, then 1 MiB at 100 ms; then 1 MiB every 40 ms.
+	s := []sample{{80 * ms, 64 << 10}, {180 * ms, 1 << 20}}
+	for i := int64(2); i <= 8; i++ {
+		s = append(s, sample{180*ms + time.Duration(i-1)*40*ms, i << 20})
+	}
+	b := bulkFigures(s)
+	if b.bytes != 8<<20 || b.firstByte != 80*ms || b.firstMiB != 100*ms || b.seconds != 380*ms {
+		t.Errorf("bulkFigures = %+v", b)
+	}
+	// Second half: from 4 MiB (at 300 ms) to 8 MiB (at 460 ms).
+	if want := float64(4<<20*8) / 0.160; b.steadyBitsPerSec < want*0.999 || b.steadyBitsPerSec > want*1.001 {
+		t.Errorf("steady rate %.0f, want %.0f", b.steadyBitsPerSec, want)
+	}
+	if b := bulkFigures(s[:1]); b.bytes != 0 {
+		t.Errorf("bulkFigures of one sample = %+v, want nothing", b)
+	}
+}
+
+func TestLastLineMatches(t *testing.T) {
+	for _, tc := range []struct {
+		out, want string
+		ok        bool
+	}{
+		{"1\n", "1", true},
+		{"11\n", "1", false},
+		{"nginx: warning\nHTTP/1.1 200 OK\r\n", `HTTP/1\.1 200 OK`, true},
+		{"417\n", `[0-9]+`, true},
+		{"12345|10000\n", `[0-9]+\|10000`, true},
+		{"12345|9999\n", `[0-9]+\|10000`, false},
+	} {
+		if got := lastLineMatches(tc.out, tc.want); got != tc.ok {
+			t.Errorf("lastLineMatches(%q, %q) = %v", tc.out, tc.want, got)
+		}
+	}
+}

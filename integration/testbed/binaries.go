@@ -10,7 +10,14 @@ import (
 // Containerd2Version is the containerd 2.x release hack/build-containerd2.sh builds.
 const Containerd2Version = "v2.4.2"
 
-const depsHint = "run `make deps` (hack/install-deps.sh and hack/build-containerd2.sh)"
+// CrictlVersion is the cri-tools release hack/build-crictl.sh builds.
+const CrictlVersion = "v1.37.0"
+
+// DockerdVersion is the version of module github.com/moby/moby/v2 (Docker
+// Engine 29) whose dockerd hack/build-dockerd.sh builds.
+const DockerdVersion = "v2.0.0-beta.24"
+
+const depsHint = "run `make deps` (hack/install-deps.sh and the hack/build-*.sh scripts)"
 
 // Flavour is a containerd installation: where its binaries are and which
 // configuration schema it reads.
@@ -32,20 +39,51 @@ func Containerd16() (Flavour, error) {
 // Containerd2 is containerd v2.4.2 built by hack/build-containerd2.sh, found
 // in $LAZYPULL_CONTAINERD2_DIR or the script's default cache directory.
 func Containerd2() (Flavour, error) {
-	dir := os.Getenv("LAZYPULL_CONTAINERD2_DIR")
-	if dir == "" {
-		cache := os.Getenv("XDG_CACHE_HOME")
-		if cache == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return Flavour{}, err
-			}
-			cache = filepath.Join(home, ".cache")
-		}
-		dir = filepath.Join(cache, "lazypull", "containerd-"+Containerd2Version, "bin")
+	dir, err := cachedBinDir("LAZYPULL_CONTAINERD2_DIR", "containerd-"+Containerd2Version)
+	if err != nil {
+		return Flavour{}, err
 	}
 	f := Flavour{Name: "2.x", BinDir: dir, ConfigVersion: 3}
 	return f, f.check()
+}
+
+// CrictlBinary returns the path of crictl built by hack/build-crictl.sh, found in
+// $LAZYPULL_CRICTL_DIR or the script's default cache directory.
+func CrictlBinary() (string, error) {
+	dir, err := cachedBinDir("LAZYPULL_CRICTL_DIR", "cri-tools-"+CrictlVersion)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "crictl")
+	return bin, checkBinary(bin)
+}
+
+// DockerdBinary returns the path of dockerd built by hack/build-dockerd.sh, found
+// in $LAZYPULL_DOCKERD_DIR or the script's default cache directory.
+func DockerdBinary() (string, error) {
+	dir, err := cachedBinDir("LAZYPULL_DOCKERD_DIR", "moby-"+DockerdVersion)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "dockerd")
+	return bin, checkBinary(bin)
+}
+
+// cachedBinDir is $env, else the bin directory of name in the cache
+// directory the hack/build-*.sh scripts build into.
+func cachedBinDir(env, name string) (string, error) {
+	if dir := os.Getenv(env); dir != "" {
+		return dir, nil
+	}
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", err
+		}
+		cache = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(cache, "lazypull", name, "bin"), nil
 }
 
 // Flavours returns every containerd flavour the tests run against, or an

@@ -28,13 +28,20 @@ const NamespacePrefix = "lazypull-test-"
 type ContainerdOptions struct {
 	Flavour Flavour
 	// LazypullSocket, when set, registers lazypulld as the proxy snapshot
-	// plugin SnapshotterName; LazypullRoot is exported as its root (2.x).
+	// plugin SnapshotterName with the configuration the README gives
+	// (contrib/containerd); LazypullRoot is exported as its root (2.x).
 	LazypullSocket string
 	LazypullRoot   string
+	// HostsDir is the registry hosts directory (config_path) of the CRI
+	// plugin; default: an empty directory.
+	HostsDir string
+	// CRI, when set, turns containerd's CRI plugin on.
+	CRI *CRIOptions
 	// Namespace defaults to NamespacePrefix plus a unique suffix.
 	Namespace string
-	// Dir, if set, is the directory (made by Dir) to run in; by default
-	// StartContainerd makes one.
+	// Dir is the directory of this containerd, made by the caller with
+	// testbed.Dir(t, "ctrd") to know the socket path (<Dir>/containerd.sock)
+	// ahead; default: a new one.
 	Dir string
 }
 
@@ -72,7 +79,7 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 		Dir:        dir,
 		Root:       filepath.Join(dir, "root"),
 		State:      filepath.Join(dir, "state"),
-		Address:    containerdAddress(dir),
+		Address:    ContainerdSocket(dir),
 		ConfigPath: filepath.Join(dir, "config.toml"),
 		LogPath:    filepath.Join(dir, "containerd.log"),
 		RuncRoot:   filepath.Join(dir, "runc"),
@@ -81,7 +88,10 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	if c.Namespace == "" {
 		c.Namespace = NamespacePrefix + strings.TrimPrefix(filepath.Base(dir), "lp-ctrd-")
 	}
-	if err := writeFile(c.ConfigPath, c.config(opts)); err != nil {
+	if opts.HostsDir == "" {
+		opts.HostsDir = filepath.Join(dir, "certs.d")
+	}
+	if err := c.writeConfig(opts); err != nil {
 		t.Fatal(err)
 	}
 	env := append(os.Environ(), "PATH="+c.Flavour.BinDir+string(os.PathListSeparator)+os.Getenv("PATH"))
@@ -106,8 +116,42 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	return c
 }
 
-// containerdAddress is the gRPC socket of the containerd that runs in dir.
-func containerdAddress(dir string) string { return filepath.Join(dir, "containerd.sock") }
+// writeConfig writes containerd's config.toml and, with lazypulld, the
+// lazypull configuration of contrib/containerd with the bed's paths: a
+// drop-in the main file imports (2.x), or sections appended to it (1.x).
+func (c *Containerd) writeConfig(opts ContainerdOptions) error {
+	cfg := c.config(opts)
+	if opts.LazypullSocket != "" {
+		lp, err := lazypullConfig(c.Flavour, opts)
+		if err != nil {
+			return err
+		}
+		if c.Flavour.ConfigVersion >= 3 {
+			if err := writeFile(c.dropInPath(), lp); err != nil {
+				return err
+			}
+		} else {
+			cfg += "\n" + lp
+		}
+	}
+	return writeFile(c.ConfigPath, cfg)
+}
+
+// ContainerdSocket is the gRPC socket of the containerd whose directory
+// (ContainerdOptions.Dir) is dir.
+func ContainerdSocket(dir string) string { return filepath.Join(dir, "containerd.sock") }
+
+func (c *Containerd) dropInPath() string { return filepath.Join(c.Dir, "lazypull.toml") }
+
+// LazypullConfigPath is the file that holds c's lazypull configuration (the
+// proxy plugin): the drop-in config.toml imports on 2.x, config.toml itself
+// on 1.x.
+func (c *Containerd) LazypullConfigPath() string {
+	if c.Flavour.ConfigVersion >= 3 {
+		return c.dropInPath()
+	}
+	return c.ConfigPath
+}
 
 func (c *Containerd) config(opts ContainerdOptions) string {
 	var b strings.Builder
@@ -118,31 +162,31 @@ func (c *Containerd) config(opts ContainerdOptions) string {
 		}
 		return "plugins." + q(id)
 	}
-	disabled := []string{q("io.containerd.grpc.v1.cri")}
-	if c.Flavour.ConfigVersion >= 3 {
-		disabled = append(disabled, q("io.containerd.cri.v1.images"), q("io.containerd.cri.v1.runtime"),
-			q("io.containerd.podsandbox.controller.v1.podsandbox"), q("io.containerd.nri.v1.nri"))
+	var disabled []string
+	if opts.CRI == nil {
+		disabled = append(disabled, q("io.containerd.grpc.v1.cri"))
+		if c.Flavour.ConfigVersion >= 3 {
+			disabled = append(disabled, q("io.containerd.cri.v1.images"), q("io.containerd.cri.v1.runtime"),
+				q("io.containerd.podsandbox.controller.v1.podsandbox"))
+		}
 	}
-	fmt.Fprintf(&b, "version = %d\nroot = %s\nstate = %s\nimports = []\ndisabled_plugins = [%s]\n\n",
-		c.Flavour.ConfigVersion, q(c.Root), q(c.State), strings.Join(disabled, ", "))
+	if c.Flavour.ConfigVersion >= 3 {
+		disabled = append(disabled, q("io.containerd.nri.v1.nri"))
+	}
+	imports := ""
+	if opts.LazypullSocket != "" && c.Flavour.ConfigVersion >= 3 {
+		imports = q(c.dropInPath())
+	}
+	fmt.Fprintf(&b, "version = %d\nroot = %s\nstate = %s\nimports = [%s]\ndisabled_plugins = [%s]\n\n",
+		c.Flavour.ConfigVersion, q(c.Root), q(c.State), imports, strings.Join(disabled, ", "))
 	fmt.Fprintf(&b, "[grpc]\n  address = %s\n\n[ttrpc]\n  address = %s\n\n", q(c.Address), q(c.Address+".ttrpc"))
 	fmt.Fprintf(&b, "[%s]\n  path = %s\n\n", plug("io.containerd.internal.v1.opt"), q(filepath.Join(c.Dir, "opt")))
-	if c.Flavour.ConfigVersion >= 3 {
-		platform := "linux/" + runtime.GOARCH
-		snapshotters := []string{"overlayfs"}
-		if opts.LazypullSocket != "" {
-			snapshotters = append(snapshotters, SnapshotterName)
-		}
-		for _, sn := range snapshotters {
-			fmt.Fprintf(&b, "[[%s.unpack_config]]\n  platform = %s\n  snapshotter = %s\n  differ = \"walking\"\n\n",
-				plug("io.containerd.transfer.v1.local"), q(platform), q(sn))
-		}
+	if opts.CRI != nil {
+		b.WriteString(c.criConfig(*opts.CRI, opts.HostsDir))
 	}
-	if opts.LazypullSocket != "" {
-		fmt.Fprintf(&b, "[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %s\n", SnapshotterName, q(opts.LazypullSocket))
-		if c.Flavour.ConfigVersion >= 3 { // exports exist from 1.7.16
-			fmt.Fprintf(&b, "  exports = { root = %s, enable_remote_snapshot_annotations = \"true\" }\n", q(opts.LazypullRoot))
-		}
+	if opts.LazypullSocket == "" && c.Flavour.ConfigVersion >= 3 {
+		fmt.Fprintf(&b, "[[%s.unpack_config]]\n  platform = %s\n  snapshotter = \"overlayfs\"\n  differ = \"walking\"\n\n",
+			plug("io.containerd.transfer.v1.local"), q("linux/"+runtime.GOARCH))
 	}
 	return b.String()
 }

@@ -1,9 +1,11 @@
 package testbed
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -21,18 +23,20 @@ import (
 // Front is an HTTP reverse proxy on 127.0.0.1 in front of a registry. It
 // counts the response body bytes it passes on, and it can corrupt chosen
 // bytes of blobs, which lets a test play a registry (or a network path) that
-// serves wrong data, or hold back the requests for the start of a blob.
-// Image references through it use Front.Host.
+// serves wrong data, hold back the requests for the start of a blob, and
+// play the other faults of faults.go. Image references through it use
+// Front.Host.
 type Front struct {
 	// Host is "127.0.0.1:<port>".
 	Host string
 
+	proxy  *httputil.ReverseProxy
 	served atomic.Int64 // response body bytes passed on
-	down   atomic.Bool  // answer every request with 503
 
 	mu      sync.Mutex
 	corrupt map[digest.Digest][]int64 // blob offsets to flip
 	flipped int                       // bytes flipped so far
+	faults  faults
 	holds   map[digest.Digest]*hold
 }
 
@@ -55,27 +59,24 @@ func StartFront(t T, backend string) *Front {
 		t.Fatal(err)
 	}
 	f := &Front{Host: l.Addr().String(), corrupt: map[digest.Digest][]int64{}, holds: map[digest.Digest]*hold{}}
-	proxy := &httputil.ReverseProxy{
+	f.proxy = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
 			// The registry builds absolute URLs (upload locations) from
 			// the Host header; keep them pointing at the front.
 			r.Out.Host = r.In.Host
+			f.mu.Lock()
+			ignore := f.faults.ignoreRange
+			f.mu.Unlock()
+			if ignore && blobPath.MatchString(r.Out.URL.Path) {
+				r.Out.Header.Del("Range")
+			}
 		},
 		ModifyResponse: f.modify,
+		ErrorLog:       log.New(io.Discard, "", 0), // clients going away mid-body
+		FlushInterval:  -1,                         // what is read is on the wire, as a stall wants
 	}
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if f.down.Load() {
-			http.Error(w, "registry front is down", http.StatusServiceUnavailable)
-			return
-		}
-		if !f.wait(r) {
-			http.Error(w, "front: request cancelled while held", http.StatusServiceUnavailable)
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	})
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: f, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	t.Cleanup(func() {
@@ -89,16 +90,19 @@ func StartFront(t T, backend string) *Front {
 	return f
 }
 
-// SetDown makes the front answer every request with 503 Service
-// Unavailable (down) or pass requests on again: a registry that is down.
-func (f *Front) SetDown(down bool) { f.down.Store(down) }
-
 // Ref returns the image reference "<front host>/<repoTag>".
 func (f *Front) Ref(repoTag string) string { return f.Host + "/" + repoTag }
 
 // BytesServed returns how many response body bytes the front has passed on
 // to its clients so far.
 func (f *Front) BytesServed() int64 { return f.served.Load() }
+
+// Uncorrupt makes the front stop corrupting blob dgst.
+func (f *Front) Uncorrupt(dgst digest.Digest) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.corrupt, dgst)
+}
 
 // CorruptBlob makes the front flip every bit of the byte at offset off of
 // blob dgst in every response that carries that byte (a whole blob, or a
@@ -175,7 +179,7 @@ func (f *Front) wait(r *http.Request) bool {
 var blobPath = regexp.MustCompile(`^/v2/.+/blobs/(sha256:[0-9a-f]{64})$`)
 
 func (f *Front) modify(resp *http.Response) error {
-	body := &frontBody{rc: resp.Body, f: f}
+	body := &frontBody{rc: resp.Body, f: f, ctx: resp.Request.Context()}
 	resp.Body = body
 	if resp.Request.Method != http.MethodGet {
 		return nil
@@ -184,12 +188,7 @@ func (f *Front) modify(resp *http.Response) error {
 	if m == nil {
 		return nil
 	}
-	f.mu.Lock()
-	offs := f.corrupt[digest.Digest(m[1])]
-	f.mu.Unlock()
-	if len(offs) == 0 {
-		return nil
-	}
+	dgst := digest.Digest(m[1])
 	switch resp.StatusCode {
 	case http.StatusOK:
 		body.start = 0
@@ -202,7 +201,14 @@ func (f *Front) modify(resp *http.Response) error {
 	default:
 		return nil
 	}
-	body.flip = offs
+	end := int64(1<<63 - 1)
+	if resp.ContentLength >= 0 {
+		end = body.start + resp.ContentLength
+	}
+	body.stall = f.takeStall(dgst, body.start, end)
+	f.mu.Lock()
+	body.flip = f.corrupt[dgst]
+	f.mu.Unlock()
 	return nil
 }
 
@@ -220,16 +226,34 @@ func contentRangeStart(v string) (int64, error) {
 }
 
 // frontBody counts what is read through it and flips the bytes at the blob
-// offsets flip; start is the blob offset of the body's first byte.
+// offsets flip; start is the blob offset of the body's first byte. With a
+// stall, it holds back the bytes from the stall's offset for its duration.
 type frontBody struct {
 	rc    io.ReadCloser
 	f     *Front
+	ctx   context.Context // the request's: ends when the client goes away
 	start int64
 	pos   int64 // bytes read so far
 	flip  []int64
+	stall *stallRule
 }
 
 func (b *frontBody) Read(p []byte) (int, error) {
+	if s := b.stall; s != nil {
+		at := s.off - b.start - b.pos // bytes before the stall
+		if at == 0 {
+			b.stall = nil
+			t := time.NewTimer(s.d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-b.ctx.Done():
+				return 0, b.ctx.Err()
+			}
+		} else if int64(len(p)) > at {
+			p = p[:at]
+		}
+	}
 	n, err := b.rc.Read(p)
 	for _, off := range b.flip {
 		if i := off - b.start - b.pos; i >= 0 && i < int64(n) {

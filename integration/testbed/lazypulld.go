@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/lazypull/lazypull/contrib"
 )
 
 // LazypulldOptions configures StartLazypulld.
@@ -24,6 +26,10 @@ type LazypulldOptions struct {
 	Config string
 	// LogLevel defaults to "debug".
 	LogLevel string
+	// CRIContainerdAddress, when set, turns lazypulld's CRI image service
+	// on (its [cri] table, added to Config), forwarding to the containerd
+	// socket at this path; Lazypulld.CRISocket is its socket.
+	CRIContainerdAddress string
 }
 
 // Lazypulld is a running lazypulld with its own root, socket and log.
@@ -33,8 +39,10 @@ type Lazypulld struct {
 	Socket     string
 	ConfigPath string
 	LogPath    string
-	opts       LazypulldOptions
-	proc       *process
+	// CRISocket is the socket of the CRI image service, if it is on.
+	CRISocket string
+	opts      LazypulldOptions
+	proc      *process
 }
 
 // StartLazypulld starts lazypulld for t, waits until its socket answers
@@ -60,7 +68,17 @@ func StartLazypulld(t T, opts LazypulldOptions) *Lazypulld {
 		LogPath:    filepath.Join(dir, "lazypulld.log"),
 		opts:       opts,
 	}
-	if err := writeFile(l.ConfigPath, opts.Config); err != nil {
+	cfg := opts.Config
+	if opts.CRIContainerdAddress != "" {
+		l.CRISocket = filepath.Join(dir, "cri.sock")
+		k8s, err := substitute("kubernetes/config.toml", contrib.KubernetesLazypull,
+			contrib.DefaultCRISocket, l.CRISocket, contrib.DefaultContainerdSocket, opts.CRIContainerdAddress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg += "\n" + k8s
+	}
+	if err := writeFile(l.ConfigPath, cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -91,7 +109,9 @@ func (l *Lazypulld) Start(t T) error {
 	if l.proc != nil && !l.proc.exited() {
 		return fmt.Errorf("lazypulld is already running")
 	}
-	env := os.Environ()
+	// Registry credentials come only from what the test gives the daemon:
+	// no docker config.json of the machine.
+	env := append(os.Environ(), "DOCKER_CONFIG="+filepath.Join(l.Dir, "docker"))
 	if _, ok := os.LookupEnv("GORACE"); !ok {
 		// A -race binary otherwise sleeps a second before it exits.
 		env = append(env, "GORACE=atexit_sleep_ms=0")

@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // RegistryBinary is the distribution registry (Debian package docker-registry).
@@ -34,6 +37,29 @@ type RegistryOptions struct {
 	// Dial connects to the registry to check that it is ready; nil means
 	// net.Dialer's. Required with NetNS.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Listen, when set, is the IP address the registry listens on instead
+	// of 127.0.0.1 (an address of NetNS when that is set); Host is then
+	// <Listen>:<port>.
+	Listen string
+	// Auth, when set, makes the registry require HTTP basic
+	// authentication with these credentials (an htpasswd file), as a
+	// private registry does.
+	Auth *RegistryAuth
+}
+
+// RegistryAuth is a user of a registry that requires authentication.
+type RegistryAuth struct {
+	User, Password string
+}
+
+// htpasswd returns the line of an htpasswd file for a, with a bcrypt hash
+// (the only kind the distribution registry accepts).
+func (a *RegistryAuth) htpasswd() (string, error) {
+	h, err := bcrypt.GenerateFromPassword([]byte(a.Password), bcrypt.MinCost)
+	if err != nil {
+		return "", err
+	}
+	return a.User + ":" + string(h) + "\n", nil
 }
 
 // StartRegistry starts a registry for t and stops it at cleanup.
@@ -68,13 +94,29 @@ func (r *Registry) start(t T, opts RegistryOptions) error {
 	if err != nil {
 		return err
 	}
-	r.Host = fmt.Sprintf("127.0.0.1:%d", port)
+	ip := "127.0.0.1"
+	if opts.Listen != "" {
+		ip = opts.Listen
+	}
+	r.Host = net.JoinHostPort(ip, strconv.Itoa(port))
 	storage := filepath.Join(r.Dir, "storage")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return err
 	}
+	auth := ""
+	if opts.Auth != nil {
+		line, err := opts.Auth.htpasswd()
+		if err != nil {
+			return err
+		}
+		htpasswd := filepath.Join(r.Dir, "htpasswd")
+		if err := writeFile(htpasswd, line); err != nil {
+			return err
+		}
+		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: lazypull-test\n    path: %s\n", htpasswd)
+	}
 	cfg := filepath.Join(r.Dir, "config.yml")
-	if err := writeFile(cfg, fmt.Sprintf(`version: 0.1
+	if err := writeFile(cfg, auth+fmt.Sprintf(`version: 0.1
 log:
   level: info
   formatter: text
@@ -104,20 +146,12 @@ http:
 		tr := &http.Transport{DialContext: opts.Dial, DisableKeepAlives: true}
 		hc = &http.Client{Transport: tr}
 	}
+	ready := []int{http.StatusOK}
+	if opts.Auth != nil {
+		ready = append(ready, http.StatusUnauthorized)
+	}
 	err = waitFor(context.Background(), p, 20*time.Second, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.Host+"/v2/", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /v2/: %s", resp.Status)
-		}
-		return nil
+		return getStatus(ctx, hc, "http://"+r.Host+"/v2/", ready...)
 	})
 	if err != nil {
 		if !p.exited() {
@@ -131,6 +165,24 @@ http:
 			t.Errorf("stop registry: %v", err)
 		}
 	})
+	return nil
+}
+
+// getStatus GETs url with hc and fails unless the answer has one of the
+// statuses ok.
+func getStatus(ctx context.Context, hc *http.Client, url string, ok ...int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if !slices.Contains(ok, resp.StatusCode) {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
 	return nil
 }
 

@@ -114,29 +114,47 @@ func TestUnmountUnderStackedMounts(t *testing.T) {
 	}
 }
 
+// TestContainerdConfig checks that the bed configures lazypull with the
+// files of contrib/containerd: imported as a drop-in on 2.x, merged into
+// config.toml on 1.x, with the bed's paths in place of the defaults.
 func TestContainerdConfig(t *testing.T) {
 	for _, tc := range []struct {
-		version int
-		want    []string
-		not     []string
+		version    int
+		want, drop []string
 	}{
-		{2, []string{"version = 2", `plugins."io.containerd.internal.v1.opt"`, "[proxy_plugins.lazypull]", `address = "/l.sock"`},
-			[]string{"exports", "unpack_config"}},
-		{3, []string{"version = 3", "plugins.'io.containerd.internal.v1.opt'", `snapshotter = "overlayfs"`,
-			`snapshotter = "lazypull"`, `exports = { root = "/lroot", enable_remote_snapshot_annotations = "true" }`,
-			`"io.containerd.cri.v1.runtime"`}, nil},
+		{2, []string{"version = 2", `plugins."io.containerd.internal.v1.opt"`, "[proxy_plugins.lazypull]", `address = "/l.sock"`,
+			`snapshotter = "lazypull"`, `disable_snapshot_annotations = false`, `config_path = "/hosts"`}, nil},
+		{3, []string{"version = 3", "plugins.'io.containerd.internal.v1.opt'", `imports = ["/d/lazypull.toml"]`,
+			`"io.containerd.cri.v1.runtime"`},
+			[]string{"version = 3", `snapshotter = "overlayfs"`, `snapshotter = "lazypull"`, `address = "/l.sock"`,
+				`exports = { root = "/lroot", enable_remote_snapshot_annotations = "true" }`, `config_path = "/hosts"`}},
 	} {
-		c := &Containerd{Flavour: Flavour{ConfigVersion: tc.version}, Dir: "/d", Root: "/d/root", State: "/d/state", Address: "/d/c.sock"}
-		cfg := c.config(ContainerdOptions{LazypullSocket: "/l.sock", LazypullRoot: "/lroot"})
-		for _, w := range tc.want {
-			if !strings.Contains(cfg, w) {
-				t.Errorf("version %d config lacks %s:\n%s", tc.version, w, cfg)
+		dir := t.TempDir()
+		c := &Containerd{Flavour: Flavour{ConfigVersion: tc.version}, Dir: dir, Root: "/d/root", State: "/d/state",
+			Address: "/d/c.sock", ConfigPath: filepath.Join(dir, "config.toml")}
+		opts := ContainerdOptions{LazypullSocket: "/l.sock", LazypullRoot: "/lroot", HostsDir: "/hosts"}
+		if err := c.writeConfig(opts); err != nil {
+			t.Fatal(err)
+		}
+		check := func(path string, want []string) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range want {
+				if !strings.Contains(strings.ReplaceAll(string(b), dir, "/d"), w) {
+					t.Errorf("version %d: %s lacks %s:\n%s", tc.version, filepath.Base(path), w, b)
+				}
+			}
+			for _, d := range []string{"/run/lazypull/", "/var/lib/lazypull", "/etc/containerd/certs.d"} {
+				if strings.Contains(string(b), d) {
+					t.Errorf("version %d: %s still names %s", tc.version, filepath.Base(path), d)
+				}
 			}
 		}
-		for _, n := range tc.not {
-			if strings.Contains(cfg, n) {
-				t.Errorf("version %d config has %s:\n%s", tc.version, n, cfg)
-			}
+		check(c.ConfigPath, tc.want)
+		if tc.drop != nil {
+			check(c.dropInPath(), tc.drop)
 		}
 	}
 }

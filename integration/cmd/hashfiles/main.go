@@ -7,8 +7,14 @@
 // each, from the FIFO DIR/req and answers each on the FIFO DIR/resp with a
 // line per path ("<sha256>  <path>", or "error <message>") and a line ".",
 // until req reaches its end: a container that keeps reading files, at the
-// pace of the test that asks. With -wait as its only argument it waits for
-// a signal instead, to keep a container running.
+// pace of the test that asks.
+//
+// With "-" as its only argument it reads the paths from stdin instead, one
+// a line, and answers each on stdout as it comes, "error <path>: <why>" for
+// a file it cannot read, until stdin ends.
+//
+// With -wait as its only argument it waits for a signal instead, to keep a
+// container running.
 package main
 
 import (
@@ -33,6 +39,9 @@ func main() {
 		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
 		<-ch
 		return
+	}
+	if len(os.Args) == 2 && os.Args[1] == "-" {
+		os.Exit(serve(os.Stdin, os.Stdout))
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -65,6 +74,26 @@ func loop(dir string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "hashfiles: %v\n", err)
 			return 1
 		}
+	}
+	return 0
+}
+
+// serve hashes the files named by the lines of in, answering each on out.
+func serve(in io.Reader, out io.Writer) int {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		p := sc.Text()
+		if p == "" {
+			continue
+		}
+		if sum, err := hashFile(p); err != nil {
+			fmt.Fprintf(out, "error %s: %v\n", p, err)
+		} else {
+			fmt.Fprintf(out, "%s  %s\n", sum, p)
+		}
+	}
+	if sc.Err() != nil {
+		return 1
 	}
 	return 0
 }

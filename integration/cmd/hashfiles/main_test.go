@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -70,5 +71,21 @@ func TestLoop(t *testing.T) {
 	req.Close()
 	if c := <-code; c != 0 {
 		t.Errorf("loop exited with %d: %s", c, errOut.String())
+	}
+}
+
+func TestServe(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("abc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if code := serve(strings.NewReader(p+"\n\n"+p+".missing\n"+p+"\n"), &out); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	sum := "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  " + p + "\n"
+	lines := strings.SplitAfter(out.String(), "\n")
+	if len(lines) != 4 || lines[0] != sum || !strings.HasPrefix(lines[1], "error "+p+".missing: ") || lines[2] != sum {
+		t.Errorf("stdout %q", out.String())
 	}
 }
