@@ -332,7 +332,7 @@ func Default() *Config {
 			Snapshotter: "lazypull",
 		},
 		CRI: CRI{
-			CredentialTTL:     Duration{24 * time.Hour},
+			CredentialTTL: Duration{24 * time.Hour},
 		},
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/config"
-	"github.com/lazypull/lazypull/dataplane"
 	"github.com/lazypull/lazypull/cri"
+	"github.com/lazypull/lazypull/dataplane"
 	"github.com/lazypull/lazypull/snapshotter"
 )
 
