@@ -28,6 +28,7 @@ type config struct {
 	backgroundDelay       time.Duration
 	backgroundConcurrency int
 	passthrough           bool
+	limits                Limits
 }
 
 // Defaults of the options.
@@ -78,6 +79,7 @@ func defaultConfig() config {
 		backgroundConcurrency: DefaultBackgroundConcurrency,
 		passthrough:           true,
 		loaderPrefetch:        true,
+		limits:                DefaultLimits(),
 	}
 }
 

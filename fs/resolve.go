@@ -121,7 +121,7 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: open blob: %w", dgst, err)
 	}
-	src, err := parse(ctx, dgst, blob, tail)
+	src, err := parse(ctx, dgst, blob, tail, f.cfg.limits)
 	if err != nil {
 		return nil, err
 	}
@@ -131,16 +131,22 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	return src, nil
 }
 
-// parse reads the TOC of blob, whose last bytes are tail, and indexes it.
-func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*source, error) {
+// parse reads the TOC of blob, whose last bytes are tail, checks it
+// against lim and indexes it. A TOC that fails a check is an error of class
+// InvalidArgument that says why.
+func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte, lim Limits) (*source, error) {
 	size := blob.Size()
 	if int64(len(tail)) > size {
 		return nil, fmt.Errorf("layer %s: tail of %d bytes exceeds blob size %d: %w", dgst, len(tail), size, errdefs.ErrInvalidArgument)
 	}
 	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
 	defer tr.drop()
-	r, entries, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size))
-	if err != nil {
+	r, entries, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size), lim)
+	var refused *refusal
+	switch {
+	case errors.As(err, &refused):
+		return nil, fmt.Errorf("layer %s: TOC refused: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	case err != nil:
 		if fetchErr := tr.fetchErr(); fetchErr != nil {
 			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
 		}
@@ -150,7 +156,9 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*so
 	if err := src.buildIndex(len(entries)); err != nil {
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
-	src.buildChunks(entries)
+	if err := src.buildChunks(entries, lim); err != nil {
+		return nil, fmt.Errorf("layer %s: TOC refused: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
 	return src, nil
 }
 

@@ -21,8 +21,11 @@ import (
 //
 // The TOC digest is that of the JSON as stored, as estargz computes it. A
 // malformed TOC fails where estargz fails it, for the reason estargz gives
-// (though a JSON syntax error is worded by another decoder).
-func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
+// (though a JSON syntax error is worded by another decoder). A TOC beyond
+// lim, or one whose fields estargz or the FileSystem cannot use as they
+// are, fails with a *refusal before it is inflated, decoded or indexed.
+// xattrs that are not served (see servedXattr) are dropped.
+func openTOC(sr *io.SectionReader, lim Limits) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
 	tocOff, footerSize, err := estargz.OpenFooter(sr)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("footer: %v", err)
@@ -31,12 +34,18 @@ func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEnt
 	if tocOff < 0 || tocOff > end {
 		return nil, nil, 0, fmt.Errorf("footer: TOC offset %d outside the %d bytes before the footer", tocOff, end)
 	}
+	if end-tocOff > lim.TOCCompressedSize {
+		return nil, nil, 0, refuse("compressed TOC of %d bytes, larger than %d (limit max_toc_compressed_size)", end-tocOff, lim.TOCCompressedSize)
+	}
 	compressed := make([]byte, end-tocOff)
 	if _, err := sr.ReadAt(compressed, tocOff); err != nil {
 		return nil, nil, 0, fmt.Errorf("error reading %d byte TOC targz: %v", len(compressed), err)
 	}
-	js, err := tocJSON(compressed)
+	js, err := tocJSON(compressed, lim.TOCSize)
 	if err != nil {
+		return nil, nil, 0, err
+	}
+	if err := scanTOCJSON(js, lim); err != nil {
 		return nil, nil, 0, err
 	}
 	toc := new(estargz.JTOC)
@@ -45,6 +54,10 @@ func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEnt
 	if _, err := json.Parse(js, toc, 0); err != nil {
 		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
+	if err := checkTOC(toc.Entries, lim); err != nil {
+		return nil, nil, 0, err
+	}
+	dropXattrs(toc.Entries)
 	d := &decodedTOC{toc: toc, dgst: digest.FromBytes(js)}
 	r, err = estargz.Open(io.NewSectionReader(&hiddenFooter{size: sr.Size()}, 0, sr.Size()), estargz.WithDecompressors(d))
 	if err != nil {
@@ -54,10 +67,11 @@ func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEnt
 }
 
 // tocJSON returns the JSON of a TOC stored as the blob stores it, the one
-// file of a tar in a gzip stream, failing as estargz's DecompressTOC does.
+// file of a tar in a gzip stream, failing as estargz's DecompressTOC does,
+// or if the JSON is larger than most bytes: it is not inflated then.
 // klauspost/compress's gzip inflates it about 20% faster than the
 // standard library's.
-func tocJSON(compressed []byte) ([]byte, error) {
+func tocJSON(compressed []byte, most int64) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
 		return nil, fmt.Errorf("malformed TOC gzip header: %v", err)
@@ -70,6 +84,11 @@ func tocJSON(compressed []byte) ([]byte, error) {
 	}
 	if h.Name != estargz.TOCTarName {
 		return nil, fmt.Errorf("TOC tar entry had name %q; expected %q", h.Name, estargz.TOCTarName)
+	}
+	// The tar reader reads no more than the header's size, holes of a
+	// sparse entry included.
+	if h.Size > most {
+		return nil, refuse("TOC inflates to %d bytes, more than %d (limit max_toc_size)", h.Size, most)
 	}
 	// Room for the size the header says, but no more than deflate can
 	// inflate to, and for ReadFrom's last read, which finds the end.
