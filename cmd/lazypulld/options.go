@@ -59,6 +59,14 @@ func newSnapshotter(cfg *config.Config) (snapshots.Snapshotter, func() error, er
 		fs.WithBackgroundFetchDelay(cfg.FS.BackgroundFetchDelay.Duration),
 		fs.WithBackgroundFetchConcurrency(cfg.FS.BackgroundFetchConcurrency),
 		fs.WithPassthrough(cfg.FS.Passthrough),
+		fs.WithLimits(fs.Limits{
+			TOCCompressedSize: cfg.FS.MaxTOCCompressedSize.Int64(),
+			TOCSize:           cfg.FS.MaxTOCSize.Int64(),
+			Entries:           cfg.FS.MaxTOCEntries,
+			NameLength:        cfg.FS.MaxNameLength,
+			PathDepth:         cfg.FS.MaxPathDepth,
+			ChunkSize:         cfg.FS.MaxChunkSize.Int64(),
+		}),
 	)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close())
