@@ -108,11 +108,7 @@ func New(root string, opts ...Opt) (snapshots.Snapshotter, error) {
 		keepMounts: cfg.keepMounts,
 		layers:     map[string]*remoteLayer{},
 	}
-	// Lowerdirs on FUSE cannot always be indexed by file handle; a
-	// snapshotter never needs the overlay index.
-	if _, err := os.Stat("/sys/module/overlay/parameters/index"); err == nil {
-		s.options = append(s.options, "index=off")
-	}
+	s.options = overlayOptions("/sys/module/overlay/parameters")
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	if err := s.restoreLayers(ctx, cfg.restoreConcurrency); err != nil {
