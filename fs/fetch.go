@@ -39,8 +39,8 @@ const (
 // window, a prefetch or the background fetch, is waited for rather than
 // fetched again. A reader's miss also starts the fetches its read-ahead
 // policies ask for.
-func (l *layer) load(ctx context.Context, cs []chunk, reader bool) ([][]byte, error) {
-	data := make([][]byte, len(cs))
+func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byte, err error) {
+	data = make([][]byte, len(cs))
 	var missing []int
 	for i, c := range cs {
 		if b, ok := l.cached(ctx, c); ok {
@@ -60,6 +60,16 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) ([][]byte, er
 		keys[j] = flightKey{cs[i].start, cs[i].inner}
 	}
 	calls, owned := l.flights.claim(keys)
+	// Those waiting for the chunks this read claimed must not wait for
+	// ever: a panic ends their flights, and the read, with its error.
+	defer l.recovered("read", func(perr error) {
+		for j := range calls {
+			if owned[j] {
+				l.flights.finish(calls[j], nil, perr)
+			}
+		}
+		data, err = nil, perr
+	})
 	var mine []chunk
 	var mineCalls []*flight
 	for j, i := range missing {
@@ -197,6 +207,11 @@ func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
 // with one read; reads that are not adjacent go out concurrently. split
 // allows a long read to be split into concurrent requests.
 func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
+	defer l.recovered("fetch", func(err error) {
+		for _, c := range calls {
+			l.flights.finish(c, nil, err)
+		}
+	})
 	order := make([]int, len(cs))
 	for i := range order {
 		order[i] = i
@@ -225,7 +240,7 @@ func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, spl
 	}
 	var wg sync.WaitGroup
 	for _, g := range groups {
-		wg.Go(func() { read(g) })
+		wg.Go(l.guard("fetch", func() { read(g) }))
 	}
 	wg.Wait()
 }
@@ -237,6 +252,11 @@ func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, spl
 // decompression. A chunk that fails verification fails alone, and is
 // neither served nor cached.
 func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
+	defer l.recovered("fetch", func(err error) {
+		for _, c := range calls {
+			l.flights.finish(c, nil, err)
+		}
+	})
 	start, end := cs[0].start, cs[0].end
 	for _, c := range cs {
 		end = max(end, c.end)
@@ -245,6 +265,10 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 	arr := newArrival(buf, l.readParts(len(buf), split))
 	read := make(chan error, 1)
 	go func() {
+		defer l.recovered("fetch", func(err error) {
+			arr.done(0, err)
+			read <- err
+		})
 		began := time.Now()
 		err := l.readBlob(ctx, arr, start)
 		log.G(ctx).WithFields(log.Fields{
@@ -263,6 +287,7 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 		stored := make(chan struct{})
 		go func() {
 			defer close(stored)
+			defer l.recovered("cache write", nil)
 			for i := range store {
 				c := cs[i]
 				if perr := cache.Put(l.cacheKey(c), calls[i].data); perr != nil {
@@ -334,17 +359,21 @@ func (l *layer) readBlob(ctx context.Context, arr *arrival, off int64) error {
 	errs := make([]error, len(arr.parts))
 	var wg sync.WaitGroup
 	for i := range arr.parts {
-		wg.Go(func() { errs[i] = l.readPart(ctx, arr, i, off) })
+		wg.Go(l.guard("blob read", func() { errs[i] = l.readPart(ctx, arr, i, off) }))
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (l *layer) readPart(ctx context.Context, arr *arrival, i int, off int64) error {
+func (l *layer) readPart(ctx context.Context, arr *arrival, i int, off int64) (err error) {
+	// Decoders wait for the part's bytes: a panic of the Blob fails them.
+	defer l.recovered("blob read", func(perr error) {
+		arr.done(i, perr)
+		err = perr
+	})
 	pt := arr.parts[i]
 	p := arr.buf[pt.lo:pt.hi]
 	l.fetches.Add(1)
-	var err error
 	if pb, ok := l.src.blob.(ProgressBlob); ok {
 		_, err = pb.ReadAtProgress(ctx, p, off+int64(pt.lo), arr.progress(i))
 	} else {
@@ -382,10 +411,11 @@ type flightKey struct{ start, inner int64 }
 
 // flight is one fetch of a chunk that concurrent readers share.
 type flight struct {
-	key  flightKey
-	done chan struct{}
-	data []byte
-	err  error
+	key      flightKey
+	done     chan struct{}
+	data     []byte
+	err      error
+	finished bool // under flights.mu
 }
 
 // flights de-duplicates concurrent fetches of a layer's chunks, whoever
@@ -417,10 +447,18 @@ func (fl *flights) claim(keys []flightKey) ([]*flight, []bool) {
 	return calls, owned
 }
 
-// finish completes f. A failed fetch is not remembered: the next read retries.
+// finish completes f, unless it is complete already. A failed fetch is not
+// remembered: the next read retries.
 func (fl *flights) finish(f *flight, data []byte, err error) {
 	fl.mu.Lock()
-	delete(fl.m, f.key)
+	if f.finished {
+		fl.mu.Unlock()
+		return
+	}
+	f.finished = true
+	if fl.m[f.key] == f {
+		delete(fl.m, f.key)
+	}
 	fl.mu.Unlock()
 	f.data, f.err = data, err
 	close(f.done)

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -94,6 +95,8 @@ type FileSystem struct {
 	resolving  singleflight.Group
 	images     images
 	assemblies assemblies // whole-file entries being prepared
+
+	panics atomic.Int64 // recovered, see guard.go
 
 	mu       sync.Mutex
 	closed   bool

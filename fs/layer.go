@@ -90,6 +90,7 @@ func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
 			MaxWrite:                 1 << 20,
 			EnableSymlinkCaching:     true,
 			ExplicitDataCacheControl: true,
+			PanicHandler:             l.panicHandler,
 		},
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,

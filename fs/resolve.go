@@ -49,7 +49,12 @@ func (f *FileSystem) resolve(ctx context.Context, ref string, dgst digest.Digest
 	if src != nil {
 		return src, nil
 	}
-	ch := f.resolving.DoChan(dgst.String(), func() (any, error) {
+	ch := f.resolving.DoChan(dgst.String(), func() (v any, err error) {
+		// singleflight re-panics in a goroutine of its own, which no one
+		// could recover.
+		defer f.recovered(log.WithLogger(f.life, log.G(ctx).WithField("layer", dgst)), "resolution", func(perr error) {
+			v, err = nil, fmt.Errorf("layer %s: %w", dgst, perr)
+		})
 		s, err := f.open(f.life, ref, dgst)
 		if err != nil {
 			return nil, err
@@ -91,7 +96,8 @@ func (f *FileSystem) resolveImage(ctx context.Context, ref string, self digest.D
 		f.pending[dgst] = struct{}{}
 		f.wg.Add(1)
 		f.mu.Unlock()
-		go f.resolveBackground(log.WithLogger(f.life, log.G(ctx)), ref, dgst)
+		lctx := log.WithLogger(f.life, log.G(ctx))
+		go f.guard(lctx, "background resolution", func() { f.resolveBackground(lctx, ref, dgst) })()
 	}
 }
 
