@@ -4,6 +4,7 @@
 #   make            build bin/lazypulld and bin/lazypull
 #   make demo       set up everything, lazy-pull a sample image, compare with a normal pull
 #   make test       install what the tests need, then run every test (as root)
+#   make fuzz       fuzz the parsing of layers' footers and TOCs, FUZZTIME per target
 #   make bench      the benchmarks
 
 GO      ?= go
@@ -11,7 +12,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build deps demo bench test unit integration vet fmt-check clean
+.PHONY: all build deps demo bench test unit fuzz integration vet fmt-check clean
 
 all: build
 
@@ -37,7 +38,7 @@ bench: deps build
 	$(BIN)/lazypull-bench -bin $(BIN) $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . ./fs/ ./cache/
 
-test: deps vet fmt-check unit integration
+test: deps vet fmt-check unit fuzz integration
 
 vet:
 	$(GO) vet ./...
@@ -49,6 +50,17 @@ fmt-check:
 # filesystems for real, so they too need root.
 unit:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
+
+# Each fuzz target of fs (footer, TOC decoding and checks, TOC indexing) for
+# FUZZTIME, from its seed corpus (fs/testdata/fuzz: the hostile layers of
+# the tests); a crash, a hang or a broken invariant fails, and the input
+# that did it lands in fs/testdata/fuzz to be kept as a seed once fixed.
+FUZZTIME    ?= 30s
+FUZZTARGETS := FuzzFooter FuzzTOC FuzzIndex
+fuzz:
+	for t in $(FUZZTARGETS); do \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./fs/ || exit 1; \
+	done
 
 # Against real containerd 1.6 and 2.x, the distribution registry and runc.
 integration:

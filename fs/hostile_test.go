@@ -45,6 +45,111 @@ func requireRefused(t *testing.T, err error, l *testLayer, want string) {
 	}
 }
 
+// hostileTOCCase is a TOC field lazypull must not use as it is, set by
+// edit in a TOC of hostileBase; Mount's error says want.
+type hostileTOCCase struct {
+	name, want string
+	edit       func(t testing.TB, toc *estargz.JTOC)
+}
+
+// hostileTOCCases are the cases of TestHostileTOC, and seeds of the fuzz
+// targets of the TOC.
+func hostileTOCCases() []hostileTOCCase {
+	return []hostileTOCCase{
+		{"chunk size beyond what its bytes inflate to", `"etc/passwd"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "etc/passwd", "reg").ChunkSize = 1 << 62
+		}},
+		{"chunk beyond what its compressed bytes inflate to", `"etc/passwd"`, func(t testing.TB, toc *estargz.JTOC) {
+			e := entryOf(t, toc, "etc/passwd", "reg")
+			e.Size, e.ChunkSize, e.ChunkDigest, e.Digest = 32<<20, 0, "", ""
+		}},
+		{"file size over chunk size beyond the entries", `"etc/passwd"`, func(t testing.TB, toc *estargz.JTOC) {
+			e := entryOf(t, toc, "etc/passwd", "reg")
+			e.Size, e.ChunkSize = 1<<62, 1
+		}},
+		{"chunks beyond the file", `"data/big"`, func(t testing.TB, toc *estargz.JTOC) {
+			cs := chunksOf(toc, "data/big")
+			cs[len(cs)-1].ChunkSize += 100
+		}},
+		{"negative chunk offset", `"etc/passwd"`, func(t testing.TB, toc *estargz.JTOC) {
+			e := entryOf(t, toc, "etc/passwd", "reg")
+			e.ChunkOffset, e.ChunkSize = -64, 32
+		}},
+		{"negative offset of a later chunk", `"data/big"`, func(t testing.TB, toc *estargz.JTOC) {
+			chunksOf(toc, "data/big")[1].ChunkOffset = -1 << 16
+		}},
+		{"chunk offset not advancing", `"data/big"`, func(t testing.TB, toc *estargz.JTOC) {
+			cs := chunksOf(toc, "data/big")
+			cs[2].ChunkOffset = cs[1].ChunkOffset
+		}},
+		{"gap between chunks", `"data/big"`, func(t testing.TB, toc *estargz.JTOC) {
+			chunksOf(toc, "data/big")[2].ChunkOffset++
+		}},
+		{"negative blob offset", `"data/big"`, func(t testing.TB, toc *estargz.JTOC) {
+			chunksOf(toc, "data/big")[3].Offset = -100
+		}},
+		{"chunk past the payload", `"data/big"`, func(t testing.TB, toc *estargz.JTOC) {
+			chunksOf(toc, "data/big")[3].Offset = 1 << 40
+		}},
+		{"chunk after a directory", "entry 3", func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries[:3], append([]*estargz.TOCEntry{{Type: "chunk", ChunkSize: 10}}, toc.Entries[3:]...)...)
+		}},
+		{"null entry", "entry 2", func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries[:2], append([]*estargz.TOCEntry{nil}, toc.Entries[2:]...)...)
+		}},
+		{"unknown type", `"data/sock"`, func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/sock", Type: "socket"})
+		}},
+		{"negative size", `"data/small"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/small", "reg").Size = -1
+		}},
+		{"hardlink to a directory", `"data/hard"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/hard", "hardlink").LinkName = "etc"
+		}},
+		{"dangling hardlink", `"data/hard"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/hard", "hardlink").LinkName = "data/nothing"
+		}},
+		{"hardlink cycle", `"data/h1"`, func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries,
+				&estargz.TOCEntry{Name: "data/h1", Type: "hardlink", LinkName: "data/h2"},
+				&estargz.TOCEntry{Name: "data/h2", Type: "hardlink", LinkName: "data/h1"})
+		}},
+		{"root not a directory", `""`, func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "./", Type: "symlink", LinkName: "/etc"})
+		}},
+		{"parent not a directory", `"data/small/x"`, func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/small/x", Type: "fifo"})
+		}},
+		{"name component too long", "255", func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/" + strings.Repeat("n", 256), Type: "fifo"})
+		}},
+		{"path too deep", "deep", func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: strings.Repeat("d/", 1000) + "f", Type: "fifo"})
+		}},
+		{"NUL in a name", `"data/a\x00b"`, func(t testing.TB, toc *estargz.JTOC) {
+			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/a\x00b", Type: "fifo"})
+		}},
+		{"symlink target too long", `"data/link"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/link", "symlink").LinkName = strings.Repeat("x/", 3000)
+		}},
+		{"xattr value too large", `"data/small"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/small", "reg").Xattrs = map[string][]byte{"user.big": make([]byte, 65537)}
+		}},
+		{"xattr name empty", `"data/small"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/small", "reg").Xattrs = map[string][]byte{"": []byte("v")}
+		}},
+		{"mode out of range", `"data/small"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/small", "reg").Mode = 1 << 40
+		}},
+		{"negative uid", `"data/small"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/small", "reg").UID = -5
+		}},
+		{"device number out of range", `"data/null"`, func(t testing.TB, toc *estargz.JTOC) {
+			entryOf(t, toc, "data/null", "char").DevMajor = 1 << 40
+		}},
+	}
+}
+
 // TestHostileTOC mounts layers whose TOC (with its correct digest) holds a
 // field that lazypull must not use as it is: each Mount fails, saying which
 // layer and which entry is wrong, and the layers mounted before and after
@@ -55,102 +160,7 @@ func requireRefused(t *testing.T, err error, l *testLayer, want string) {
 // and others are served with content that is not the layer's.
 func TestHostileTOC(t *testing.T) {
 	base := hostileBase(t)
-	cases := []struct {
-		name, want string
-		edit       func(t *testing.T, toc *estargz.JTOC)
-	}{
-		{"chunk size beyond what its bytes inflate to", `"etc/passwd"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "etc/passwd", "reg").ChunkSize = 1 << 62
-		}},
-		{"chunk beyond what its compressed bytes inflate to", `"etc/passwd"`, func(t *testing.T, toc *estargz.JTOC) {
-			e := entryOf(t, toc, "etc/passwd", "reg")
-			e.Size, e.ChunkSize, e.ChunkDigest, e.Digest = 32<<20, 0, "", ""
-		}},
-		{"file size over chunk size beyond the entries", `"etc/passwd"`, func(t *testing.T, toc *estargz.JTOC) {
-			e := entryOf(t, toc, "etc/passwd", "reg")
-			e.Size, e.ChunkSize = 1<<62, 1
-		}},
-		{"chunks beyond the file", `"data/big"`, func(t *testing.T, toc *estargz.JTOC) {
-			cs := chunksOf(toc, "data/big")
-			cs[len(cs)-1].ChunkSize += 100
-		}},
-		{"negative chunk offset", `"etc/passwd"`, func(t *testing.T, toc *estargz.JTOC) {
-			e := entryOf(t, toc, "etc/passwd", "reg")
-			e.ChunkOffset, e.ChunkSize = -64, 32
-		}},
-		{"negative offset of a later chunk", `"data/big"`, func(t *testing.T, toc *estargz.JTOC) {
-			chunksOf(toc, "data/big")[1].ChunkOffset = -1 << 16
-		}},
-		{"chunk offset not advancing", `"data/big"`, func(t *testing.T, toc *estargz.JTOC) {
-			cs := chunksOf(toc, "data/big")
-			cs[2].ChunkOffset = cs[1].ChunkOffset
-		}},
-		{"gap between chunks", `"data/big"`, func(t *testing.T, toc *estargz.JTOC) {
-			chunksOf(toc, "data/big")[2].ChunkOffset++
-		}},
-		{"negative blob offset", `"data/big"`, func(t *testing.T, toc *estargz.JTOC) {
-			chunksOf(toc, "data/big")[3].Offset = -100
-		}},
-		{"chunk past the payload", `"data/big"`, func(t *testing.T, toc *estargz.JTOC) {
-			chunksOf(toc, "data/big")[3].Offset = 1 << 40
-		}},
-		{"chunk after a directory", "entry 3", func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries[:3], append([]*estargz.TOCEntry{{Type: "chunk", ChunkSize: 10}}, toc.Entries[3:]...)...)
-		}},
-		{"null entry", "entry 2", func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries[:2], append([]*estargz.TOCEntry{nil}, toc.Entries[2:]...)...)
-		}},
-		{"unknown type", `"data/sock"`, func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/sock", Type: "socket"})
-		}},
-		{"negative size", `"data/small"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/small", "reg").Size = -1
-		}},
-		{"hardlink to a directory", `"data/hard"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/hard", "hardlink").LinkName = "etc"
-		}},
-		{"dangling hardlink", `"data/hard"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/hard", "hardlink").LinkName = "data/nothing"
-		}},
-		{"hardlink cycle", `"data/h1"`, func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries,
-				&estargz.TOCEntry{Name: "data/h1", Type: "hardlink", LinkName: "data/h2"},
-				&estargz.TOCEntry{Name: "data/h2", Type: "hardlink", LinkName: "data/h1"})
-		}},
-		{"root not a directory", `""`, func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "./", Type: "symlink", LinkName: "/etc"})
-		}},
-		{"parent not a directory", `"data/small/x"`, func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/small/x", Type: "fifo"})
-		}},
-		{"name component too long", "255", func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/" + strings.Repeat("n", 256), Type: "fifo"})
-		}},
-		{"path too deep", "deep", func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: strings.Repeat("d/", 1000) + "f", Type: "fifo"})
-		}},
-		{"NUL in a name", `"data/a\x00b"`, func(t *testing.T, toc *estargz.JTOC) {
-			toc.Entries = append(toc.Entries, &estargz.TOCEntry{Name: "data/a\x00b", Type: "fifo"})
-		}},
-		{"symlink target too long", `"data/link"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/link", "symlink").LinkName = strings.Repeat("x/", 3000)
-		}},
-		{"xattr value too large", `"data/small"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/small", "reg").Xattrs = map[string][]byte{"user.big": make([]byte, 65537)}
-		}},
-		{"xattr name empty", `"data/small"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/small", "reg").Xattrs = map[string][]byte{"": []byte("v")}
-		}},
-		{"mode out of range", `"data/small"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/small", "reg").Mode = 1 << 40
-		}},
-		{"negative uid", `"data/small"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/small", "reg").UID = -5
-		}},
-		{"device number out of range", `"data/null"`, func(t *testing.T, toc *estargz.JTOC) {
-			entryOf(t, toc, "data/null", "char").DevMajor = 1 << 40
-		}},
-	}
+	cases := hostileTOCCases()
 	o := newOpener()
 	f := newFS(t, o, WithCache(newMapCache()), WithBackgroundFetchDelay(0))
 	healthy := healthyLayers(t, f, o)

@@ -26,7 +26,7 @@ import (
 // are, fails with a *refusal before it is inflated, decoded or indexed.
 // xattrs that are not served (see servedXattr) are dropped.
 func openTOC(sr *io.SectionReader, lim Limits) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
-	tocOff, footerSize, err := estargz.OpenFooter(sr)
+	tocOff, footerSize, err := openFooter(sr)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("footer: %v", err)
 	}
@@ -45,25 +45,47 @@ func openTOC(sr *io.SectionReader, lim Limits) (r *estargz.Reader, entries []*es
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	if err := scanTOCJSON(js, lim); err != nil {
+	r, entries, err = decodeTOC(js, sr.Size(), lim)
+	if err != nil {
 		return nil, nil, 0, err
+	}
+	return r, entries, tocOff, nil
+}
+
+// decodeTOC decodes TOC JSON js, checks it and indexes it for a blob of
+// size bytes.
+func decodeTOC(js []byte, size int64, lim Limits) (*estargz.Reader, []*estargz.TOCEntry, error) {
+	if err := scanTOCJSON(js, lim); err != nil {
+		return nil, nil, err
 	}
 	toc := new(estargz.JTOC)
 	// Like json.Decoder, which estargz uses, Parse ignores what follows
 	// the TOC's object.
 	if _, err := json.Parse(js, toc, 0); err != nil {
-		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
+		return nil, nil, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
 	if err := checkTOC(toc.Entries, lim); err != nil {
-		return nil, nil, 0, err
+		return nil, nil, err
 	}
 	dropXattrs(toc.Entries)
 	d := &decodedTOC{toc: toc, dgst: digest.FromBytes(js)}
-	r, err = estargz.Open(io.NewSectionReader(&hiddenFooter{size: sr.Size()}, 0, sr.Size()), estargz.WithDecompressors(d))
+	r, err := estargz.Open(io.NewSectionReader(&hiddenFooter{size: size}, 0, size), estargz.WithDecompressors(d))
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, err
 	}
-	return r, toc.Entries, tocOff, nil
+	return r, toc.Entries, nil
+}
+
+// openFooter is estargz.OpenFooter, which panics on some malformed footers
+// (v0.19.1: a gzip extra field shorter than its STARGZ subfield says it
+// is): such a footer is an error.
+func openFooter(sr *io.SectionReader) (tocOff, footerSize int64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("malformed footer: %v", r)
+		}
+	}()
+	return estargz.OpenFooter(sr)
 }
 
 // tocJSON returns the JSON of a TOC stored as the blob stores it, the one
