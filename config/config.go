@@ -195,7 +195,7 @@ type FS struct {
 
 	// MaxTOCSize bounds a layer's table of contents inflated (JSON), which
 	// is held in memory while it is parsed. A table of contents takes about
-	// 40MB per 100,000 files. At least 64KiB.
+	// 33MB per 100,000 files. At least 64KiB.
 	MaxTOCSize Size `toml:"max_toc_size"`
 
 	// MaxTOCEntries bounds the entries of a layer's table of contents,
@@ -268,8 +268,8 @@ func Default() *Config {
 			LoaderPrefetch:             true,
 
 			MaxTOCCompressedSize: 32 * MiB,
-			MaxTOCSize:           128 * MiB,
-			MaxTOCEntries:        500000,
+			MaxTOCSize:           96 * MiB,
+			MaxTOCEntries:        300000,
 			MaxNameLength:        4096,
 			MaxPathDepth:         512,
 			MaxChunkSize:         64 * MiB,

@@ -13,9 +13,10 @@ import (
 // layer is pulled the normal way), whatever its TOC digest.
 //
 // With DefaultLimits, the memory a layer's TOC takes while it is parsed is
-// at most about 0.5 GiB, whatever the layer holds, and about 0.3 GiB once
-// parsed (see README, "What it guarantees"); real layers take far less: a
-// Debian base layer of 7,000 files about 10 MiB.
+// at most about 550 MiB, whatever the layer holds, and 250 MiB while the
+// layer is mounted (measured by TestTOCMemory; see README, "What it
+// guarantees"); real layers take far less: a Debian base layer of 7,000
+// files about 8 MiB.
 type Limits struct {
 	// TOCCompressedSize bounds the bytes between the footer's TOC offset
 	// and the footer: the compressed TOC, fetched whole.
@@ -36,12 +37,13 @@ type Limits struct {
 }
 
 // Defaults of Limits. A Debian base layer has about 7,000 entries in a TOC
-// of 2.5 MB of JSON, 350 KiB compressed; the largest layers of AI images
-// hold 100,000 to 200,000 files, about 40 MB of JSON per 100,000.
+// of 2.3 MB of JSON, 350 KiB compressed: about 330 bytes of JSON per entry.
+// The largest layers of AI images (a Python environment with CUDA
+// libraries) hold up to 100,000 to 200,000 files.
 const (
 	DefaultMaxTOCCompressedSize = 32 << 20
-	DefaultMaxTOCSize           = 128 << 20
-	DefaultMaxTOCEntries        = 500_000
+	DefaultMaxTOCSize           = 96 << 20
+	DefaultMaxTOCEntries        = 300_000
 	DefaultMaxNameLength        = 4096 // PATH_MAX
 	DefaultMaxPathDepth         = 512
 	// DefaultMaxChunkSize is 16 times the chunk size eStargz builders use

@@ -175,7 +175,7 @@ func (v *tocCheck) entry(i int, e *estargz.TOCEntry) error {
 	if len(e.Name) > v.lim.NameLength {
 		return refuse("%s: name of %d bytes, longer than %d (limit max_name_length)", entryRef(i, e.Name), len(e.Name), v.lim.NameLength)
 	}
-	name := strings.TrimPrefix(path.Clean("/"+e.Name), "/")
+	name := cleanName(e.Name)
 	ref := entryRef(i, name)
 	if err := v.path(ref, name); err != nil {
 		return err
@@ -208,6 +208,23 @@ func (v *tocCheck) entry(i int, e *estargz.TOCEntry) error {
 		v.runs[name], v.run = [2]int{i, i + 1}, name
 	}
 	return nil
+}
+
+// cleanName is an entry's name as estargz cleans it, relative to the root,
+// without allocating for the names of the layers estargz builds ("a/b",
+// "a/b/" for a directory).
+func cleanName(name string) string {
+	trimmed := strings.TrimSuffix(name, "/")
+	for rest := trimmed; ; {
+		c, after, more := strings.Cut(rest, "/")
+		if c == "" || c == "." || c == ".." {
+			return strings.TrimPrefix(path.Clean("/"+name), "/")
+		}
+		if !more {
+			return trimmed
+		}
+		rest = after
+	}
 }
 
 // path checks a cleaned entry name.
@@ -322,7 +339,7 @@ func (v *tocCheck) hardlinks() error {
 			if hops == maxHardlinkHops {
 				return refuse("%s: hardlink chain longer than %d", entryRef(i, v.names[i]), maxHardlinkHops)
 			}
-			target := strings.TrimPrefix(path.Clean("/"+cur.LinkName), "/")
+			target := cleanName(cur.LinkName)
 			j, ok := v.final[target]
 			if !ok {
 				return refuse("%s: hardlink to %q, which the layer does not hold", entryRef(i, v.names[i]), target)
