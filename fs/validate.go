@@ -254,8 +254,10 @@ func (v *tocCheck) fields(i int, name string, e *estargz.TOCEntry) error {
 		bad = fmt.Sprintf("negative size %d", e.Size)
 	case e.Offset < 0 || e.InnerOffset < 0:
 		bad = fmt.Sprintf("negative blob offset %d+%d", e.Offset, e.InnerOffset)
-	case e.ChunkOffset < 0 || e.ChunkSize < 0:
-		bad = fmt.Sprintf("negative chunk offset %d or size %d", e.ChunkOffset, e.ChunkSize)
+	case e.ChunkOffset < 0:
+		bad = fmt.Sprintf("negative chunk offset %d", e.ChunkOffset)
+	case e.ChunkSize < 0:
+		bad = fmt.Sprintf("negative chunk size %d", e.ChunkSize)
 	case e.ChunkSize > v.lim.ChunkSize:
 		bad = fmt.Sprintf("chunk of %d bytes, larger than %d (limit max_chunk_size)", e.ChunkSize, v.lim.ChunkSize)
 	case e.Mode < 0 || e.Mode > maxMode:

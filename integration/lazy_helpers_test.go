@@ -44,6 +44,8 @@ type lazyBedOptions struct {
 	// for tests that measure what the container's reads (with their
 	// read-ahead) fetch.
 	NoBackgroundFetch bool
+	// FS holds more keys of lazypulld's [fs] table, one per line.
+	FS string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -65,8 +67,12 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	})
 	hostsDir := testbed.Dir(t, "hosts")
 	cfg := testbed.LazypulldRemoteConfig(hostsDir)
+	fsKeys := opts.FS
 	if opts.NoBackgroundFetch {
-		cfg += "\n[fs]\nbackground_fetch = false\n"
+		fsKeys += "background_fetch = false\n"
+	}
+	if fsKeys != "" {
+		cfg += "\n[fs]\n" + fsKeys
 	}
 	bed := testbed.New(t, testbed.Options{
 		Flavour:         f,
