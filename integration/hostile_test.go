@@ -362,3 +362,109 @@ func (r *reader) close(t *testing.T) {
 		t.Errorf("container that read before and after the hostile images: %v", err)
 	}
 }
+
+// TestLazyHostileMemory measures lazypulld's peak resident memory (VmHWM)
+// while it pulls, at its default limits, the worst TOC they accept and
+// hostile TOCs of the sizes first reported: 2 million entries, a TOC
+// stored in a few hundred KB that inflates to 1 GiB. It is a measurement,
+// not run unless LAZYPULL_MEASURE=1; without -race, the daemon is built
+// as it ships:
+//
+//	LAZYPULL_MEASURE=1 go test -count=1 -run TestLazyHostileMemory -v ./integration/
+func TestLazyHostileMemory(t *testing.T) {
+	if os.Getenv("LAZYPULL_MEASURE") != "1" {
+		t.Skip("a measurement: set LAZYPULL_MEASURE=1")
+	}
+	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
+		if f.ConfigVersion < 3 {
+			t.Skip("measured on containerd 2.x")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		lb := newLazyBed(t, f, lazyBedOptions{NoBackgroundFetch: true})
+		entry, err := os.ReadFile(entrypointBin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base, err := testimage.EStargz(hostileBaseLayer(entry))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pullLazily(t, ctx, lb, pushEStargzImage(t, ctx, lb, "measure-base", base))
+		cl := lb.Containerd.Client(t)
+		nctx := namespaces.WithNamespace(ctx, lb.Containerd.Namespace)
+		top, err := hostileTopLayer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, tocOff, err := top.TOCJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The worst TOC the defaults accept: 300,000 files, each with its
+		// own chunk and names as long as fill 96 MiB.
+		const n = 300_000 - 1
+		dg := "sha256:" + strings.Repeat("0", 64)
+		format := func(i int, name string) string {
+			return fmt.Sprintf(`,{"name":%q,"type":"reg","size":1,"offset":%d,"digest":%q,"chunkDigest":%q}`, name, 1+int64(i)%(tocOff-1), dg, dg)
+		}
+		nameLen := (96<<20-64)/n - len(format(n, ""))
+		fileEntry := func(i int) string {
+			s := fmt.Sprint(i, "-")
+			return format(i, s+strings.Repeat("n", nameLen-len(s)))
+		}
+		var worst strings.Builder
+		worst.WriteString(`{"version":1,"entries":[{"name":"","type":"dir"}`)
+		for i := range n {
+			worst.WriteString(fileEntry(i))
+		}
+		worst.WriteString("]}")
+		var million strings.Builder
+		million.WriteString(`{"version":1,"entries":[`)
+		for i := range 2_000_000 {
+			fmt.Fprintf(&million, `{"name":"f%d","type":"fifo"},`, i)
+		}
+		millionJS := strings.TrimSuffix(million.String(), ",") + "]}"
+		empty := `{"version":1,"entries":[]}`
+		for _, c := range []struct {
+			name string
+			size int64
+			js   func() io.Reader
+		}{
+			{"worst accepted TOC", int64(worst.Len()), func() io.Reader { return strings.NewReader(worst.String()) }},
+			{"2 million entries", int64(len(millionJS)), func() io.Reader { return strings.NewReader(millionJS) }},
+			{"1 GiB inflated", 1 << 30, func() io.Reader {
+				return io.MultiReader(strings.NewReader(empty), repeat(' ', 1<<30-int64(len(empty))))
+			}},
+		} {
+			l, err := top.WithTOC(c.size, c.js())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := pushEStargzImage(t, ctx, lb, strings.ReplaceAll(c.name, " ", "-"), base, l)
+			pid := lb.Lazypulld.ServingPIDs()[0]
+			if err := testbed.ResetPeakRSS(pid); err != nil {
+				t.Fatal(err)
+			}
+			rss, _ := testbed.RSS(pid)
+			began := time.Now()
+			pullLazily(t, ctx, lb, ref)
+			peak, _ := testbed.PeakRSS(pid)
+			after, _ := testbed.RSS(pid)
+			img := inspectImage(t, nctx, cl, ref)
+			info, err := cl.SnapshotService(testbed.SnapshotterName).Stat(nctx, img.ChainIDs[1].String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			how := "mounted lazily"
+			if r := info.Labels[snapshotter.LabelFallback]; r != "" {
+				how = "fell back: " + r
+			}
+			t.Logf("%s (%d MiB of JSON stored in %d KiB): %s; pulled in %v; lazypulld resident %d MiB before, peak %d MiB, %d MiB after",
+				c.name, c.size>>20, (len(l.Blob)-int(tocOff))>>10, how, time.Since(began).Round(time.Millisecond), rss>>20, peak>>20, after>>20)
+		}
+		if !lb.Lazypulld.Running() {
+			t.Error("lazypulld is gone")
+		}
+	})
+}
