@@ -29,6 +29,7 @@ import (
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -89,8 +90,12 @@ type FileSystem struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	sem    chan struct{} // bounds background resolutions
-	bg     chan struct{} // bounds background fetch requests, all layers together
-	bgNear chan struct{} // the one background request while readers are near
+	// parsing bounds the JSON of the TOCs being decoded at once, all
+	// layers together, to twice the largest a TOC may have: what parsing
+	// takes, whatever the number of layers resolved at once.
+	parsing *semaphore.Weighted
+	bg      chan struct{} // bounds background fetch requests, all layers together
+	bgNear  chan struct{} // the one background request while readers are near
 
 	resolving  singleflight.Group
 	images     images
@@ -138,6 +143,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),
+		parsing:  semaphore.NewWeighted(2 * cfg.limits.TOCSize),
 		bg:       make(chan struct{}, cfg.backgroundConcurrency),
 		bgNear:   make(chan struct{}, 1),
 		resolved: map[digest.Digest]*source{},

@@ -31,7 +31,7 @@ func FuzzFooter(f *testing.F) {
 	f.Add(hostileBase(f).blob)
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		sr := io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob)))
-		r, entries, off, err := openTOC(sr, fuzzLimits)
+		r, entries, off, err := openTOC(sr, fuzzLimits, nil)
 		if err != nil {
 			return
 		}

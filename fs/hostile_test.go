@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -392,4 +393,57 @@ func TestHostileResolution(t *testing.T) {
 	requireRefused(t, mountErr(t, f, panicking), panicking, "null")
 	checkContent(t, mp+"/first", []byte("first"))
 	healthy()
+}
+
+// TestResolveAheadBounded lists many layers among an image's layers, as a
+// label may, none of which is then mounted (a pull that fails half way, a
+// label listing layers the image does not unpack): the TOCs the
+// FileSystem holds for layers resolved ahead of their mount stay within
+// twice the largest TOC allowed, and a layer left unresolved for that
+// resolves at its own mount.
+func TestResolveAheadBounded(t *testing.T) {
+	lim := DefaultLimits()
+	lim.TOCSize = 64 << 10
+	var layers []*testLayer
+	list := []string{}
+	for i := range 8 {
+		var es []tarEntry
+		for j := range 150 {
+			es = append(es, file(fmt.Sprintf("d%d/file-with-a-long-name-%04d", i, j), 0o644, []byte{byte(j)}))
+		}
+		l := buildLayer(t, es)
+		if js, _ := tocOf(t, l.blob); len(js) < 30<<10 || len(js) > int(lim.TOCSize) {
+			t.Fatalf("TOC of %d bytes: the test needs 30 KiB to %d", len(js), lim.TOCSize)
+		}
+		layers = append(layers, l)
+		list = append(list, l.dgst.String())
+	}
+	first := buildLayer(t, []tarEntry{file("first", 0o644, []byte("first"))})
+	o := newOpener(append(layers, first)...)
+	f := newFS(t, o, WithLimits(lim))
+	labels := first.labels()
+	labels[LabelImageLayers] = first.dgst.String() + "," + strings.Join(list, ",")
+	if err := f.Mount(context.Background(), mountpoint(t), labels); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f.mu.Lock()
+		n, ahead := len(f.pending), f.aheadLocked()
+		f.mu.Unlock()
+		if n == 0 {
+			t.Logf("%d bytes of TOC held for layers resolved ahead, bound %d", ahead, f.aheadCap())
+			if ahead > f.aheadCap() {
+				t.Errorf("%d bytes of TOC held for layers resolved ahead, more than %d", ahead, f.aheadCap())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("background resolution still running after 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, l := range layers {
+		checkContent(t, filepath.Join(mountLayer(t, f, l), strings.SplitN(l.entries[0].hdr.Name, "/", 2)[0], "file-with-a-long-name-0000"), []byte{0})
+	}
 }

@@ -25,7 +25,11 @@ import (
 // lim, or one whose fields estargz or the FileSystem cannot use as they
 // are, fails with a *refusal before it is inflated, decoded or indexed.
 // xattrs that are not served (see servedXattr) are dropped.
-func openTOC(sr *io.SectionReader, lim Limits) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
+//
+// admit, if not nil, is called with the size of the JSON before it is
+// inflated; the TOC is parsed once it returns, and the release it returns
+// is called once the TOC is decoded.
+func openTOC(sr *io.SectionReader, lim Limits, admit func(size int64) (release func(), err error)) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
 	tocOff, footerSize, err := openFooter(sr)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("footer: %v", err)
@@ -41,10 +45,11 @@ func openTOC(sr *io.SectionReader, lim Limits) (r *estargz.Reader, entries []*es
 	if _, err := sr.ReadAt(compressed, tocOff); err != nil {
 		return nil, nil, 0, fmt.Errorf("error reading %d byte TOC targz: %v", len(compressed), err)
 	}
-	js, err := tocJSON(compressed, lim.TOCSize)
+	js, release, err := tocJSON(compressed, lim.TOCSize, admit)
 	if err != nil {
 		return nil, nil, 0, err
 	}
+	defer release()
 	r, entries, err = decodeTOC(js, sr.Size(), lim)
 	if err != nil {
 		return nil, nil, 0, err
@@ -93,24 +98,35 @@ func openFooter(sr *io.SectionReader) (tocOff, footerSize int64, err error) {
 // or if the JSON is larger than most bytes: it is not inflated then.
 // klauspost/compress's gzip inflates it about 20% faster than the
 // standard library's.
-func tocJSON(compressed []byte, most int64) ([]byte, error) {
+func tocJSON(compressed []byte, most int64, admit func(int64) (func(), error)) (_ []byte, release func(), err error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, fmt.Errorf("malformed TOC gzip header: %v", err)
+		return nil, nil, fmt.Errorf("malformed TOC gzip header: %v", err)
 	}
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil {
-		return nil, fmt.Errorf("failed to find tar header in TOC gzip stream: %v", err)
+		return nil, nil, fmt.Errorf("failed to find tar header in TOC gzip stream: %v", err)
 	}
 	if h.Name != estargz.TOCTarName {
-		return nil, fmt.Errorf("TOC tar entry had name %q; expected %q", h.Name, estargz.TOCTarName)
+		return nil, nil, fmt.Errorf("TOC tar entry had name %q; expected %q", h.Name, estargz.TOCTarName)
 	}
 	// The tar reader reads no more than the header's size, holes of a
 	// sparse entry included.
 	if h.Size > most {
-		return nil, refuse("TOC inflates to %d bytes, more than %d (limit max_toc_size)", h.Size, most)
+		return nil, nil, refuse("TOC inflates to %d bytes, more than %d (limit max_toc_size)", h.Size, most)
+	}
+	release = func() {}
+	if admit != nil {
+		if release, err = admit(h.Size); err != nil {
+			return nil, nil, err
+		}
+		defer func() {
+			if err != nil {
+				release()
+			}
+		}()
 	}
 	// Room for the size the header says, but no more than deflate can
 	// inflate to, and for ReadFrom's last read, which finds the end.
@@ -121,9 +137,9 @@ func tocJSON(compressed []byte, most int64) ([]byte, error) {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("error decoding TOC JSON: %v", err)
+		return nil, nil, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
-	return js.Bytes(), nil
+	return js.Bytes(), release, nil
 }
 
 // maxInflation is the largest ratio of deflate's output to its input.

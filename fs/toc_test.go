@@ -34,7 +34,7 @@ func TestOpenTOC(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, _, off, err := openTOC(sr, DefaultLimits())
+			got, _, off, err := openTOC(sr, DefaultLimits(), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -110,13 +110,13 @@ func TestMalformedTOC(t *testing.T) {
 			if _, err := estargz.Open(sr); err == nil {
 				t.Fatal("estargz.Open accepts the blob")
 			}
-			_, _, _, err := openTOC(sr, DefaultLimits())
+			_, _, _, err := openTOC(sr, DefaultLimits(), nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("openTOC: %v, want an error saying %q", err, tc.want)
 			}
 			dgst := digest.FromBytes(tc.blob)
 			blob, tail, _ := newOpener(&testLayer{blob: tc.blob, dgst: dgst}).Open(context.Background(), "", dgst, DefaultTailSize)
-			_, err = parse(context.Background(), dgst, blob, tail, DefaultLimits())
+			_, err = parse(context.Background(), dgst, blob, tail, DefaultLimits(), nil)
 			if !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "not an eStargz blob") || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("parse: %v", err)
 			}
@@ -132,7 +132,7 @@ func TestMalformedTOC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, _, err := openTOC(sr, DefaultLimits())
+	got, _, _, err := openTOC(sr, DefaultLimits(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
