@@ -47,20 +47,7 @@ func TestOverlay(t *testing.T) {
 		"b": {"z"},
 		"d": nil,
 	}
-	for d, names := range want {
-		entries, err := os.ReadDir(filepath.Join(merged, d))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for _, e := range entries {
-			got = append(got, e.Name())
-		}
-		sort.Strings(got)
-		if !slices.Equal(got, names) {
-			t.Errorf("overlay %q = %q, want %q", d, got, names)
-		}
-	}
+	checkDirs(t, merged, want)
 	if _, err := os.Lstat(filepath.Join(merged, "c")); !os.IsNotExist(err) {
 		t.Errorf("whited-out c: %v", err)
 	}
@@ -152,22 +139,29 @@ func TestOverlayIgnoresImageOverlayXattrs(t *testing.T) {
 					unmountDetach(t, merged)
 				}
 			})
-			for d, names := range map[string][]string{"pub": {"f", "g"}, "opq": {"x", "y"}} {
-				entries, err := os.ReadDir(filepath.Join(merged, d))
-				if err != nil {
-					t.Fatal(err)
-				}
-				var got []string
-				for _, e := range entries {
-					got = append(got, e.Name())
-				}
-				sort.Strings(got)
-				if !slices.Equal(got, names) {
-					t.Errorf("overlay %q = %q, want %q", d, got, names)
-				}
-			}
+			checkDirs(t, merged, map[string][]string{"pub": {"f", "g"}, "opq": {"x", "y"}})
 			checkContent(t, filepath.Join(merged, "meta"), []byte("upper"))
 			checkContent(t, filepath.Join(merged, "pub/f"), []byte("public"))
 		})
+	}
+}
+
+// checkDirs checks that each directory of want, under root, lists the
+// names want says.
+func checkDirs(t *testing.T, root string, want map[string][]string) {
+	t.Helper()
+	for d, names := range want {
+		entries, err := os.ReadDir(filepath.Join(root, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range entries {
+			got = append(got, e.Name())
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, names) {
+			t.Errorf("overlay %q = %q, want %q", d, got, names)
+		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"runtime"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -141,13 +140,5 @@ func EStargzImage(layers []EStargzLayer, entrypoint []string) (v1.Image, error) 
 			return nil, err
 		}
 	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", runtime.GOARCH
-	cfg.Config.Entrypoint = entrypoint
-	cfg.Config.Env = []string{"PATH=/bin"}
-	return mutate.ConfigFile(img, cfg)
+	return withEntrypoint(img, entrypoint)
 }
