@@ -4,6 +4,7 @@
 #   make            build bin/lazypulld and bin/lazypull
 #   make demo       set up everything, lazy-pull a sample image, compare with a normal pull
 #   make test       install what the tests need, then run every test (as root)
+#   make fuzz       fuzz the parsing of layers' footers and TOCs, FUZZTIME per target
 #   make bench      the benchmarks
 #   make install    install binaries, systemd unit and example config (as root)
 #   make release    static release archives for amd64 and arm64 in _output/release
@@ -13,7 +14,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build deps demo bench test unit integration vet fmt-check clean install release
+.PHONY: all build deps demo bench test unit fuzz integration vet fmt-check clean install release
 
 all: build
 
@@ -68,7 +69,7 @@ bench: deps build
 	$(BIN)/lazypull-bench -bin $(BIN) $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . ./fs/ ./cache/
 
-test: deps vet fmt-check unit integration
+test: deps vet fmt-check unit fuzz integration
 
 vet:
 	$(GO) vet ./...
@@ -80,6 +81,17 @@ fmt-check:
 # filesystems for real, so they too need root.
 unit:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
+
+# Each fuzz target of fs (footer, TOC decoding and checks, TOC indexing) for
+# FUZZTIME, from its seed corpus (fs/testdata/fuzz: the hostile layers of
+# the tests); a crash, a hang or a broken invariant fails, and the input
+# that did it lands in fs/testdata/fuzz to be kept as a seed once fixed.
+FUZZTIME    ?= 30s
+FUZZTARGETS := FuzzFooter FuzzTOC FuzzIndex
+fuzz:
+	for t in $(FUZZTARGETS); do \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./fs/ || exit 1; \
+	done
 
 # Against real containerd 1.6 and 2.x, the distribution registry and runc.
 integration:

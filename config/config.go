@@ -235,6 +235,37 @@ type FS struct {
 	// plane together. A layer that does not fit is fetched again, whole, to
 	// be verified.
 	VerifySpoolSize Size `toml:"verify_spool_size"`
+	// MaxTOCCompressedSize bounds a layer's compressed table of contents,
+	// which is fetched whole when the layer is mounted. A layer beyond
+	// this limit or any of the next five is not mounted lazily: it is
+	// pulled the normal way, and its snapshot's fallback label says which
+	// limit it exceeds. At least 64KiB.
+	MaxTOCCompressedSize Size `toml:"max_toc_compressed_size"`
+
+	// MaxTOCSize bounds a layer's table of contents inflated (JSON), which
+	// is held in memory while it is parsed. A table of contents takes about
+	// 33MB per 100,000 files. At least 64KiB.
+	MaxTOCSize Size `toml:"max_toc_size"`
+
+	// MaxTOCEntries bounds the entries of a layer's table of contents,
+	// with the directories their paths imply, and, separately, their
+	// xattrs all together: each entry is held in memory while the layer is
+	// mounted. A Debian base layer has about 7,000 entries. At least 1024.
+	MaxTOCEntries int `toml:"max_toc_entries"`
+
+	// MaxNameLength bounds the path of an entry of a layer, in bytes:
+	// from 255 to 4096 (PATH_MAX).
+	MaxNameLength int `toml:"max_name_length"`
+
+	// MaxPathDepth bounds how many directories deep an entry of a layer
+	// may lie: from 16 to 2048.
+	MaxPathDepth int `toml:"max_path_depth"`
+
+	// MaxChunkSize bounds a chunk of a file of a layer, inflated, and the
+	// compressed bytes it is stored in: a read of the chunk fetches and
+	// holds it whole. eStargz layers are made of chunks of 4MiB by
+	// default. At least 64KiB.
+	MaxChunkSize Size `toml:"max_chunk_size"`
 }
 
 // VerifyModes are the values of fs.verify.
@@ -323,6 +354,13 @@ func Default() *Config {
 			Verify:                     "auto",
 			VerifyConcurrency:          2,
 			VerifySpoolSize:            8 * GiB,
+
+			MaxTOCCompressedSize: 32 * MiB,
+			MaxTOCSize:           96 * MiB,
+			MaxTOCEntries:        300000,
+			MaxNameLength:        4096,
+			MaxPathDepth:         512,
+			MaxChunkSize:         64 * MiB,
 		},
 		Cache: Cache{
 			MaxSize: 10 * GiB,
@@ -398,6 +436,7 @@ func (c *Config) Validate() error {
 	if c.Containerd.Address != "" && c.Containerd.Snapshotter == "" {
 		errs = append(errs, errors.New("containerd.snapshotter: must not be empty when containerd.address is set"))
 	}
+	errs = append(errs, c.FS.validateLimits()...)
 	if c.Cache.Dir != "" {
 		if err := absPath(c.Cache.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("cache.dir: %w", err))
@@ -439,4 +478,32 @@ func absPath(p string) error {
 		return errors.New(`must not be "/"`)
 	}
 	return nil
+}
+
+// minLimitSize is the least of the size limits of [fs]: below it, ordinary
+// layers would not mount.
+const minLimitSize = 64 * KiB
+
+func (f *FS) validateLimits() []error {
+	var errs []error
+	size := func(key string, v Size) {
+		switch {
+		case v < minLimitSize:
+			errs = append(errs, fmt.Errorf("fs.%s: %s is less than %s", key, v, minLimitSize))
+		case v > TiB:
+			errs = append(errs, fmt.Errorf("fs.%s: %s is more than %s", key, v, TiB))
+		}
+	}
+	count := func(key string, v, lo, hi int) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("fs.%s: %d is not between %d and %d", key, v, lo, hi))
+		}
+	}
+	size("max_toc_compressed_size", f.MaxTOCCompressedSize)
+	size("max_toc_size", f.MaxTOCSize)
+	size("max_chunk_size", f.MaxChunkSize)
+	count("max_toc_entries", f.MaxTOCEntries, 1024, 1<<30)
+	count("max_name_length", f.MaxNameLength, 255, 4096)
+	count("max_path_depth", f.MaxPathDepth, 16, 2048)
+	return errs
 }

@@ -141,6 +141,15 @@ func TestLoadErrors(t *testing.T) {
 				`containerd.address: "containerd.sock" is not an absolute path`, "containerd.snapshotter: must not be empty"},
 		},
 		{
+			name: "bad limits",
+			doc:  "[fs]\nmax_toc_size = \"4KiB\"\nmax_chunk_size = \"2TiB\"\nmax_toc_entries = 10\nmax_name_length = 8192\nmax_path_depth = 0\n",
+			want: []string{
+				`: fs.max_toc_size: 4KiB is less than 64KiB`, "fs.max_chunk_size: 2TiB is more than 1TiB",
+				"fs.max_toc_entries: 10 is not between 1024 and", "fs.max_name_length: 8192 is not between 255 and 4096",
+				"fs.max_path_depth: 0 is not between 16 and 2048",
+			},
+		},
+		{
 			name: "negative prefetch wait",
 			doc:  "[fs]\nprefetch_wait = \"-1s\"\n",
 			want: []string{`:2: key "fs.prefetch_wait"`},

@@ -49,10 +49,10 @@ const (
 	backgroundPasses = 3
 )
 
-// spawn runs fn in a goroutine that the layer and the FileSystem own:
-// stop and Close wait for it. It returns false, and does not run fn, once
-// either is stopping.
-func (l *layer) spawn(fn func()) bool {
+// spawn runs fn, the layer's work what, in a goroutine that the layer and
+// the FileSystem own: stop and Close wait for it. It returns false, and
+// does not run fn, once either is stopping.
+func (l *layer) spawn(what string, fn func()) bool {
 	f := l.fsys
 	f.mu.Lock()
 	if f.closed || l.ctx.Err() != nil {
@@ -67,6 +67,7 @@ func (l *layer) spawn(fn func()) bool {
 		defer f.wg.Done()
 		defer l.wg.Done()
 		defer l.spawned.Add(-1)
+		defer l.recovered(what, nil)
 		fn()
 	}()
 	return true
@@ -86,7 +87,7 @@ func (l *layer) start(ctx context.Context) <-chan struct{} {
 	done := make(chan struct{})
 	lg := log.G(ctx).WithField("layer", l.src.dgst)
 	cs := l.prefetchChunks()
-	if len(cs) == 0 || !l.spawn(func() { defer close(done); l.prefetch(lg, cs) }) {
+	if len(cs) == 0 || !l.spawn("prefetch", func() { defer close(done); l.prefetch(lg, cs) }) {
 		close(done)
 	}
 	for _, name := range runtimeFiles {
@@ -96,10 +97,10 @@ func (l *layer) start(ctx context.Context) <-chan struct{} {
 	}
 	cfg := &l.fsys.cfg
 	if cfg.background && cfg.cache != nil && l.verifier != nil && len(l.src.chunks.cs) > 0 {
-		l.spawn(func() { l.background(lg) })
+		l.spawn("background fetch", func() { l.background(lg) })
 	} else if cfg.verify == VerifyBackground && l.verdict.Load() == nil {
 		// Nothing will make the layer local: verification fetches it.
-		l.spawn(func() {
+		l.spawn("verification", func() {
 			t := time.NewTimer(cfg.backgroundDelay)
 			defer t.Stop()
 			select {
@@ -168,11 +169,11 @@ func (l *layer) pool(n int, parts [][]chunk, fn func([]chunk)) {
 	ch := make(chan []chunk)
 	var wg sync.WaitGroup
 	for range min(n, len(parts)) {
-		wg.Go(func() {
+		wg.Go(l.guard("prefetch", func() {
 			for p := range ch {
 				fn(p)
 			}
-		})
+		}))
 	}
 	for _, p := range parts {
 		select {
@@ -199,7 +200,7 @@ func (l *layer) background(lg *log.Entry) {
 	buf := []byte(nil)
 	for range backgroundPasses {
 		parts := make(chan []chunk)
-		go func() {
+		go l.guard("background fetch", func() {
 			defer close(parts)
 			var part []chunk
 			for _, c := range t.cs {
@@ -229,19 +230,14 @@ func (l *layer) background(lg *log.Entry) {
 				case <-l.ctx.Done():
 				}
 			}
-		}()
+		})()
 		var wg sync.WaitGroup
 		for range cfg.backgroundConcurrency {
-			wg.Go(func() {
+			wg.Go(l.guard("background fetch", func() {
 				for part := range parts {
-					release, ok := l.backgroundSlot()
-					if !ok {
-						continue // drain: the producer stops on ctx too
-					}
-					l.fetchAhead(l.ctx, part, false)
-					release()
+					l.backgroundPart(part)
 				}
-			})
+			}))
 		}
 		wg.Wait()
 		if l.ctx.Err() != nil {
@@ -256,6 +252,16 @@ func (l *layer) background(lg *log.Entry) {
 	n, local, _, _ := t.state()
 	lg.WithFields(log.Fields{"chunks": n, "local": local}).Warn("background fetch left chunks behind")
 	l.verifyLater(lg) // fetching, as it must, what is not local
+}
+
+// backgroundPart fetches part once it has a background request slot.
+func (l *layer) backgroundPart(part []chunk) {
+	release, ok := l.backgroundSlot()
+	if !ok {
+		return // drain: the producer stops on ctx too
+	}
+	defer release()
+	l.fetchAhead(l.ctx, part, false)
 }
 
 // backgroundSlot waits for one of the FileSystem's background request

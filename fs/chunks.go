@@ -2,6 +2,7 @@ package fs
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -30,11 +31,13 @@ type chunkTable struct {
 	used       []bool    // a reader asked for the chunk: read-ahead hit it
 }
 
-// buildChunks lists the chunks of the regular files of the tree. entries
-// are those of the TOC, in its order, which for the layers estargz builds
-// is the order of their content in the blob: the sort finds the chunks in
-// order.
-func (s *source) buildChunks(entries []*estargz.TOCEntry) {
+// buildChunks lists the chunks of the regular files of the tree, and
+// checks each against the blob: where its compressed bytes lie, and how
+// many bytes they can inflate to. entries are those of the TOC, in its
+// order, which for the layers estargz builds is the order of their content
+// in the blob: the sort finds the chunks in order. checkTOC has made sure
+// that each file's chunks, as estargz finds them, cover it in order.
+func (s *source) buildChunks(entries []*estargz.TOCEntry, lim Limits) error {
 	t := &chunkTable{cs: make([]chunk, 0, len(entries))}
 	for _, e := range entries {
 		if e.Type != "reg" || e.Size <= 0 {
@@ -45,17 +48,18 @@ func (s *source) buildChunks(entries []*estargz.TOCEntry) {
 		}
 		for off := int64(0); off < e.Size; {
 			ce, ok := s.r.ChunkEntryForOffset(e.Name, off)
-			if !ok || ce.ChunkSize <= 0 || ce.ChunkOffset > off {
-				break // malformed: reads of the file fail on their own
+			if !ok || ce.ChunkOffset != off || ce.ChunkSize <= 0 {
+				return fmt.Errorf("file %q: no chunk at offset %d", e.Name, off)
 			}
 			c := chunk{
 				e: ce, off: ce.ChunkOffset, size: ce.ChunkSize,
 				start: ce.Offset, end: min(ce.NextOffset(), s.payloadEnd), inner: ce.InnerOffset,
 			}
-			off = c.off + c.size
-			if c.end > c.start {
-				t.cs = append(t.cs, c)
+			if err := c.check(s.payloadEnd, lim); err != nil {
+				return fmt.Errorf("file %q: %v", e.Name, err)
 			}
+			off = c.off + c.size
+			t.cs = append(t.cs, c)
 		}
 	}
 	// Stable, so that of chunks at one place the first in the TOC stays.
@@ -72,6 +76,22 @@ func (s *source) buildChunks(entries []*estargz.TOCEntry) {
 	t.local = make([]bool, len(t.cs))
 	t.used = make([]bool, len(t.cs))
 	s.chunks = t
+	return nil
+}
+
+// check checks that the chunk's compressed bytes lie in the payload, that
+// a read of them, held whole in memory, is bounded, and that they can
+// inflate to the bytes the chunk says it holds, which a read allocates.
+func (c *chunk) check(payloadEnd int64, lim Limits) error {
+	switch span := c.end - c.start; {
+	case c.start < 0 || span <= 0:
+		return fmt.Errorf("chunk at offset %d: compressed bytes at %d, outside the payload of %d bytes or overlapping the next chunk's", c.off, c.start, payloadEnd)
+	case span > lim.ChunkSize:
+		return fmt.Errorf("chunk at offset %d: %d compressed bytes, more than %d (limit max_chunk_size)", c.off, span, lim.ChunkSize)
+	case c.inner+c.size > span*maxInflation:
+		return fmt.Errorf("chunk at offset %d: %d bytes cannot inflate from %d compressed bytes", c.off, c.inner+c.size, span)
+	}
+	return nil
 }
 
 // index returns the position of chunk entry ce in the table, or -1.

@@ -71,6 +71,7 @@ func (f *FileSystem) prefetchEntrypoint(ctx context.Context, ref, label string) 
 	go func() {
 		defer f.wg.Done()
 		ctx := log.WithLogger(f.life, log.G(ctx).WithFields(log.Fields{"ref": ref, "manifest": md}))
+		defer f.recovered(ctx, "entrypoint prefetch", nil)
 		if err := f.loadEntrypoint(ctx, mr, ref, md); err != nil && ctx.Err() == nil {
 			log.G(ctx).WithError(err).Debug("no entrypoint prefetch")
 		}

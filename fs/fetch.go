@@ -39,8 +39,8 @@ const (
 // window, a prefetch or the background fetch, is waited for rather than
 // fetched again. A reader's miss also starts the fetches its read-ahead
 // policies ask for.
-func (l *layer) load(ctx context.Context, cs []chunk, reader bool) ([][]byte, error) {
-	data := make([][]byte, len(cs))
+func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byte, err error) {
+	data = make([][]byte, len(cs))
 	var missing []int
 	for i, c := range cs {
 		if b, ok := l.cached(ctx, c); ok {
@@ -60,6 +60,16 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) ([][]byte, er
 		keys[j] = flightKey{cs[i].start, cs[i].inner}
 	}
 	calls, owned := l.flights.claim(keys)
+	// Those waiting for the chunks this read claimed must not wait for
+	// ever: a panic ends their flights, and the read, with its error.
+	defer l.recovered("read", func(perr error) {
+		for j := range calls {
+			if owned[j] {
+				l.flights.finish(calls[j], nil, perr)
+			}
+		}
+		data, err = nil, perr
+	})
 	var mine []chunk
 	var mineCalls []*flight
 	for j, i := range missing {
@@ -197,6 +207,11 @@ func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
 // with one read; reads that are not adjacent go out concurrently. split
 // allows a long read to be split into concurrent requests.
 func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
+	defer l.recovered("fetch", func(err error) {
+		for _, c := range calls {
+			l.flights.finish(c, nil, err)
+		}
+	})
 	order := make([]int, len(cs))
 	for i := range order {
 		order[i] = i
@@ -225,7 +240,7 @@ func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, spl
 	}
 	var wg sync.WaitGroup
 	for _, g := range groups {
-		wg.Go(func() { read(g) })
+		wg.Go(l.guard("fetch", func() { read(g) }))
 	}
 	wg.Wait()
 }
@@ -237,6 +252,11 @@ func (l *layer) fetchOwned(ctx context.Context, cs []chunk, calls []*flight, spl
 // decompression. A chunk that fails verification fails alone, and is
 // neither served nor cached.
 func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, split, keep bool) {
+	defer l.recovered("fetch", func(err error) {
+		for _, c := range calls {
+			l.flights.finish(c, nil, err)
+		}
+	})
 	start, end := cs[0].start, cs[0].end
 	for _, c := range cs {
 		end = max(end, c.end)
@@ -245,6 +265,10 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 	arr := newArrival(buf, l.readParts(len(buf), split))
 	read := make(chan error, 1)
 	go func() {
+		defer l.recovered("fetch", func(err error) {
+			arr.done(0, err)
+			read <- err
+		})
 		began := time.Now()
 		err := l.readBlob(ctx, arr, start)
 		log.G(ctx).WithFields(log.Fields{
@@ -263,6 +287,7 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 		stored := make(chan struct{})
 		go func() {
 			defer close(stored)
+			defer l.recovered("cache write", nil)
 			for i := range store {
 				c := cs[i]
 				if perr := cache.Put(l.cacheKey(c), calls[i].data); perr != nil {
@@ -337,17 +362,21 @@ func (l *layer) readBlob(ctx context.Context, arr *arrival, off int64) error {
 	errs := make([]error, len(arr.parts))
 	var wg sync.WaitGroup
 	for i := range arr.parts {
-		wg.Go(func() { errs[i] = l.readPart(ctx, arr, i, off) })
+		wg.Go(l.guard("blob read", func() { errs[i] = l.readPart(ctx, arr, i, off) }))
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (l *layer) readPart(ctx context.Context, arr *arrival, i int, off int64) error {
+func (l *layer) readPart(ctx context.Context, arr *arrival, i int, off int64) (err error) {
+	// Decoders wait for the part's bytes: a panic of the Blob fails them.
+	defer l.recovered("blob read", func(perr error) {
+		arr.done(i, perr)
+		err = perr
+	})
 	pt := arr.parts[i]
 	p := arr.buf[pt.lo:pt.hi]
 	l.fetches.Add(1)
-	var err error
 	if pb, ok := l.src.blob.(ProgressBlob); ok {
 		_, err = pb.ReadAtProgress(ctx, p, off+int64(pt.lo), arr.progress(i))
 	} else {
@@ -385,10 +414,11 @@ type flightKey struct{ start, inner int64 }
 
 // flight is one fetch of a chunk that concurrent readers share.
 type flight struct {
-	key  flightKey
-	done chan struct{}
-	data []byte
-	err  error
+	key      flightKey
+	done     chan struct{}
+	data     []byte
+	err      error
+	finished bool // under flights.mu
 }
 
 // flights de-duplicates concurrent fetches of a layer's chunks, whoever
@@ -420,130 +450,19 @@ func (fl *flights) claim(keys []flightKey) ([]*flight, []bool) {
 	return calls, owned
 }
 
-// finish completes f. A failed fetch is not remembered: the next read retries.
+// finish completes f, unless it is complete already. A failed fetch is not
+// remembered: the next read retries.
 func (fl *flights) finish(f *flight, data []byte, err error) {
 	fl.mu.Lock()
-	delete(fl.m, f.key)
+	if f.finished {
+		fl.mu.Unlock()
+		return
+	}
+	f.finished = true
+	if fl.m[f.key] == f {
+		delete(fl.m, f.key)
+	}
 	fl.mu.Unlock()
 	f.data, f.err = data, err
 	close(f.done)
-}
-
-// demand counts the fetches that readers wait for, or soon will (reads,
-// their read-ahead windows, prefetch), across the FileSystem. Background
-// fetch starts a request only when there has been none for a moment, so
-// that it uses the idle link without queueing ahead of a reader, or when
-// readers, with no such pause, are reading in bulk: they have missed in
-// backgroundBulkFiles different files, or in backgroundBulkBurst within
-// backgroundBulkWithin.
-type demand struct {
-	mu      sync.Mutex
-	n       int
-	idle    chan struct{} // closed while n == 0
-	lastEnd time.Time
-	// files holds the files that reads missed in during the current busy
-	// period, until it is in bulk; recent holds when the last
-	// backgroundBulkBurst of them were first missed in.
-	files  map[string]struct{}
-	recent []time.Time
-	inBulk bool
-	bulk   chan struct{} // closed when inBulk
-}
-
-func newDemand() *demand {
-	d := &demand{idle: make(chan struct{}), bulk: make(chan struct{}), files: map[string]struct{}{}}
-	close(d.idle)
-	return d
-}
-
-// begin counts a fetch in. file names the file a read missed in, or is ""
-// for a fetch ahead of readers.
-func (d *demand) begin(file string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	now := time.Now()
-	if d.n == 0 {
-		d.idle = make(chan struct{})
-		if now.Sub(d.lastEnd) >= backgroundQuiet && (len(d.files) > 0 || d.inBulk) {
-			// A new busy period.
-			clear(d.files)
-			d.recent, d.inBulk = d.recent[:0], false
-			d.bulk = make(chan struct{})
-		}
-	}
-	d.n++
-	if _, ok := d.files[file]; file == "" || ok || d.inBulk {
-		return
-	}
-	d.files[file] = struct{}{}
-	if len(d.recent) == backgroundBulkBurst {
-		d.recent = append(d.recent[:0], d.recent[1:]...)
-	}
-	d.recent = append(d.recent, now)
-	if len(d.files) >= backgroundBulkFiles || (len(d.recent) == backgroundBulkBurst && now.Sub(d.recent[0]) <= backgroundBulkWithin) {
-		d.inBulk = true
-		clear(d.files)
-		close(d.bulk)
-	}
-}
-
-func (d *demand) end() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.n--
-	if d.n == 0 {
-		d.lastEnd = time.Now()
-		close(d.idle)
-	}
-}
-
-// touch makes readers near, as if a demand fetch had just ended: a layer
-// was mounted, and the container that reads it starts soon.
-func (d *demand) touch() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.n == 0 {
-		d.lastEnd = time.Now()
-	}
-}
-
-// near reports whether a demand fetch ran within d, and readers are not
-// reading in bulk: a reader in bulk is served by the background fetch.
-func (d *demand) near(within time.Duration) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.inBulk {
-		return false
-	}
-	return d.n > 0 || time.Since(d.lastEnd) < within
-}
-
-// waitQuiet returns when no demand fetch has run for quiet, when reads
-// with no pause as long as quiet read in bulk,
-// or when ctx ends.
-func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
-	for {
-		d.mu.Lock()
-		busy, idle, bulk, left := d.n > 0, d.idle, d.bulk, quiet-time.Since(d.lastEnd)
-		inBulk := d.inBulk
-		d.mu.Unlock()
-		if inBulk && (busy || left > 0) {
-			return ctx.Err()
-		}
-		var wake <-chan time.Time
-		switch {
-		case busy:
-		case left <= 0:
-			return ctx.Err()
-		default:
-			wake, idle = time.After(left), nil
-		}
-		select {
-		case <-idle:
-		case <-bulk:
-		case <-wake:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -90,12 +92,18 @@ type FileSystem struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	sem    chan struct{} // bounds background resolutions
-	bg     chan struct{} // bounds background fetch requests, all layers together
-	bgNear chan struct{} // the one background request while readers are near
+	// parsing bounds the JSON of the TOCs being decoded at once, all
+	// layers together, to twice the largest a TOC may have: what parsing
+	// takes, whatever the number of layers resolved at once.
+	parsing *semaphore.Weighted
+	bg      chan struct{} // bounds background fetch requests, all layers together
+	bgNear  chan struct{} // the one background request while readers are near
 
 	resolving  singleflight.Group
 	images     images
 	assemblies assemblies // whole-file entries being prepared
+
+	panics atomic.Int64 // recovered, see guard.go
 
 	mu       sync.Mutex
 	closed   bool
@@ -159,6 +167,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),
+		parsing:  semaphore.NewWeighted(2 * cfg.limits.TOCSize),
 		bg:       make(chan struct{}, cfg.backgroundConcurrency),
 		bgNear:   make(chan struct{}, 1),
 		resolved: map[digest.Digest]*source{},
@@ -176,7 +185,7 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 	}
 	if cfg.verify != VerifyOff {
 		f.wg.Add(1)
-		go f.writeSpools()
+		go f.guard(f.life, "spool writes", f.writeSpools)()
 	}
 	return f, nil
 }

@@ -99,6 +99,7 @@ func (f *FileSystem) serve(mountpoint string, l *layer) (*fuse.Server, error) {
 			MaxWrite:                 1 << 20,
 			EnableSymlinkCaching:     true,
 			ExplicitDataCacheControl: true,
+			PanicHandler:             l.panicHandler,
 		},
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
@@ -140,7 +141,9 @@ func (l *layer) chunks(e *estargz.TOCEntry, off, end int64) ([]chunk, error) {
 			start: ce.Offset, end: min(ce.NextOffset(), l.src.payloadEnd), inner: ce.InnerOffset,
 			idx: l.src.chunks.index(ce),
 		}
-		if c.end <= c.start || c.off > off {
+		// Parse checked the chunks; a chunk that does not cover off would
+		// make this loop run for ever.
+		if c.end <= c.start || c.off > off || c.off+c.size <= off {
 			return nil, fmt.Errorf("malformed chunk at offset %d: %w", off, errdefs.ErrDataLoss)
 		}
 		cs = append(cs, c)

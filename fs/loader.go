@@ -222,7 +222,7 @@ func (l *layer) loaderPrefetch(name string, head []byte) {
 	// program, before the loader reads the program's dynamic segment,
 	// which may lie chunks further: fetch it first, from the head alone.
 	deps, _, _ := parseELFDeps(head)
-	l.spawn(func() {
+	l.spawn("loader prefetch", func() {
 		stack := l.fsys.stack(l)
 		if deps.Interp != "" {
 			l.fsys.prefetchPaths(stack, deps.Interp, ldSoCache)

@@ -119,6 +119,40 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	return 0
 }
 
+// servedXattr reports whether an xattr of the image's content is served.
+// Those that tell the kernel how to treat a file are the image's to state
+// only where the OCI image spec lets it: overlayfs obeys its own xattrs
+// (trusted.overlay.*, or user.overlay.* on a mount with userxattr) on
+// lower layers, and would merge a directory with another (redirect), take
+// a file's content from another (metacopy, redirect) or hide what is
+// below (opaque, whiteout) as the image says, where the spec has only the
+// .wh. files, which the FileSystem turns into overlayfs's form itself.
+// Nothing of the trusted namespace, which only CAP_SYS_ADMIN may set, is
+// image content. Of the security namespace, the file capability is (ping
+// and the like need it, and the OCI spec and container runtimes carry it);
+// the others, labels of a security module (SELinux, IMA, EVM), are the
+// node's to set, not the image's. Other xattrs (user.*, ACLs) are content.
+func servedXattr(name string) bool {
+	switch {
+	case strings.HasPrefix(name, "trusted."), strings.HasPrefix(name, "user.overlay."):
+		return false
+	case strings.HasPrefix(name, "security."):
+		return name == "security.capability"
+	}
+	return true
+}
+
+// dropXattrs removes from the entries the xattrs that are not served.
+func dropXattrs(entries []*estargz.TOCEntry) {
+	for _, e := range entries {
+		for k := range e.Xattrs {
+			if !servedXattr(k) {
+				delete(e.Xattrs, k)
+			}
+		}
+	}
+}
+
 // xattrs returns the entry's extended attributes, with the opaque marker of
 // a directory turned into overlayfs's xattr.
 func (n *node) xattrs() map[string][]byte {

@@ -35,6 +35,7 @@ type config struct {
 	spoolSize         int64
 	verifyRetry       time.Duration
 	verifiedBlob      func(dgst digest.Digest, path string)
+	limits            Limits
 }
 
 // Defaults of the options.
@@ -95,6 +96,7 @@ func defaultConfig() config {
 		verifyConcurrency: DefaultVerifyConcurrency,
 		spoolSize:         DefaultSpoolSize,
 		verifyRetry:       minVerifyRetry,
+		limits:            DefaultLimits(),
 	}
 }
 

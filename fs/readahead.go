@@ -223,7 +223,7 @@ func (l *layer) startWindow(cs []chunk) {
 			continue
 		}
 		l.fsys.demand.begin("")
-		if !l.spawn(func() {
+		if !l.spawn("read-ahead", func() {
 			defer l.fsys.demand.end()
 			l.fetchOwned(l.ctx, mine, calls, false, true)
 		}) {

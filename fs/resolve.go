@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 )
 
 // source is a resolved layer: its blob opened and its TOC parsed, but not
@@ -24,6 +25,10 @@ type source struct {
 	dgst digest.Digest
 	blob Blob
 	r    *estargz.Reader
+	// tocSize is the size of the TOC's JSON, which bounds the memory the
+	// source holds; resolved is when it was resolved.
+	tocSize  int64
+	resolved time.Time
 	// payloadEnd is where the TOC starts: no chunk extends past it.
 	payloadEnd int64
 	index
@@ -61,7 +66,12 @@ func (f *FileSystem) resolve(ctx context.Context, ref string, dgst digest.Digest
 	if src != nil {
 		return src, nil
 	}
-	ch := f.resolving.DoChan(dgst.String(), func() (any, error) {
+	ch := f.resolving.DoChan(dgst.String(), func() (v any, err error) {
+		// singleflight re-panics in a goroutine of its own, which no one
+		// could recover.
+		defer f.recovered(log.WithLogger(f.life, log.G(ctx).WithField("layer", dgst)), "resolution", func(perr error) {
+			v, err = nil, fmt.Errorf("layer %s: %w", dgst, perr)
+		})
 		s, err := f.open(f.life, ref, dgst)
 		if err != nil {
 			return nil, err
@@ -96,14 +106,15 @@ func (f *FileSystem) resolveImage(ctx context.Context, ref string, self digest.D
 		f.mu.Lock()
 		_, done := f.resolved[dgst]
 		_, queued := f.pending[dgst]
-		if f.closed || done || queued {
+		if f.closed || done || queued || !f.roomAheadLocked() {
 			f.mu.Unlock()
 			continue
 		}
 		f.pending[dgst] = struct{}{}
 		f.wg.Add(1)
 		f.mu.Unlock()
-		go f.resolveBackground(log.WithLogger(f.life, log.G(ctx)), ref, dgst)
+		lctx := log.WithLogger(f.life, log.G(ctx))
+		go f.guard(lctx, "background resolution", func() { f.resolveBackground(lctx, ref, dgst) })()
 	}
 }
 
@@ -120,9 +131,63 @@ func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst dig
 	case <-ctx.Done():
 		return
 	}
-	if _, err := f.resolve(ctx, ref, dgst); err != nil && ctx.Err() == nil {
-		log.G(ctx).WithError(err).WithField("layer", dgst).Warn("background resolution failed")
+	if _, err := f.resolve(ctx, ref, dgst); err != nil {
+		if ctx.Err() == nil {
+			log.G(ctx).WithError(err).WithField("layer", dgst).Warn("background resolution failed")
+		}
+		return
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.mountedLocked(dgst) && f.aheadLocked() > f.aheadCap() {
+		delete(f.resolved, dgst)
+		log.G(ctx).WithField("layer", dgst).Debug("resolution dropped: too many layers resolved ahead of their mount")
+	}
+}
+
+// Layers resolved ahead of their mount are held until they are mounted,
+// which a pull that fails half way, or an image's label listing layers it
+// never unpacks, puts off for ever: their TOCs, all together, are held to
+// at most twice the largest a layer may have (aheadCap, in bytes of JSON),
+// and beyond it resolving ahead waits for one resolved more than aheadTTL
+// ago to be dropped, or for a mount.
+const aheadTTL = 10 * time.Minute
+
+func (f *FileSystem) aheadCap() int64 { return 2 * f.cfg.limits.TOCSize }
+
+// aheadLocked returns the JSON bytes of the TOCs of the layers resolved
+// but not mounted.
+func (f *FileSystem) aheadLocked() int64 {
+	var n int64
+	for d, s := range f.resolved {
+		if !f.mountedLocked(d) {
+			n += s.tocSize
+		}
+	}
+	return n
+}
+
+// roomAheadLocked reports whether a layer may be resolved ahead of its
+// mount, dropping those resolved ahead too long ago if there is no room.
+func (f *FileSystem) roomAheadLocked() bool {
+	if f.aheadLocked() < f.aheadCap() {
+		return true
+	}
+	for d, s := range f.resolved {
+		if !f.mountedLocked(d) && time.Since(s.resolved) > aheadTTL {
+			delete(f.resolved, d)
+		}
+	}
+	return f.aheadLocked() < f.aheadCap()
+}
+
+func (f *FileSystem) mountedLocked(dgst digest.Digest) bool {
+	for _, m := range f.mounts {
+		if m.layer != nil && m.layer.src.dgst == dgst {
+			return true
+		}
+	}
+	return false
 }
 
 // open parses the TOC stored for dgst, or else fetches the blob's tail and
@@ -140,7 +205,7 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: open blob: %w", dgst, err)
 	}
-	src, err := parse(ctx, dgst, blob, tail)
+	src, err := parse(ctx, dgst, blob, tail, f.cfg.limits, f.parsing)
 	if err != nil {
 		return nil, err
 	}
@@ -150,26 +215,46 @@ func (f *FileSystem) open(ctx context.Context, ref string, dgst digest.Digest) (
 	return src, nil
 }
 
-// parse reads the TOC of blob, whose last bytes are tail, and indexes it.
-func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte) (*source, error) {
+// parse reads the TOC of blob, whose last bytes are tail, checks it
+// against lim and indexes it. A TOC that fails a check is an error of class
+// InvalidArgument that says why. The TOC's JSON is inflated and decoded
+// once budget, if not nil, has room for it.
+func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte, lim Limits, budget *semaphore.Weighted) (*source, error) {
 	size := blob.Size()
 	if int64(len(tail)) > size {
 		return nil, fmt.Errorf("layer %s: tail of %d bytes exceeds blob size %d: %w", dgst, len(tail), size, errdefs.ErrInvalidArgument)
 	}
 	tr := &tailReader{ctx: ctx, blob: blob, tail: tail, off: size - int64(len(tail))}
 	defer tr.drop()
-	r, entries, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size))
-	if err != nil {
+	var tocSize int64
+	admit := func(n int64) (func(), error) {
+		tocSize = n
+		if budget == nil {
+			return func() {}, nil
+		}
+		if err := budget.Acquire(ctx, n); err != nil {
+			return nil, err
+		}
+		return func() { budget.Release(n) }, nil
+	}
+	r, entries, tocOff, err := openTOC(io.NewSectionReader(tr, 0, size), lim, admit)
+	var refused *refusal
+	switch {
+	case errors.As(err, &refused):
+		return nil, fmt.Errorf("layer %s: TOC refused: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	case err != nil:
 		if fetchErr := tr.fetchErr(); fetchErr != nil {
 			return nil, fmt.Errorf("layer %s: read TOC: %w", dgst, fetchErr)
 		}
 		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
-	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff, tocTail: tr.from(tocOff)}
+	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff, tocTail: tr.from(tocOff), tocSize: tocSize, resolved: time.Now()}
 	if err := src.buildIndex(len(entries)); err != nil {
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
-	src.buildChunks(entries)
+	if err := src.buildChunks(entries, lim); err != nil {
+		return nil, fmt.Errorf("layer %s: TOC refused: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
 	src.entries = entries
 	return src, nil
 }

@@ -27,7 +27,7 @@ func BenchmarkParseTOC(b *testing.B) {
 	var src *source
 	b.ReportAllocs()
 	for b.Loop() {
-		if src, err = parse(ctx, l.dgst, blob, tail); err != nil {
+		if src, err = parse(ctx, l.dgst, blob, tail, DefaultLimits(), nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -190,13 +190,20 @@ func (f *FileSystem) writeSpools() {
 	for {
 		select {
 		case w := <-f.spoolq.ch:
-			f.spoolq.queued.Add(-int64(len(w.p)))
-			if err := w.sp.write(w.p, w.off); err != nil {
-				log.G(f.life).WithError(err).WithField("spool", w.sp.path).Debug("spool write failed")
-			}
+			f.writeSpool(w)
 		case <-f.life.Done():
 			return
 		}
+	}
+}
+
+// writeSpool makes one queued write. A panic fails that write alone, which
+// costs the layer's verification a fetch of those bytes again.
+func (f *FileSystem) writeSpool(w spoolWrite) {
+	defer f.recovered(f.life, "spool write", nil)
+	f.spoolq.queued.Add(-int64(len(w.p)))
+	if err := w.sp.write(w.p, w.off); err != nil {
+		log.G(f.life).WithError(err).WithField("spool", w.sp.path).Debug("spool write failed")
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"path"
 	"strings"
 	"time"
 
@@ -257,9 +256,4 @@ func tarXattrs(h *tar.Header) map[string]string {
 		}
 	}
 	return x
-}
-
-// cleanName is the name estargz gives the entry of a tar name.
-func cleanName(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
 }

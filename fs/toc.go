@@ -21,9 +21,16 @@ import (
 //
 // The TOC digest is that of the JSON as stored, as estargz computes it. A
 // malformed TOC fails where estargz fails it, for the reason estargz gives
-// (though a JSON syntax error is worded by another decoder).
-func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
-	tocOff, footerSize, err := estargz.OpenFooter(sr)
+// (though a JSON syntax error is worded by another decoder). A TOC beyond
+// lim, or one whose fields estargz or the FileSystem cannot use as they
+// are, fails with a *refusal before it is inflated, decoded or indexed.
+// xattrs that are not served (see servedXattr) are dropped.
+//
+// admit, if not nil, is called with the size of the JSON before it is
+// inflated; the TOC is parsed once it returns, and the release it returns
+// is called once the TOC is decoded.
+func openTOC(sr *io.SectionReader, lim Limits, admit func(size int64) (release func(), err error)) (r *estargz.Reader, entries []*estargz.TOCEntry, tocOff int64, err error) {
+	tocOff, footerSize, err := openFooter(sr)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("footer: %v", err)
 	}
@@ -31,45 +38,95 @@ func openTOC(sr *io.SectionReader) (r *estargz.Reader, entries []*estargz.TOCEnt
 	if tocOff < 0 || tocOff > end {
 		return nil, nil, 0, fmt.Errorf("footer: TOC offset %d outside the %d bytes before the footer", tocOff, end)
 	}
+	if end-tocOff > lim.TOCCompressedSize {
+		return nil, nil, 0, refuse("compressed TOC of %d bytes, larger than %d (limit max_toc_compressed_size)", end-tocOff, lim.TOCCompressedSize)
+	}
 	compressed := make([]byte, end-tocOff)
 	if _, err := sr.ReadAt(compressed, tocOff); err != nil {
 		return nil, nil, 0, fmt.Errorf("error reading %d byte TOC targz: %v", len(compressed), err)
 	}
-	js, err := tocJSON(compressed)
+	js, release, err := tocJSON(compressed, lim.TOCSize, admit)
 	if err != nil {
 		return nil, nil, 0, err
+	}
+	defer release()
+	r, entries, err = decodeTOC(js, sr.Size(), lim)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return r, entries, tocOff, nil
+}
+
+// decodeTOC decodes TOC JSON js, checks it and indexes it for a blob of
+// size bytes.
+func decodeTOC(js []byte, size int64, lim Limits) (*estargz.Reader, []*estargz.TOCEntry, error) {
+	if err := scanTOCJSON(js, lim); err != nil {
+		return nil, nil, err
 	}
 	toc := new(estargz.JTOC)
 	// Like json.Decoder, which estargz uses, Parse ignores what follows
 	// the TOC's object.
 	if _, err := json.Parse(js, toc, 0); err != nil {
-		return nil, nil, 0, fmt.Errorf("error decoding TOC JSON: %v", err)
+		return nil, nil, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
+	if err := checkTOC(toc.Entries, lim); err != nil {
+		return nil, nil, err
+	}
+	dropXattrs(toc.Entries)
 	d := &decodedTOC{toc: toc, dgst: digest.FromBytes(js)}
-	r, err = estargz.Open(io.NewSectionReader(&hiddenFooter{size: sr.Size()}, 0, sr.Size()), estargz.WithDecompressors(d))
+	r, err := estargz.Open(io.NewSectionReader(&hiddenFooter{size: size}, 0, size), estargz.WithDecompressors(d))
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, err
 	}
-	return r, toc.Entries, tocOff, nil
+	return r, toc.Entries, nil
+}
+
+// openFooter is estargz.OpenFooter, which panics on some malformed footers
+// (v0.19.1: a gzip extra field shorter than its STARGZ subfield says it
+// is): such a footer is an error.
+func openFooter(sr *io.SectionReader) (tocOff, footerSize int64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("malformed footer: %v", r)
+		}
+	}()
+	return estargz.OpenFooter(sr)
 }
 
 // tocJSON returns the JSON of a TOC stored as the blob stores it, the one
-// file of a tar in a gzip stream, failing as estargz's DecompressTOC does.
+// file of a tar in a gzip stream, failing as estargz's DecompressTOC does,
+// or if the JSON is larger than most bytes: it is not inflated then.
 // klauspost/compress's gzip inflates it about 20% faster than the
 // standard library's.
-func tocJSON(compressed []byte) ([]byte, error) {
+func tocJSON(compressed []byte, most int64, admit func(int64) (func(), error)) (_ []byte, release func(), err error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, fmt.Errorf("malformed TOC gzip header: %v", err)
+		return nil, nil, fmt.Errorf("malformed TOC gzip header: %v", err)
 	}
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil {
-		return nil, fmt.Errorf("failed to find tar header in TOC gzip stream: %v", err)
+		return nil, nil, fmt.Errorf("failed to find tar header in TOC gzip stream: %v", err)
 	}
 	if h.Name != estargz.TOCTarName {
-		return nil, fmt.Errorf("TOC tar entry had name %q; expected %q", h.Name, estargz.TOCTarName)
+		return nil, nil, fmt.Errorf("TOC tar entry had name %q; expected %q", h.Name, estargz.TOCTarName)
+	}
+	// The tar reader reads no more than the header's size, holes of a
+	// sparse entry included.
+	if h.Size > most {
+		return nil, nil, refuse("TOC inflates to %d bytes, more than %d (limit max_toc_size)", h.Size, most)
+	}
+	release = func() {}
+	if admit != nil {
+		if release, err = admit(h.Size); err != nil {
+			return nil, nil, err
+		}
+		defer func() {
+			if err != nil {
+				release()
+			}
+		}()
 	}
 	// Room for the size the header says, but no more than deflate can
 	// inflate to, and for ReadFrom's last read, which finds the end.
@@ -80,9 +137,9 @@ func tocJSON(compressed []byte) ([]byte, error) {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("error decoding TOC JSON: %v", err)
+		return nil, nil, fmt.Errorf("error decoding TOC JSON: %v", err)
 	}
-	return js.Bytes(), nil
+	return js.Bytes(), release, nil
 }
 
 // maxInflation is the largest ratio of deflate's output to its input.

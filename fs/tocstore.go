@@ -156,7 +156,7 @@ func (f *FileSystem) openStored(ctx context.Context, ref string, dgst digest.Dig
 	if err == nil {
 		var blob Blob
 		if blob, err = so.OpenSized(ctx, ref, dgst, size); err == nil {
-			src, err = parse(ctx, dgst, blob, tail)
+			src, err = parse(ctx, dgst, blob, tail, f.cfg.limits, f.parsing)
 		}
 	}
 	if err != nil {

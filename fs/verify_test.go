@@ -251,10 +251,11 @@ func lyingLayer(t *testing.T) *testLayer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := tocJSON(l.blob[tocOff : int64(len(l.blob))-footerSize])
+	js, release, err := tocJSON(l.blob[tocOff:int64(len(l.blob))-footerSize], DefaultLimits().TOCSize, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer release()
 	var toc estargz.JTOC
 	if err := json.Unmarshal(js, &toc); err != nil {
 		t.Fatal(err)
@@ -377,7 +378,7 @@ func startVerification(f *FileSystem, mp string) {
 	f.mu.Lock()
 	l := f.mounts[mp].layer
 	f.mu.Unlock()
-	l.spawn(func() { l.verifyLater(log.G(context.Background()).WithField("layer", l.src.dgst)) })
+	l.spawn("verification", func() { l.verifyLater(log.G(context.Background()).WithField("layer", l.src.dgst)) })
 }
 
 // TestSpoolsOfSharedRoot: data planes of two builds share the root during

@@ -144,22 +144,29 @@ type kept struct {
 	data []byte
 }
 
+// put stores a chunk the verification inflated in the cache. A panic
+// fails this chunk alone: the worker goes on with the next.
+func (s *chunkStore) put(k kept) {
+	defer s.budget.Release(int64(len(k.data)))
+	defer s.l.recovered("verification cache write", nil)
+	if key := s.l.cacheKey(k.c); key != "" {
+		if err := s.l.fsys.cfg.cache.Put(key, k.data); err == nil {
+			s.l.src.chunks.setLocal(k.c.idx, true)
+		}
+	}
+}
+
 func (l *layer) newChunkStore(ctx context.Context) *chunkStore {
 	s := &chunkStore{l: l, ch: make(chan kept), budget: semaphore.NewWeighted(storeBytes), ctx: ctx}
 	if l.fsys.cfg.cache == nil {
 		return s
 	}
 	for range storeWorkers {
-		s.wg.Go(func() {
+		s.wg.Go(l.guard("verification cache write", func() {
 			for k := range s.ch {
-				if key := l.cacheKey(k.c); key != "" {
-					if err := l.fsys.cfg.cache.Put(key, k.data); err == nil {
-						l.src.chunks.setLocal(k.c.idx, true)
-					}
-				}
-				s.budget.Release(int64(len(k.data)))
+				s.put(k)
 			}
-		})
+		}))
 	}
 	return s
 }
@@ -308,15 +315,18 @@ func (b *blobStream) plan() {
 		b.ahead = append(b.ahead, pt)
 		b.next += int64(len(pt.buf))
 		b.wg.Add(1)
-		go b.fetch(pt)
+		go func() {
+			defer b.wg.Done()
+			defer close(pt.done)
+			defer b.l.recovered("verification fetch", func(err error) { pt.err = err })
+			b.fetch(pt)
+		}()
 	}
 }
 
 // fetch reads part pt from the registry and writes it to the spool: as a
 // reader's fetch when strict, else when a background fetch slot is free.
 func (b *blobStream) fetch(pt *part) {
-	defer b.wg.Done()
-	defer close(pt.done)
 	l := b.l
 	if b.strict {
 		l.fsys.demand.begin("")

@@ -70,7 +70,7 @@ func (n *fileNode) prepareWhole(key digest.Digest) {
 	if !a.begin(key) {
 		return
 	}
-	if !n.l.spawn(func() { defer a.end(key); n.makeWhole(n.l.ctx, key) }) {
+	if !n.l.spawn("whole-file assembly", func() { defer a.end(key); n.makeWhole(n.l.ctx, key) }) {
 		a.end(key)
 	}
 }

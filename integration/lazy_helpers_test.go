@@ -45,7 +45,7 @@ type lazyBedOptions struct {
 	// for tests that measure what the container's reads (with their
 	// read-ahead) fetch.
 	NoBackgroundFetch bool
-	// FS holds more keys of lazypulld's [fs] table.
+	// FS holds more keys of lazypulld's [fs] table, one per line.
 	FS string
 	// CRI turns containerd's CRI plugin on, with criPauseImage in the
 	// bed's registry as the pods' pause image (pushPauseImage pushes it).
@@ -77,11 +77,12 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	})
 	hostsDir := testbed.Dir(t, "hosts")
 	cfg := testbed.LazypulldRemoteConfig(hostsDir) + opts.Remote
-	if opts.NoBackgroundFetch || opts.FS != "" {
-		cfg += "\n[fs]\n" + opts.FS + "\n"
-	}
+	fsKeys := opts.FS
 	if opts.NoBackgroundFetch {
-		cfg += "background_fetch = false\n"
+		fsKeys += "background_fetch = false\n"
+	}
+	if fsKeys != "" {
+		cfg += "\n[fs]\n" + fsKeys
 	}
 	bopts := testbed.Options{
 		Flavour:         f,

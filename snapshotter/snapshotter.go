@@ -113,11 +113,7 @@ func New(root string, opts ...Opt) (snapshots.Snapshotter, error) {
 		layers:     map[string]*remoteLayer{},
 		restoreSem: make(chan struct{}, cfg.restoreConcurrency),
 	}
-	// Lowerdirs on FUSE cannot always be indexed by file handle; a
-	// snapshotter never needs the overlay index.
-	if _, err := os.Stat("/sys/module/overlay/parameters/index"); err == nil {
-		s.options = append(s.options, "index=off")
-	}
+	s.options = overlayOptions("/sys/module/overlay/parameters")
 	s.life, s.cancel = context.WithCancel(context.Background())
 	if err := s.restoreLayers(s.life); err != nil {
 		s.cancel()

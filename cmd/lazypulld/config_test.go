@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/lazypull/lazypull/config"
+	"github.com/lazypull/lazypull/fs"
 )
 
 func TestMissingExplicitConfig(t *testing.T) {
@@ -77,5 +78,19 @@ func TestFlagOverridesConfig(t *testing.T) {
 	}
 	if code := d.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d, want 0", code)
+	}
+}
+
+// The defaults of the [fs] limits are the fs package's own, so that a
+// daemon without a configuration file and a library user agree.
+func TestLimitsDefaults(t *testing.T) {
+	c := config.Default().FS
+	got := fs.Limits{
+		TOCCompressedSize: c.MaxTOCCompressedSize.Int64(), TOCSize: c.MaxTOCSize.Int64(),
+		Entries: c.MaxTOCEntries, NameLength: c.MaxNameLength, PathDepth: c.MaxPathDepth,
+		ChunkSize: c.MaxChunkSize.Int64(),
+	}
+	if want := fs.DefaultLimits(); got != want {
+		t.Errorf("config defaults %+v, fs defaults %+v", got, want)
 	}
 }

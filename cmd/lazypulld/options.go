@@ -61,6 +61,14 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 		fs.WithVerify(verifyMode(&cfg.FS)),
 		fs.WithVerifyConcurrency(cfg.FS.VerifyConcurrency),
 		fs.WithSpoolSize(cfg.FS.VerifySpoolSize.Int64()),
+		fs.WithLimits(fs.Limits{
+			TOCCompressedSize: cfg.FS.MaxTOCCompressedSize.Int64(),
+			TOCSize:           cfg.FS.MaxTOCSize.Int64(),
+			Entries:           cfg.FS.MaxTOCEntries,
+			NameLength:        cfg.FS.MaxNameLength,
+			PathDepth:         cfg.FS.MaxPathDepth,
+			ChunkSize:         cfg.FS.MaxChunkSize.Int64(),
+		}),
 	)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())

@@ -37,6 +37,12 @@ func Image(layers []Layer, entrypoint []string) (v1.Image, error) {
 			return nil, err
 		}
 	}
+	return withEntrypoint(img, entrypoint)
+}
+
+// withEntrypoint sets img's platform to the running one, its entrypoint
+// and a PATH of /bin.
+func withEntrypoint(img v1.Image, entrypoint []string) (v1.Image, error) {
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		return nil, err
