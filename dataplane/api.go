@@ -23,6 +23,9 @@ const (
 	// reads (the CRI image service's): served when the FileSystem is a
 	// CredentialKeeper.
 	PathCredentials = "/v1/credentials"
+	// PathRuntime answers Runtime; with the query "gc=1" the data plane
+	// first collects its garbage and returns freed memory to the system.
+	PathRuntime = "/v1/runtime"
 )
 
 // Credentials are registry credentials for one repository, which the data
@@ -51,6 +54,27 @@ type Info struct {
 	Build string `json:"build"`
 	// PID is the data plane's process id, in its own PID namespace.
 	PID int `json:"pid"`
+}
+
+// Runtime is what a data plane's Go runtime says of the process: how many
+// goroutines it runs and what memory it holds. A node's operator watches it
+// to see what the mounted layers cost; tests use it to check that removing
+// layers gives back what mounting them took.
+type Runtime struct {
+	Goroutines int `json:"goroutines"`
+	// HeapAlloc is the bytes of allocated heap objects: the live ones and,
+	// unless the call collected garbage first, garbage not yet collected.
+	HeapAlloc uint64 `json:"heap_alloc"`
+	// HeapInuse is the bytes of the heap's spans that hold objects.
+	HeapInuse uint64 `json:"heap_inuse"`
+	// HeapObjects is the number of allocated heap objects.
+	HeapObjects uint64 `json:"heap_objects"`
+	// Sys is the memory the Go runtime has obtained from the system, some
+	// of which it may have returned (HeapReleased).
+	Sys          uint64 `json:"sys"`
+	HeapReleased uint64 `json:"heap_released"`
+	// NumGC counts the completed garbage collections.
+	NumGC uint32 `json:"num_gc"`
 }
 
 // Mount is a layer a data plane serves.

@@ -55,6 +55,20 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	return info, err
 }
 
+// Runtime asks the data plane what its Go runtime holds; with gc, it
+// collects garbage first, so that HeapAlloc is the live heap. A data plane
+// of a build that does not know the call answers with an error of class
+// NotImplemented.
+func (c *Client) Runtime(ctx context.Context, gc bool) (Runtime, error) {
+	path := PathRuntime
+	if gc {
+		path += "?gc=1"
+	}
+	var rt Runtime
+	err := c.call(ctx, http.MethodGet, path, nil, &rt)
+	return rt, err
+}
+
 // Mounts lists the layers the data plane serves.
 func (c *Client) Mounts(ctx context.Context) ([]Mount, error) {
 	var l MountList

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -333,5 +334,40 @@ func TestCredentials(t *testing.T) {
 	plain, _ := serve(t, newTestFS())
 	if err := plain.SetCredentials(ctx, want); !errdefs.IsNotImplemented(err) {
 		t.Errorf("credentials to a FileSystem that takes none: %v, want not implemented", err)
+	}
+}
+
+// Runtime tells what the data plane's heap holds; with gc, only what is
+// live: memory held while it is in use and given back when it is not, as
+// an operator (or a test) who removed layers expects to see.
+func TestRuntime(t *testing.T) {
+	c, _ := serve(t, newTestFS())
+	ctx := t.Context()
+	const size = 64 << 20
+	held := make([]byte, size)
+	for i := range held {
+		held[i] = byte(i)
+	}
+	with, err := c.Runtime(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if with.Goroutines < 2 || with.HeapObjects == 0 || with.Sys < with.HeapInuse {
+		t.Errorf("Runtime = %+v: implausible", with)
+	}
+	if with.HeapAlloc < size {
+		t.Errorf("heap %d bytes while %d are held", with.HeapAlloc, size)
+	}
+	runtime.KeepAlive(held)
+	held = nil
+	without, err := c.Runtime(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if without.NumGC <= with.NumGC {
+		t.Errorf("gc=1 ran no garbage collection: %d, then %d", with.NumGC, without.NumGC)
+	}
+	if without.HeapAlloc > with.HeapAlloc-size/2 {
+		t.Errorf("heap %d bytes once %d bytes were dropped, %d while held", without.HeapAlloc, size, with.HeapAlloc)
 	}
 }

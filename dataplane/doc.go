@@ -4,12 +4,13 @@
 // the daemon leaves running containers' layers served.
 //
 // A data plane serves the three calls of the snapshotter's FileSystem
-// (Mount, Check, Unmount), says what it serves (Mounts) and who it is
-// (Info), reports how the check of each layer against its DiffID stands
-// (Verifications, a long poll), and stops when asked (Shutdown). The Server serves any
-// FileSystem; the Client is what the daemon calls it with. The package
-// imports no other package of lazypull: cmd/lazypulld wires a Server to
-// fs.FileSystem and the snapshotter to Clients.
+// (Mount, Check, Unmount), says what it serves (Mounts), who it is (Info)
+// and what its Go runtime holds (Runtime), reports how the check of each
+// layer against its DiffID stands (Verifications, a long poll), and stops
+// when asked (Shutdown). The Server serves any FileSystem; the Client is
+// what the daemon calls it with. The package imports no other package of
+// lazypull: cmd/lazypulld wires a Server to fs.FileSystem and the
+// snapshotter to Clients.
 //
 // # Protocol
 //
@@ -17,6 +18,7 @@
 //
 //	GET  /v1/info      -> Info
 //	GET  /v1/mounts    -> MountList
+//	GET  /v1/runtime   -> Runtime (?gc=1: after a garbage collection)
 //	POST /v1/mount     MountRequest    -> MountAnswer, or 204 No Content
 //	POST /v1/check     MountRequest    -> 204 No Content
 //	POST /v1/unmount   UnmountRequest  -> 204 No Content

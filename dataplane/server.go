@@ -9,6 +9,8 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -81,6 +83,7 @@ func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 	mux.HandleFunc("POST "+PathShutdown, s.handleShutdown)
 	mux.HandleFunc("GET "+PathVerifications, s.handleVerifications)
 	mux.HandleFunc("POST "+PathCredentials, s.handleCredentials)
+	mux.HandleFunc("GET "+PathRuntime, handleRuntime)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotImplemented))
 	})
@@ -114,6 +117,29 @@ func (s *Server) Mounts() []Mount {
 
 func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, s.info)
+}
+
+// handleRuntime reads the runtime's statistics, which stops the world for
+// a moment; a call with gc=1 collects garbage first, as a caller measuring
+// what memory is live wants. It takes two collections: what a sync.Pool
+// holds survives the first, and keeps alive the whole object the pool is
+// a field of (an unmounted layer's FUSE server, with the layer's tree).
+func handleRuntime(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("gc") == "1" {
+		runtime.GC()
+		debug.FreeOSMemory() // the second, which also returns memory
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	writeJSON(w, Runtime{
+		Goroutines:   runtime.NumGoroutine(),
+		HeapAlloc:    ms.HeapAlloc,
+		HeapInuse:    ms.HeapInuse,
+		HeapObjects:  ms.HeapObjects,
+		Sys:          ms.Sys,
+		HeapReleased: ms.HeapReleased,
+		NumGC:        ms.NumGC,
+	})
 }
 
 func (s *Server) handleMounts(w http.ResponseWriter, r *http.Request) {

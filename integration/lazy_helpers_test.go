@@ -56,6 +56,9 @@ type lazyBedOptions struct {
 	RegistryAuth *testbed.RegistryAuth
 	// Remote holds more keys of lazypulld's [remote] table, one a line.
 	Remote string
+	// Tables holds more tables of lazypulld's configuration (not [remote]
+	// nor, with NoBackgroundFetch, [fs]).
+	Tables string
 }
 
 // newLazyBed starts a lazyBed for t. At the very end of t's cleanup it
@@ -84,6 +87,7 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 	if fsKeys != "" {
 		cfg += "\n[fs]\n" + fsKeys
 	}
+	cfg += "\n" + opts.Tables
 	bopts := testbed.Options{
 		Flavour:         f,
 		LazypulldBinary: lazypulldBin,
@@ -115,17 +119,26 @@ func newLazyBed(t *testing.T, f testbed.Flavour, opts lazyBedOptions) *lazyBed {
 // registry) and returns dst. env is added to the tool's environment.
 func convertImage(t *testing.T, ctx context.Context, src, dst string, env ...string) string {
 	t.Helper()
+	if stderr, err := lazypullConvert(ctx, src, dst, env...); err != nil {
+		t.Fatalf("lazypull convert %s %s: %v\n%s", src, dst, err, stderr)
+	}
+	return dst
+}
+
+// lazypullConvert is convertImage for any goroutine: it returns the
+// tool's stderr and an error if it failed.
+func lazypullConvert(ctx context.Context, src, dst string, env ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, lazypullBin, "convert", "--plain-http", src, dst)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("lazypull convert %s %s: %v\n%s", src, dst, err, stderr.String())
+		return stderr.String(), err
 	}
 	if !strings.HasPrefix(stdout.String(), dst+"@sha256:") {
-		t.Fatalf("lazypull convert printed %q, want %s@<digest>", stdout.String(), dst)
+		return stderr.String(), fmt.Errorf("printed %q, want %s@<digest>", stdout.String(), dst)
 	}
-	return dst
+	return stderr.String(), nil
 }
 
 // pullStatus is one row of `lazypull pull`'s table.

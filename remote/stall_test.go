@@ -109,8 +109,11 @@ func TestStalledAnswerIsAskedAgain(t *testing.T) {
 // and the request timeout only the wait for the headers.
 func TestSlowBodyIsNotAStall(t *testing.T) {
 	reg := newRegistry(t, 100_000)
-	b, _ := mustOpen(t, newTestResolver(t, reg, WithStallTimeout(time.Second), WithRequestTimeout(time.Second)), reg, 10)
-	const pieces = 150 // 10ms apart: 1.5s or more in all, each wait 100 times shorter than the stall timeout
+	// Timeouts of 2s, which a busy machine that runs the server a moment
+	// late does not reach, and a body that takes longer in all.
+	const timeout = 2 * time.Second
+	b, _ := mustOpen(t, newTestResolver(t, reg, WithStallTimeout(timeout), WithRequestTimeout(timeout)), reg, 10)
+	const pieces = 150 // 20ms apart: 3s or more in all, each wait 100 times shorter than the stall timeout
 	reg.serve = func(w http.ResponseWriter, r *http.Request) {
 		start, end, _ := firstRange(r.Header.Get("Range"), int64(len(reg.blob)))
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, len(reg.blob)))
@@ -121,7 +124,7 @@ func TestSlowBodyIsNotAStall(t *testing.T) {
 		for i := 0; i < len(body); i += step {
 			w.Write(body[i:min(i+step, len(body))])
 			w.(http.Flusher).Flush()
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	start := time.Now()
@@ -129,8 +132,8 @@ func TestSlowBodyIsNotAStall(t *testing.T) {
 	if _, err := b.ReadAt(context.Background(), p, 5000); err != nil || !bytes.Equal(p, reg.blob[5000:35_000]) {
 		t.Fatalf("ReadAt: %v", err)
 	}
-	if d := time.Since(start); d < 1500*time.Millisecond {
-		t.Fatalf("the body took %v, less than the 1.5s the test needs", d)
+	if d := time.Since(start); d < pieces*20*time.Millisecond {
+		t.Fatalf("the body took %v, less than the %v the test needs", d, pieces*20*time.Millisecond)
 	}
 	if n := len(reg.requests()); n != 2 {
 		t.Errorf("%d requests, want 2: the open and one read", n)

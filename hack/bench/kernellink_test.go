@@ -143,7 +143,10 @@ func TestKernelLinkDelay(t *testing.T) {
 	if bps > rate*1.1 {
 		t.Errorf("bulk transfer at %.0f Mbit/s, above the link's %.0f", bps/1e6, float64(rate)/1e6)
 	}
-	if bps < rate/4 {
+	// Far below the rate, not just below it: a busy machine's reader and
+	// writer are slow too, a link shaped in the wrong unit is orders of
+	// magnitude slower.
+	if bps < rate/16 {
 		t.Errorf("bulk transfer at %.0f Mbit/s, far below the link's %.0f (is the sender throttled?)", bps/1e6, float64(rate)/1e6)
 	}
 	if got := k.Delivered() - before; got < size {

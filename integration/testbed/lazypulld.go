@@ -146,6 +146,14 @@ func (l *Lazypulld) Kill() error {
 	return nil
 }
 
+// PID is the process id of the daemon last started, or 0.
+func (l *Lazypulld) PID() int {
+	if l.proc == nil {
+		return 0
+	}
+	return l.proc.cmd.Process.Pid
+}
+
 // Running reports whether the daemon process is alive.
 func (l *Lazypulld) Running() bool { return l.proc != nil && !l.proc.exited() }
 
