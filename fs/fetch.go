@@ -43,7 +43,9 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byt
 	data = make([][]byte, len(cs))
 	var missing []int
 	for i, c := range cs {
-		if b, ok := l.cached(ctx, c); ok {
+		b, ok := l.cached(ctx, c)
+		l.fsys.stats.countLookup(ok)
+		if ok {
 			data[i] = b
 			continue
 		}

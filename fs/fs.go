@@ -104,6 +104,7 @@ type FileSystem struct {
 	assemblies assemblies // whole-file entries being prepared
 
 	panics atomic.Int64 // recovered, see guard.go
+	stats  stats        // see stats.go
 
 	mu       sync.Mutex
 	closed   bool

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -115,6 +116,7 @@ func (n *node) fill(a *fuse.Attr) {
 var _ = (gofs.NodeGetattrer)((*node)(nil))
 
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer n.l.timed(opGetattr, time.Now())
 	n.fill(&out.Attr)
 	return 0
 }
@@ -173,6 +175,7 @@ func (n *node) xattrs() map[string][]byte {
 var _ = (gofs.NodeGetxattrer)((*node)(nil))
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	defer n.l.timed(opGetxattr, time.Now())
 	v, ok := n.xattrs()[attr]
 	if !ok {
 		return 0, syscall.ENODATA
@@ -186,6 +189,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 var _ = (gofs.NodeListxattrer)((*node)(nil))
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	defer n.l.timed(opListxattr, time.Now())
 	x := n.xattrs()
 	names := make([]string, 0, len(x))
 	for k := range x {
@@ -205,6 +209,7 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 var _ = (gofs.NodeStatfser)((*node)(nil))
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	defer n.l.timed(opStatfs, time.Now())
 	out.Bsize, out.Frsize = blockSize, blockSize
 	out.Blocks = uint64(n.l.src.bytes+blockSize-1) / blockSize
 	out.Files = uint64(len(n.l.src.ino))
@@ -237,6 +242,7 @@ func hidden(name string, root bool) bool {
 var _ = (gofs.NodeLookuper)((*dirNode)(nil))
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer d.l.timed(opLookup, time.Now())
 	e, whiteout, ok := child(d.e, name, d.ino == 1)
 	if !ok {
 		return nil, syscall.ENOENT
@@ -249,6 +255,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 var _ = (gofs.NodeReaddirer)((*dirNode)(nil))
 
 func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	defer d.l.timed(opReaddir, time.Now())
 	var list []fuse.DirEntry
 	d.e.ForeachChild(func(name string, e *estargz.TOCEntry) bool {
 		whiteout := false
@@ -275,6 +282,7 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
 
 func (s *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	defer s.l.timed(opReadlink, time.Now())
 	if s.l.failed() {
 		return nil, syscall.EIO
 	}
@@ -284,6 +292,7 @@ func (s *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 var _ = (gofs.NodeOpener)((*fileNode)(nil))
 
 func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	defer f.l.timed(opOpen, time.Now())
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
@@ -307,6 +316,7 @@ func (f *fileNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno 
 var _ = (gofs.NodeReader)((*fileNode)(nil))
 
 func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer f.l.timed(opRead, time.Now())
 	f.l.reads.Add(1)
 	if f.l.failed() {
 		return nil, syscall.EIO

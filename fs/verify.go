@@ -181,6 +181,7 @@ func (l *layer) judge(ctx context.Context, res *blobResult) {
 	if !l.verdict.CompareAndSwap(nil, &verdict{diffID: res.DiffID, failure: failure, at: time.Now()}) {
 		return
 	}
+	l.fsys.stats.countVerdict(failure == "")
 	lg := log.G(ctx).WithFields(log.Fields{"layer": l.src.dgst, "snapshot": l.expect.chainID, "diff_id": res.DiffID})
 	if failure != "" {
 		lg.WithFields(log.Fields{"parent_chain_id": l.expect.parent, "config_diff_id": l.expect.diffID, "reason": failure}).

@@ -59,6 +59,7 @@ type options struct {
 	warm        int
 	spoolDir    string
 	spoolMax    int64
+	observer    Observer
 }
 
 // Option configures a Resolver.
@@ -227,6 +228,7 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		warm:        8,
 		spoolDir:    os.TempDir(),
 		spoolMax:    2 << 30,
+		observer:    nopObserver{},
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {

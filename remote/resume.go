@@ -32,6 +32,10 @@ func (b *Blob) again(ctx context.Context, read func() error) error {
 		if err := sleep(ctx, retryDelay(b.r.opts.backoffBase, b.r.opts.backoffMax, attempt, nil)); err != nil {
 			return err
 		}
+		var e *Error
+		if errors.As(err, &e) {
+			b.r.opts.observer.Retried(e.Host)
+		}
 	}
 }
 

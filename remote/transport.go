@@ -19,7 +19,7 @@ import (
 
 // The behaviour of every request is built from small http.RoundTrippers,
 // outermost first: auth (per registry host), user agent, retry, timeout
-// and stall,
+// and stall, the Observer's counting,
 // then the transport that containerd's hosts.toml support configured (TLS,
 // dial timeout, plain HTTP). Token requests of the authorizer use the same
 // stack minus auth, so they get the timeout and retries too.
@@ -29,8 +29,9 @@ func (o *options) wrapTransport(base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	var rt http.RoundTripper = &timeoutTransport{inner: base, timeout: o.timeout, stall: o.stall}
-	rt = &retryTransport{inner: rt, retries: o.retries, base: o.backoffBase, max: o.backoffMax}
+	var rt http.RoundTripper = &observeTransport{inner: base, obs: o.observer}
+	rt = &timeoutTransport{inner: rt, timeout: o.timeout, stall: o.stall, obs: o.observer}
+	rt = &retryTransport{inner: rt, retries: o.retries, base: o.backoffBase, max: o.backoffMax, obs: o.observer}
 	return &userAgentTransport{inner: rt, ua: o.userAgent}
 }
 
@@ -58,6 +59,7 @@ type timeoutTransport struct {
 	inner   http.RoundTripper
 	timeout time.Duration
 	stall   time.Duration
+	obs     Observer
 }
 
 func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -70,7 +72,8 @@ func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		cancel(nil)
 		return nil, err
 	}
-	resp.Body = newStallBody(resp.Body, ctx, cancel, t.stall)
+	host := req.URL.Host
+	resp.Body = newStallBody(resp.Body, ctx, cancel, t.stall, func() { t.obs.Stalled(host) })
 	return resp, nil
 }
 
@@ -96,10 +99,15 @@ type stallBody struct {
 	timer  *time.Timer // armed only while a Read waits
 }
 
-func newStallBody(body io.ReadCloser, ctx context.Context, cancel context.CancelCauseFunc, stall time.Duration) *stallBody {
+// newStallBody returns body cut off after stall without a byte; stalled
+// is called when it is.
+func newStallBody(body io.ReadCloser, ctx context.Context, cancel context.CancelCauseFunc, stall time.Duration, stalled func()) *stallBody {
 	b := &stallBody{ReadCloser: body, ctx: ctx, cancel: cancel, stall: stall}
 	cause := fmt.Errorf("%w: no bytes for %v", errStalled, stall)
-	b.timer = time.AfterFunc(stall, func() { cancel(cause) })
+	b.timer = time.AfterFunc(stall, func() {
+		stalled() // first: once the reader sees the stall, it is counted
+		cancel(cause)
+	})
 	b.timer.Stop()
 	return b
 }
@@ -136,6 +144,7 @@ type retryTransport struct {
 	inner     http.RoundTripper
 	retries   int
 	base, max time.Duration
+	obs       Observer
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -159,6 +168,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err := sleep(ctx, wait); err != nil {
 			return nil, err
 		}
+		t.obs.Retried(req.URL.Host)
 	}
 }
 
