@@ -80,4 +80,3 @@ func (m *Metrics) validate(address, criAddress string) []error {
 	}
 	return errs
 }
-
