@@ -211,6 +211,7 @@ func TestFallbackErrorFailsPull(t *testing.T) {
 		if err == nil {
 			t.Fatalf("pull of the gzip image %s succeeded, want it to fail", ref)
 		}
+		t.Logf("the pull failed: %v", err)
 		layers, lerr := img.img.Layers()
 		if lerr != nil {
 			t.Fatal(lerr)

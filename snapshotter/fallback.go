@@ -113,6 +113,13 @@ func fallbackError(target string, labels map[string]string, fb *fallback) error 
 	if layer == "" {
 		layer = "of chain ID " + target
 	}
-	return fmt.Errorf("layer %s cannot be mounted lazily (%s): %s; the snapshotter's fallback is \"error\", so the pull fails instead of downloading the layer: %w",
-		layer, fb.class, fb.reason, errdefs.ErrFailedPrecondition)
+	return &noFallbackError{fmt.Sprintf("layer %s cannot be mounted lazily and lazypull's [snapshotter] fallback is \"error\", so the pull fails instead of downloading it: %s (%s)",
+		layer, fb.reason, fb.class)}
 }
+
+// noFallbackError is of class FailedPrecondition, without the class's
+// name in its text: the reason often ends with one already.
+type noFallbackError struct{ msg string }
+
+func (e *noFallbackError) Error() string { return e.msg }
+func (e *noFallbackError) Unwrap() error { return errdefs.ErrFailedPrecondition }

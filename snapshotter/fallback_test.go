@@ -207,7 +207,7 @@ func TestFallbackError(t *testing.T) {
 		labels        map[string]string
 		want          []string // substrings of the error
 	}{
-		{"mount fails", "chain-x", layerLabels("chain-x", "sha256:xx"), []string{"layer sha256:xx", "is not eStargz", `fallback is "error"`}},
+		{"mount fails", "chain-x", layerLabels("chain-x", "sha256:xx"), []string{"layer sha256:xx", "is not eStargz", `fallback is "error"`, "(other)"}},
 		{"no annotations", "chain-y", map[string]string{snapshots.LabelSnapshotRef: "chain-y"}, []string{"chain-y", snapshotters.TargetLayerDigestLabel}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
