@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -89,16 +88,9 @@ func pullAction(c *cli.Context) error {
 		platformOpts = append(platformOpts, containerd.WithPlatformMatcher(matcher))
 	}
 
-	address := c.String("address")
-	if !strings.Contains(address, "://") {
-		// Otherwise a missing socket shows as a dial timeout 10s later.
-		if _, err := os.Stat(address); err != nil {
-			return fmt.Errorf("containerd socket: %w", err)
-		}
-	}
-	client, err := containerd.New(address)
+	client, err := connectContainerd(c.String("address"))
 	if err != nil {
-		return fmt.Errorf("connect to containerd: %w", err)
+		return err
 	}
 	defer client.Close()
 	ctx := namespaces.WithNamespace(c.Context, c.String("namespace"))
