@@ -73,6 +73,13 @@ type Config struct {
 	// CRI configures the Kubernetes image service that passes the
 	// credentials of pod pull secrets to lazypulld.
 	CRI CRI `toml:"cri"`
+
+	// Snapshotter configures what a pull does with a layer that cannot be
+	// mounted lazily.
+	Snapshotter Snapshotter `toml:"snapshotter"`
+
+	// Metrics configures the Prometheus metrics endpoint.
+	Metrics Metrics `toml:"metrics"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -372,6 +379,8 @@ func Default() *Config {
 		CRI: CRI{
 			CredentialTTL: Duration{24 * time.Hour},
 		},
+		Snapshotter: Snapshotter{Fallback: FallbackPull},
+		Metrics:     Metrics{MaxHosts: 32},
 	}
 }
 
@@ -446,6 +455,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("cache.max_size: %s is less than %s (0 means no bound)", c.Cache.MaxSize, minCacheSize))
 	}
 	errs = append(errs, c.CRI.validate(c.Address, c.Containerd.Address)...)
+	errs = append(errs, c.Snapshotter.validate()...)
+	errs = append(errs, c.Metrics.validate(c.Address, c.CRI.Address)...)
 	return errors.Join(errs...)
 }
 

@@ -51,7 +51,11 @@
 // applies the layer itself, logs why, and labels the active snapshot with
 // LabelFallback=<reason>. Commit carries that label over to the committed
 // snapshot, so `ctr snapshots info <chainID>` tells an operator why a layer
-// was not lazy.
+// was not lazy. With WithFallbackError, Prepare does not fall back: it
+// fails with an error of class FailedPrecondition that names the layer and
+// the reason, and leaves no snapshot, so that the pull fails. An Observer
+// (WithObserver) is told of each layer mounted lazily and of each that was
+// not, with a class of the reason (the Fallback constants).
 //
 // A remote snapshot's "fs" directory is its mountpoint, so the mounts of any
 // snapshot above it name the mountpoint as a lowerdir. The labels a layer was

@@ -21,7 +21,9 @@ import (
 // (those the daemon's CRI image service pushes). The returned close
 // function closes the filesystems (which unmounts their layers), then the
 // chunk cache, then the registry client (its downloads into spool files).
-func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, func() error, error) {
+// m, if not nil, counts the registry requests and reads the filesystems'
+// and the cache's counters.
+func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMetrics) (*fs.FileSystem, func() error, error) {
 	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
@@ -34,6 +36,9 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 	}
 	if creds != nil {
 		ropts = append(ropts, remote.WithCredentialSource(creds))
+	}
+	if m != nil {
+		ropts = append(ropts, remote.WithObserver(m))
 	}
 	resolver, err := remote.NewResolver(ropts...)
 	if err != nil {
@@ -72,6 +77,9 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 	)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
+	}
+	if m != nil {
+		m.watch(layers, chunks)
 	}
 	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
 }

@@ -105,7 +105,8 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if cfg.CRI.Address != "" {
 		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
 	}
-	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds))
+	metrics := newPlaneMetrics(cfg.Metrics.MaxHosts)
+	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds), metrics)
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if creds != nil {
 		fsys = credentialFS{verifyingFS{layers}, creds}
 	}
-	srv := dataplane.NewServer(fsys, info, stop)
+	srv := dataplane.NewServer(fsys, info, stop, dataplane.WithMetrics(metrics.handler()))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if ready != nil {
