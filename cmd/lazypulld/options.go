@@ -21,7 +21,8 @@ import (
 // (those the daemon's CRI image service pushes). The returned close
 // function closes the filesystems (which unmounts their layers), then the
 // chunk cache, then the registry client (its downloads into spool files).
-func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, func() error, error) {
+// more options follow those of cfg.
+func newFileSystem(cfg *config.Config, creds remote.CredentialSource, more ...fs.Option) (*fs.FileSystem, func() error, error) {
 	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
@@ -43,7 +44,7 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 	if err != nil {
 		return nil, nil, errors.Join(err, resolver.Close())
 	}
-	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
+	opts := append([]fs.Option{
 		fs.WithCache(chunks),
 		fs.WithAllowUnverified(cfg.FS.AllowUnverifiedLayers),
 		fs.WithTailSize(cfg.FS.TailSize.Int64()),
@@ -69,7 +70,8 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 			PathDepth:         cfg.FS.MaxPathDepth,
 			ChunkSize:         cfg.FS.MaxChunkSize.Int64(),
 		}),
-	)
+	}, more...)
+	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver}, opts...)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}

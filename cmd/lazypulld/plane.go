@@ -105,7 +105,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if cfg.CRI.Address != "" {
 		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
 	}
-	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds))
+	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds), storeBlobOptions(ctx, cfg)...)
 	if err != nil {
 		return err
 	}
