@@ -35,7 +35,9 @@ const labelStoredBlob = "lazypull/layer-blob"
 // containerd's content store has their blobs, so that `ctr image export`
 // writes an archive that holds every layer blob with its digest; the
 // blobs survive containerd's garbage collection for as long as the image
-// exists, and go with it.
+// exists, and go with it. A layer verified before (whose blob lazypulld
+// does not read whole again) gets its blob too: the image removed and
+// pulled again has it fetched again from the registry.
 func TestLazyExport(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -50,16 +52,7 @@ func TestLazyExport(t *testing.T) {
 		waitStoredBlobs(t, nctx, cl, pulled)
 
 		collectGarbage(t, nctx, cl)
-		archive := filepath.Join(testbed.Dir(t, "export"), "image.tar")
-		if _, err := lb.Containerd.Ctr(ctx, "image", "export", archive, ref); err != nil {
-			t.Fatal(err)
-		}
-		af, err := os.Open(archive)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer af.Close()
-		requireArchiveLayers(t, af, pulled)
+		requireExport(t, ctx, lb.Containerd, ref, pulled)
 
 		if _, err := lb.Containerd.Ctr(ctx, "image", "rm", "--sync", ref); err != nil {
 			t.Fatal(err)
@@ -69,7 +62,41 @@ func TestLazyExport(t *testing.T) {
 				t.Errorf("layer blob %s after the image's removal: %v, want not found (nothing else references it)", l.Digest, err)
 			}
 		}
+
+		pullLazily(t, ctx, lb, ref)
+		waitBlobs(t, nctx, cl, pulled, "the image pulled again")
+		requireExport(t, ctx, lb.Containerd, ref, pulled)
 	})
+}
+
+// requireExport fails t unless `ctr image export` of ref in c's namespace
+// writes an archive with every layer blob of img.
+func requireExport(t *testing.T, ctx context.Context, c *testbed.Containerd, ref string, img pulledImage) {
+	t.Helper()
+	archive := filepath.Join(testbed.Dir(t, "export"), "image.tar")
+	if _, err := c.Ctr(ctx, "image", "export", archive, ref); err != nil {
+		t.Fatal(err)
+	}
+	af, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer af.Close()
+	requireArchiveLayers(t, af, img)
+}
+
+// waitBlobs waits until ctx's namespace of containerd's content store has
+// every layer blob of img, stored by lazypulld.
+func waitBlobs(t *testing.T, ctx context.Context, cl *client.Client, img pulledImage, what string) {
+	t.Helper()
+	started := time.Now()
+	for i, l := range img.Layers {
+		waitCondition(t, ctx, fmt.Sprintf("layer %d's blob in containerd, for %s", i, what), func() bool {
+			info, err := cl.ContentStore().Info(ctx, l.Digest)
+			return err == nil && info.Size == l.Size && info.Labels[labelStoredBlob] == "verified"
+		})
+	}
+	t.Logf("layer blobs stored %v after the pull, for %s", time.Since(started).Round(time.Millisecond), what)
 }
 
 // TestDockerSaveAndPush: once the layers of an image Docker Engine pulled

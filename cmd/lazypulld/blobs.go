@@ -83,68 +83,96 @@ func storeVerifiedBlob(ctx context.Context, address string, dgst digest.Digest, 
 // storeBlob is storeVerifiedBlob; it returns the namespaces where it
 // stored the blob.
 func storeBlob(ctx context.Context, address string, dgst digest.Digest, path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open the verified copy: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	// A fetch may still write to the spool, the bytes it verified: the
-	// content store checks the digest again as it commits.
-	desc := ocispec.Descriptor{Digest: dgst, Size: st.Size()}
 	c, err := dialContainerd(ctx, address)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
+	lacking, _, err := namespacesLacking(ctx, c, dgst)
+	if len(lacking) == 0 {
+		return nil, err
+	}
+	f, oerr := os.Open(path)
+	if oerr != nil {
+		return nil, errors.Join(err, fmt.Errorf("open the verified copy: %w", oerr))
+	}
+	defer f.Close()
+	st, serr := f.Stat()
+	if serr != nil {
+		return nil, errors.Join(err, serr)
+	}
+	// A fetch may still write to the spool, the bytes it verified: the
+	// content store checks the digest again as it commits.
+	desc := ocispec.Descriptor{Digest: dgst, Size: st.Size()}
+	stored, werr := writeBlob(ctx, c, lacking, desc, f)
+	return stored, errors.Join(err, werr)
+}
+
+// namespacesLacking returns the namespaces of containerd whose content
+// references dgst but whose content store lacks it, and one namespace
+// whose content store has it, if any.
+func namespacesLacking(ctx context.Context, c *client.Client, dgst digest.Digest) (lacking []string, has string, err error) {
 	nss, err := c.NamespaceService().List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list containerd namespaces: %w", err)
+		return nil, "", fmt.Errorf("list containerd namespaces: %w", err)
 	}
-	var stored []string
 	var errs []error
+	cs := c.ContentStore()
 	for _, ns := range nss {
-		ok, err := storeInNamespace(namespaces.WithNamespace(ctx, ns), c, desc, io.NewSectionReader(f, 0, desc.Size))
+		nctx := namespaces.WithNamespace(ctx, ns)
+		_, err := cs.Info(nctx, dgst)
+		if err == nil {
+			has = ns
+			continue
+		}
+		if errdefs.IsNotFound(err) {
+			var ok bool
+			if ok, err = referenced(nctx, cs, dgst); ok {
+				lacking = append(lacking, ns)
+			}
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 		}
-		if ok {
-			stored = append(stored, ns)
+	}
+	return lacking, has, errors.Join(errs...)
+}
+
+// writeBlob writes the blob that r holds into the content store of each
+// of nss and returns those where it did.
+func writeBlob(ctx context.Context, c *client.Client, nss []string, desc ocispec.Descriptor, r io.ReaderAt) ([]string, error) {
+	var stored []string
+	var errs []error
+	for _, ns := range nss {
+		err := writeInNamespace(namespaces.WithNamespace(ctx, ns), c, desc, io.NewSectionReader(r, 0, desc.Size))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
+			continue
 		}
+		stored = append(stored, ns)
 	}
 	return stored, errors.Join(errs...)
 }
 
-// storeInNamespace writes the blob r holds into the content store of ctx's
-// namespace if content there references it and the store lacks it. It
-// reports whether it wrote it.
-func storeInNamespace(ctx context.Context, c *client.Client, desc ocispec.Descriptor, r io.Reader) (bool, error) {
-	cs := c.ContentStore()
-	if _, err := cs.Info(ctx, desc.Digest); err == nil || !errdefs.IsNotFound(err) {
-		return false, err
-	}
-	if ok, err := referenced(ctx, cs, desc.Digest); !ok || err != nil {
-		return false, err
-	}
-	// Under a lease until committed: the manifest's label keeps it after.
+// writeInNamespace writes the blob r holds into the content store of ctx's
+// namespace, labelled as stored by lazypulld.
+func writeInNamespace(ctx context.Context, c *client.Client, desc ocispec.Descriptor, r io.Reader) error {
+	// Under a lease until committed: the references keep it after.
 	ctx, done, err := c.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
 	if err != nil {
-		return false, fmt.Errorf("lease: %w", err)
+		return fmt.Errorf("lease: %w", err)
 	}
 	defer func() {
 		if err := done(context.WithoutCancel(ctx)); err != nil {
 			log.G(ctx).WithError(err).Warn("failed to delete the lease of a stored layer blob")
 		}
 	}()
-	err = content.WriteBlob(ctx, cs, "lazypull-"+desc.Digest.String(), r, desc,
+	err = content.WriteBlob(ctx, c.ContentStore(), "lazypull-"+desc.Digest.String(), r, desc,
 		content.WithLabels(map[string]string{LabelStoredBlob: StoredBlobVerified}))
 	if err != nil {
-		return false, fmt.Errorf("write blob %s: %w", desc.Digest, err)
+		return fmt.Errorf("write blob %s: %w", desc.Digest, err)
 	}
-	return true, nil
+	return nil
 }
 
 // errFound stops a Walk.

@@ -23,20 +23,7 @@ import (
 // chunk cache, then the registry client (its downloads into spool files).
 // more options follow those of cfg.
 func newFileSystem(cfg *config.Config, creds remote.CredentialSource, more ...fs.Option) (*fs.FileSystem, func() error, error) {
-	ropts := []remote.Option{
-		remote.WithHostsDir(cfg.Remote.HostsDir),
-		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
-		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
-		remote.WithRetries(cfg.Remote.Retries),
-		remote.WithParallelism(cfg.Remote.Parallelism),
-		remote.WithWarmConnections(cfg.Remote.WarmConnections),
-		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
-		remote.WithUserAgent("lazypull/" + version),
-	}
-	if creds != nil {
-		ropts = append(ropts, remote.WithCredentialSource(creds))
-	}
-	resolver, err := remote.NewResolver(ropts...)
+	resolver, err := remote.NewResolver(registryOptions(cfg, creds)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry client: %w", err)
 	}
@@ -76,6 +63,25 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource, more ...fs
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
 	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
+}
+
+// registryOptions are the options of a data plane's registry client: with
+// creds, if not nil, ahead of docker's config.json.
+func registryOptions(cfg *config.Config, creds remote.CredentialSource) []remote.Option {
+	ropts := []remote.Option{
+		remote.WithHostsDir(cfg.Remote.HostsDir),
+		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
+		remote.WithRetries(cfg.Remote.Retries),
+		remote.WithParallelism(cfg.Remote.Parallelism),
+		remote.WithWarmConnections(cfg.Remote.WarmConnections),
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
+		remote.WithUserAgent("lazypull/" + version),
+	}
+	if creds != nil {
+		ropts = append(ropts, remote.WithCredentialSource(creds))
+	}
+	return ropts
 }
 
 // verifyMode is [fs] verify as fs has it.

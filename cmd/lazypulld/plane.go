@@ -126,6 +126,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 		fsys = credentialFS{verifyingFS{layers}, creds}
 	}
 	srv := dataplane.NewServer(fsys, info, stop)
+	defer keepBlobs(ctx, cfg, layers, srv.Mounts, credentialSource(creds))()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if ready != nil {
