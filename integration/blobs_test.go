@@ -35,9 +35,10 @@ const labelStoredBlob = "lazypull/layer-blob"
 // containerd's content store has their blobs, so that `ctr image export`
 // writes an archive that holds every layer blob with its digest; the
 // blobs survive containerd's garbage collection for as long as the image
-// exists, and go with it. A layer verified before (whose blob lazypulld
-// does not read whole again) gets its blob too: the image removed and
-// pulled again has it fetched again from the registry.
+// exists, and go with it. Layers verified before (whose blobs lazypulld
+// does not read whole again) get their blobs too: the image removed and
+// pulled again (fetched again from the registry), and the image pulled in
+// a second namespace (copied from the first).
 func TestLazyExport(t *testing.T) {
 	forEachFlavour(t, func(t *testing.T, f testbed.Flavour) {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -66,6 +67,12 @@ func TestLazyExport(t *testing.T) {
 		pullLazily(t, ctx, lb, ref)
 		waitBlobs(t, nctx, cl, pulled, "the image pulled again")
 		requireExport(t, ctx, lb.Containerd, ref, pulled)
+
+		second := lb.inNamespace(lb.Containerd.Namespace + "-second")
+		pullLazily(t, ctx, second, ref)
+		sctx := namespaces.WithNamespace(ctx, second.Containerd.Namespace)
+		waitBlobs(t, sctx, cl, pulled, "the image pulled in a second namespace")
+		requireExport(t, ctx, second.Containerd, ref, pulled)
 	})
 }
 

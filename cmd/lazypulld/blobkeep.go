@@ -41,12 +41,16 @@ func keepBlobs(ctx context.Context, cfg *config.Config, layers verdictLister, mo
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	k := &blobKeeper{address: cfg.Containerd.Address, cfg: cfg, creds: creds, verified: map[digest.Digest]string{}}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		k := blobKeeper{address: cfg.Containerd.Address, cfg: cfg, creds: creds}
 		k.run(ctx, layers, mounts)
+	}()
+	go func() {
+		defer wg.Done()
+		k.watchImages(ctx)
 	}()
 	return func() {
 		cancel()
@@ -54,14 +58,21 @@ func keepBlobs(ctx context.Context, cfg *config.Config, layers verdictLister, mo
 	}
 }
 
+// blobKeeper is a data plane's blob keeper. Two goroutines run it: one
+// watches verdicts (run), one watches containerd's images (watchImages).
 type blobKeeper struct {
 	address string
 	cfg     *config.Config
 	creds   remote.CredentialSource
+
+	mu sync.Mutex
+	// verified holds the image reference of each verified layer mounted,
+	// by layer digest.
+	verified map[digest.Digest]string
 }
 
 // run looks at each verified mount once, until ctx ends.
-func (k blobKeeper) run(ctx context.Context, layers verdictLister, mounts func() []dataplane.Mount) {
+func (k *blobKeeper) run(ctx context.Context, layers verdictLister, mounts func() []dataplane.Mount) {
 	seen := map[string]bool{} // mountpoint and layer; bounded by the mounts
 	var gen uint64
 	retry := minVerdictRetry
@@ -80,14 +91,26 @@ func (k blobKeeper) run(ctx context.Context, layers verdictLister, mounts func()
 		}
 		retry, gen = minVerdictRetry, g
 		current := map[string]bool{}
+		verified := map[digest.Digest]string{}
+		var fresh []fs.Verification
+		ms := mounts()
 		for _, v := range vs {
 			key := v.Mountpoint + " " + v.Layer.String()
 			current[key] = true
-			if seen[key] || v.State != fs.VerificationVerified {
+			if v.State != fs.VerificationVerified {
 				continue
 			}
-			seen[key] = true
-			k.keep(ctx, v.Layer, imageRef(mounts(), v.Mountpoint))
+			verified[v.Layer] = imageRef(ms, v.Mountpoint)
+			if !seen[key] {
+				seen[key] = true
+				fresh = append(fresh, v)
+			}
+		}
+		k.mu.Lock()
+		k.verified = verified
+		k.mu.Unlock()
+		for _, v := range fresh {
+			k.keep(ctx, v.Layer, verified[v.Layer])
 		}
 		for key := range seen {
 			if !current[key] {
@@ -109,7 +132,7 @@ func imageRef(ms []dataplane.Mount, mountpoint string) string {
 
 // keep gives blob dgst of image ref to the namespaces that reference and
 // lack it. Failures are logged.
-func (k blobKeeper) keep(ctx context.Context, dgst digest.Digest, ref string) {
+func (k *blobKeeper) keep(ctx context.Context, dgst digest.Digest, ref string) {
 	ctx, cancel := context.WithTimeout(ctx, storeBlobTimeout)
 	defer cancel()
 	lg := log.G(ctx).WithFields(log.Fields{"layer": dgst, "image": ref})
@@ -126,7 +149,7 @@ func (k blobKeeper) keep(ctx context.Context, dgst digest.Digest, ref string) {
 }
 
 // store is keep; it returns where it stored the blob and where from.
-func (k blobKeeper) store(ctx context.Context, dgst digest.Digest, ref string) (stored []string, from string, err error) {
+func (k *blobKeeper) store(ctx context.Context, dgst digest.Digest, ref string) (stored []string, from string, err error) {
 	c, err := dialContainerd(ctx, k.address)
 	if err != nil {
 		return nil, "", err
