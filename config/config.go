@@ -298,12 +298,19 @@ type Cache struct {
 // Containerd is the [containerd] table: the containerd lazypulld serves.
 type Containerd struct {
 	// Address is the path of containerd's gRPC socket. Empty turns off the
-	// removal of failed layers from containerd's records.
+	// removal of failed layers from containerd's records, and the storing
+	// of layer blobs.
 	Address string `toml:"address"`
 
 	// Snapshotter is the name lazypulld has in containerd's configuration
 	// (the NAME of its [proxy_plugins.NAME] table).
 	Snapshotter string `toml:"snapshotter"`
+
+	// StoreLayerBlobs gives containerd's content store the blob of each
+	// lazily mounted layer once it is verified, in every namespace whose
+	// images reference it, so that exporting, saving and pushing the image
+	// work as after a normal pull.
+	StoreLayerBlobs bool `toml:"store_layer_blobs"`
 }
 
 // CRI is the [cri] table: an image service for kubelet that forwards to
@@ -373,8 +380,9 @@ func Default() *Config {
 			MaxSize: 10 * GiB,
 		},
 		Containerd: Containerd{
-			Address:     "/run/containerd/containerd.sock",
-			Snapshotter: "lazypull",
+			Address:         "/run/containerd/containerd.sock",
+			Snapshotter:     "lazypull",
+			StoreLayerBlobs: true,
 		},
 		CRI: CRI{
 			CredentialTTL: Duration{24 * time.Hour},

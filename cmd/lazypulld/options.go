@@ -22,21 +22,9 @@ import (
 // function closes the filesystems (which unmounts their layers), then the
 // chunk cache, then the registry client (its downloads into spool files).
 // m, if not nil, counts the registry requests and reads the filesystems'
-// and the cache's counters.
-func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMetrics) (*fs.FileSystem, func() error, error) {
-	ropts := []remote.Option{
-		remote.WithHostsDir(cfg.Remote.HostsDir),
-		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
-		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
-		remote.WithRetries(cfg.Remote.Retries),
-		remote.WithParallelism(cfg.Remote.Parallelism),
-		remote.WithWarmConnections(cfg.Remote.WarmConnections),
-		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
-		remote.WithUserAgent("lazypull/" + version),
-	}
-	if creds != nil {
-		ropts = append(ropts, remote.WithCredentialSource(creds))
-	}
+// and the cache's counters; more options follow those of cfg.
+func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMetrics, more ...fs.Option) (*fs.FileSystem, func() error, error) {
+	ropts := registryOptions(cfg, creds)
 	if m != nil {
 		ropts = append(ropts, remote.WithObserver(m))
 	}
@@ -48,7 +36,7 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMe
 	if err != nil {
 		return nil, nil, errors.Join(err, resolver.Close())
 	}
-	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
+	opts := append([]fs.Option{
 		fs.WithCache(chunks),
 		fs.WithAllowUnverified(cfg.FS.AllowUnverifiedLayers),
 		fs.WithTailSize(cfg.FS.TailSize.Int64()),
@@ -74,7 +62,8 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMe
 			PathDepth:         cfg.FS.MaxPathDepth,
 			ChunkSize:         cfg.FS.MaxChunkSize.Int64(),
 		}),
-	)
+	}, more...)
+	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver}, opts...)
 	if err != nil {
 		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
@@ -82,6 +71,25 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMe
 		m.watch(layers, chunks)
 	}
 	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
+}
+
+// registryOptions are the options of a data plane's registry client: with
+// creds, if not nil, ahead of docker's config.json.
+func registryOptions(cfg *config.Config, creds remote.CredentialSource) []remote.Option {
+	ropts := []remote.Option{
+		remote.WithHostsDir(cfg.Remote.HostsDir),
+		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
+		remote.WithRetries(cfg.Remote.Retries),
+		remote.WithParallelism(cfg.Remote.Parallelism),
+		remote.WithWarmConnections(cfg.Remote.WarmConnections),
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
+		remote.WithUserAgent("lazypull/" + version),
+	}
+	if creds != nil {
+		ropts = append(ropts, remote.WithCredentialSource(creds))
+	}
+	return ropts
 }
 
 // verifyMode is [fs] verify as fs has it.

@@ -106,7 +106,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
 	}
 	metrics := newPlaneMetrics(cfg.Metrics.MaxHosts)
-	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds), metrics)
+	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds), metrics, storeBlobOptions(ctx, cfg)...)
 	if err != nil {
 		return err
 	}
@@ -127,6 +127,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 		fsys = credentialFS{verifyingFS{layers}, creds}
 	}
 	srv := dataplane.NewServer(fsys, info, stop, dataplane.WithMetrics(metrics.handler()))
+	defer keepBlobs(ctx, cfg, layers, srv.Mounts, credentialSource(creds))()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if ready != nil {
