@@ -5,7 +5,7 @@ import (
 	"cmp"
 	"context"
 	"debug/elf"
-	"encoding/binary"
+
 	"io"
 	"path"
 	"slices"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/lazypull/lazypull/fs/internal/elfdeps"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -35,9 +36,6 @@ const (
 	// maxImagesMemory bounds the images and the files remembered.
 	maxImagesMemory = 1 << 16
 )
-
-// ldSoCache is the file the loader reads first to find libraries.
-const ldSoCache = "etc/ld.so.cache"
 
 // images remembers the layers of each image mounted, from the image-layers
 // labels, so that a file's dependencies are looked up in the image it
@@ -221,13 +219,13 @@ func (l *layer) loaderPrefetch(name string, head []byte) {
 	// The kernel reads the interpreter as soon as it has mapped the
 	// program, before the loader reads the program's dynamic segment,
 	// which may lie chunks further: fetch it first, from the head alone.
-	deps, _, _ := parseELFDeps(head)
+	deps, _, _ := elfdeps.Parse(bytes.NewReader(head), e.Size)
 	l.spawn("loader prefetch", func() {
 		stack := l.fsys.stack(l)
 		if deps.Interp != "" {
-			l.fsys.prefetchPaths(stack, deps.Interp, ldSoCache)
+			l.fsys.prefetchPaths(stack, deps.Interp, elfdeps.LdSoCache)
 			l.fsys.prefetchPython(stack, "/"+e.Name)
-		} else if sharedObject(head) {
+		} else if deps.SharedObject() {
 			l.prefetchSiblingLibs(e.Name)
 		}
 		l.fsys.prefetchLoad(l.ctx, stack, l, e)
@@ -258,7 +256,7 @@ func (l *layer) prefetchSiblingLibs(name string) {
 	var cs []chunk
 	var total int64
 	d.ForeachChild(func(base string, e *estargz.TOCEntry) bool {
-		if e.Type != "reg" || e.Name == name || !isSharedObjectName(base) {
+		if e.Type != "reg" || e.Name == name || !elfdeps.IsSharedObjectName(base) {
 			return true
 		}
 		fcs, err := l.chunks(e, 0, e.Size)
@@ -275,25 +273,6 @@ func (l *layer) prefetchSiblingLibs(name string) {
 	})
 	slices.SortFunc(cs, func(a, b chunk) int { return cmp.Compare(a.start, b.start) })
 	l.startWindow(cs)
-}
-
-// isSharedObjectName reports whether a file name is that of a shared
-// object: libfoo.so, libfoo.so.1.2, _foo.cpython-311-x86_64-linux-gnu.so.
-func isSharedObjectName(base string) bool {
-	return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so.")
-}
-
-// sharedObject reports whether head starts an ELF shared object (ET_DYN).
-// A position-independent program is one too, but has an interpreter.
-func sharedObject(head []byte) bool {
-	if len(head) < 18 {
-		return false
-	}
-	var bo binary.ByteOrder = binary.LittleEndian
-	if elf.Data(head[elf.EI_DATA]) == elf.ELFDATA2MSB {
-		bo = binary.BigEndian
-	}
-	return elf.Type(bo.Uint16(head[16:18])) == elf.ET_DYN
 }
 
 // prefetchPaths starts fetching the files at paths in stack that were not
@@ -326,7 +305,7 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 	for n := 0; len(queue) > 0 && n < maxLoaderFiles && ctx.Err() == nil; n++ {
 		t := queue[0]
 		queue = queue[1:]
-		deps, ok, err := parseELFDepsAt(&fileReader{ctx: ctx, l: t.l, e: t.e}, t.e.Size)
+		deps, ok, err := elfdeps.Parse(&fileReader{ctx: ctx, l: t.l, e: t.e}, t.e.Size)
 		if !ok || err != nil {
 			if err != nil {
 				log.G(ctx).WithError(err).WithFields(log.Fields{"layer": t.l.src.dgst, "file": t.e.Name}).Debug("no loader prefetch")
@@ -334,26 +313,16 @@ func (f *FileSystem) prefetchLoad(ctx context.Context, stack []*layer, l *layer,
 			continue
 		}
 		if deps.Interp != "" {
-			f.prefetchPaths(stack, deps.Interp, ldSoCache)
+			f.prefetchPaths(stack, deps.Interp, elfdeps.LdSoCache)
 		}
-		var paths []string
+		libs := elfdeps.Libraries("/"+t.e.Name, deps, func(p string) bool {
+			_, e := lookupImage(stack, p)
+			return e != nil
+		})
+		paths := make([]string, len(libs))
 		private := map[string]bool{} // found in the program's run path
-		dirs := libSearchDirs("/"+t.e.Name, deps)
-		system := libSearchDirs("/"+t.e.Name, elfDeps{Interp: deps.Interp, Machine: deps.Machine, Class: deps.Class, Data: deps.Data, Flags: deps.Flags})
-		for _, name := range deps.Needed {
-			if strings.Contains(name, "/") {
-				if path.IsAbs(name) {
-					paths = append(paths, name)
-				}
-				continue
-			}
-			for _, d := range dirs {
-				if _, de := lookupImage(stack, path.Join(d, name)); de != nil {
-					paths = append(paths, path.Join(d, name))
-					private[path.Join(d, name)] = !slices.Contains(system, d)
-					break
-				}
-			}
+		for i, lib := range libs {
+			paths[i], private[lib.Path] = lib.Path, lib.Private
 		}
 		found := f.prefetchPaths(stack, paths...)
 		for i, d := range found {

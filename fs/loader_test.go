@@ -20,7 +20,7 @@ func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
 	const multiarch = "usr/lib/x86_64-linux-gnu/"
 	libs = []string{"ld-linux-x86-64.so.2", "libc.so.6", "libselinux.so.1", "libpcre2-8.so.0"}
 	es := []tarEntry{
-		dir("etc/", 0o755), file(ldSoCache, 0o644, randomBytes(1, 20<<10)),
+		dir("etc/", 0o755), file("etc/ld.so.cache", 0o644, randomBytes(1, 20<<10)),
 		link(tar.TypeSymlink, "lib", "usr/lib"),
 		link(tar.TypeSymlink, "lib64", "usr/lib64"),
 		dir("usr/", 0o755), dir("usr/lib/", 0o755), dir(multiarch, 0o755), dir("usr/lib64/", 0o755),
@@ -81,7 +81,7 @@ func TestLoaderPrefetch(t *testing.T) {
 		waitFetches(t, f)
 		libcFiles := []string{"../../share/zoneinfo/Etc/UTC", "../../../etc/nsswitch.conf", "gconv/gconv-modules.cache",
 			"../locale/C.utf8/LC_CTYPE", "../locale/C.utf8/LC_NUMERIC", "../locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES"}
-		for _, name := range append(append([]string{"../../../" + ldSoCache}, libs...), libcFiles...) {
+		for _, name := range append(append([]string{"../../../etc/ld.so.cache"}, libs...), libcFiles...) {
 			p := filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu", name)
 			fetched := fetchedReading(t, o, p)
 			if want := !on || name == "libunrelated.so.1"; fetched != want {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/lazypull/lazypull/fs/internal/elfdeps"
 )
 
 // readaheadGrowth bounds how far a window grows for a reader that keeps
@@ -72,7 +73,7 @@ const (
 // openedWhole is the largest file, in compressed bytes, that randomMiss
 // fetches whole at its first read from the start of e.
 func openedWhole(e *estargz.TOCEntry) int64 {
-	if e.Mode&0o111 != 0 || isSharedObjectName(path.Base(e.Name)) {
+	if e.Mode&0o111 != 0 || elfdeps.IsSharedObjectName(path.Base(e.Name)) {
 		return maxRandomWhole
 	}
 	return maxOpenedWhole
