@@ -110,11 +110,11 @@ func TestLookupImage(t *testing.T) {
 	f := newFS(t, o, WithBackgroundFetch(false))
 	mountLayer(t, f, lower)
 	mountLayer(t, f, upper)
-	var stack []*layer
+	var stack image
 	for _, d := range []*testLayer{upper, lower} {
 		for _, m := range f.mounts {
 			if m.layer.src.dgst == d.dgst {
-				stack = append(stack, m.layer)
+				stack = append(stack, m.layer.view)
 			}
 		}
 	}
@@ -122,11 +122,11 @@ func TestLookupImage(t *testing.T) {
 		{"/a/x", "upper"}, {"a/x", "upper"}, {"/b/x", "upper"}, {"/c", "upper"},
 		{"/a/y", ""}, {"/b/y", ""}, {"/o/z", ""}, {"/loop", ""}, {"/a", ""}, {"/nothing/x", ""},
 	} {
-		l, e := lookupImage(stack, tc.path)
+		l, e := stack.lookup(tc.path)
 		got := ""
 		if e != nil {
 			got = "lower"
-			if l.src.dgst == upper.dgst {
+			if l.Digest() == upper.dgst {
 				got = "upper"
 			}
 		}
@@ -198,7 +198,7 @@ func mountImage(t *testing.T, config string, layers ...*testLayer) (*testOpener,
 			t.Fatal(err)
 		}
 	}
-	f.wg.Wait()
+	waitIdle(t, f)
 	return o, mps
 }
 
@@ -221,9 +221,9 @@ func TestFindProgram(t *testing.T) {
 	})
 	f := newFS(t, newOpener(l), WithBackgroundFetch(false))
 	mountLayer(t, f, l)
-	var stack []*layer
+	var stack image
 	for _, m := range f.mounts {
-		stack = append(stack, m.layer)
+		stack = append(stack, m.layer.view)
 	}
 	for _, tc := range []struct{ argv0, dir, path, want string }{
 		{"tool", "", "/a:/b:/c", "/b/tool"},
