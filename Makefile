@@ -95,7 +95,7 @@ fuzz:
 
 # Against real containerd 1.6 and 2.x, the distribution registry and runc.
 integration:
-	$(GO) test -race -count=1 -timeout 30m ./integration/...
+	$(GO) test -race -count=1 -timeout 50m ./integration/...
 
 clean:
 	rm -rf $(BIN)
