@@ -246,12 +246,14 @@ func sameModTime(e *estargz.TOCEntry, t time.Time) bool {
 	return d < time.Second && d > -time.Second
 }
 
-// tarXattrs returns h's xattrs as estargz reads them.
+// tarXattrs returns h's xattrs as estargz reads them, those that are
+// served only: the TOC's others were dropped when it was loaded
+// (dropXattrs), and what is compared is what the layer serves.
 func tarXattrs(h *tar.Header) map[string]string {
 	const prefix = "SCHILY.xattr."
 	x := map[string]string{}
 	for k, v := range h.PAXRecords {
-		if name, ok := strings.CutPrefix(k, prefix); ok {
+		if name, ok := strings.CutPrefix(k, prefix); ok && servedXattr(name) {
 			x[name] = v
 		}
 	}

@@ -26,6 +26,10 @@ import (
 func verifyEntries() []tarEntry {
 	x := file("etc/x", 0o640, []byte("has xattrs\n"))
 	x.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.note": "hello"}
+	// Never served (see servedXattr), in the TOC and the tar alike: the
+	// check compares what is served.
+	hidden := dir("hidden/", 0o755)
+	hidden.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.security.selinux": "x"}
 	return []tarEntry{
 		dir("etc/", 0o755),
 		file("etc/a", 0o644, []byte("genuine a\n")),
@@ -37,6 +41,7 @@ func verifyEntries() []tarEntry {
 		link('2', "data/sym", "../etc/a"),
 		link('1', "data/hard", "etc/a"),
 		device('3', "data/null", 1, 3),
+		hidden,
 	}
 }
 
