@@ -183,8 +183,12 @@ var _ = (gofs.FilePassthroughFder)((*ptHandle)(nil))
 // released handle (and lets go of its backing file) when it has the answer
 // to the release, which may reach it after the answer to the next open; an
 // open with a new backing file meanwhile fails with EIO, while an open
-// without passthrough waits for the old mode to end.
-const reopenQuiet = 10 * time.Millisecond
+// without passthrough waits for the old mode to end. The answer to a
+// release leaves go-fuse after our Release returns; on a busy node the
+// goroutine that writes it may wait for a CPU for tens of milliseconds
+// (20 containers starting at once on 2 CPUs: an open failed with EIO with
+// 10ms here), so the bound is far above a scheduling delay.
+const reopenQuiet = 250 * time.Millisecond
 
 // PassthroughFd returns the verified cache entry if the handle is still the
 // only one open and no handle of the file was released within reopenQuiet.
