@@ -73,6 +73,10 @@ type Config struct {
 	// CRI configures the Kubernetes image service that passes the
 	// credentials of pod pull secrets to lazypulld.
 	CRI CRI `toml:"cri"`
+	// Profile configures start-up profiles: what containers of an image
+	// read first, recorded, kept on the node and shared through the
+	// image's registry.
+	Profile Profile `toml:"profile"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -372,6 +376,7 @@ func Default() *Config {
 		CRI: CRI{
 			CredentialTTL: Duration{24 * time.Hour},
 		},
+		Profile: defaultProfile(),
 	}
 }
 
@@ -446,6 +451,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("cache.max_size: %s is less than %s (0 means no bound)", c.Cache.MaxSize, minCacheSize))
 	}
 	errs = append(errs, c.CRI.validate(c.Address, c.Containerd.Address)...)
+	errs = append(errs, c.Profile.validate()...)
 	return errors.Join(errs...)
 }
 
