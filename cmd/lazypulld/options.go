@@ -20,8 +20,9 @@ import (
 // nil, gives the registry client credentials ahead of docker's config.json
 // (those the daemon's CRI image service pushes). The returned close
 // function closes the filesystems (which unmounts their layers), then the
-// chunk cache, then the registry client (its downloads into spool files).
-func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, func() error, error) {
+// chunk cache, then the registry client (its downloads into spool files);
+// the registry client is returned for the start-up profiles.
+func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, *remote.Resolver, func() error, error) {
 	ropts := []remote.Option{
 		remote.WithHostsDir(cfg.Remote.HostsDir),
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
@@ -37,11 +38,11 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 	}
 	resolver, err := remote.NewResolver(ropts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("registry client: %w", err)
+		return nil, nil, nil, fmt.Errorf("registry client: %w", err)
 	}
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, errors.Join(err, resolver.Close())
+		return nil, nil, nil, errors.Join(err, resolver.Close())
 	}
 	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
 		fs.WithCache(chunks),
@@ -71,9 +72,9 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 		}),
 	)
 	if err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
+		return nil, nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
-	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
+	return layers, resolver, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
 }
 
 // verifyMode is [fs] verify as fs has it.

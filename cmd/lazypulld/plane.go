@@ -105,7 +105,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if cfg.CRI.Address != "" {
 		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
 	}
-	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds))
+	layers, resolver, closeFS, err := newFileSystem(cfg, credentialSource(creds))
 	if err != nil {
 		return err
 	}
@@ -114,6 +114,11 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 			retErr = errors.Join(retErr, fmt.Errorf("unmount layers: %w", err))
 		}
 	}()
+	prof, err := newProfiler(cfg, layers, resolver)
+	if err != nil {
+		return fmt.Errorf("start-up profiles: %w", err)
+	}
+	defer prof.Close()
 	l, err := listenPrivate(filepath.Join(dir, planeSocket))
 	if err != nil {
 		return err
@@ -121,9 +126,9 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	info := dataplane.Info{Version: version, Build: build, PID: os.Getpid()}
-	var fsys dataplane.FileSystem = verifyingFS{layers}
+	var fsys dataplane.FileSystem = verifyingFS{layers, prof}
 	if creds != nil {
-		fsys = credentialFS{verifyingFS{layers}, creds}
+		fsys = credentialFS{verifyingFS{layers, prof}, creds}
 	}
 	srv := dataplane.NewServer(fsys, info, stop)
 	served := make(chan error, 1)

@@ -20,8 +20,22 @@ import (
 
 // verifyingFS is the layer filesystems as a data plane serves them: with
 // their verification states in the protocol's terms, for
-// /v1/verifications.
-type verifyingFS struct{ *fs.FileSystem }
+// /v1/verifications, and their start-up profiles (prof, nil without).
+type verifyingFS struct {
+	*fs.FileSystem
+	prof *profiler
+}
+
+// Mount is fs.FileSystem's, with the start-up profile of the layer's image
+// looked up as the mount starts and applied to the layer once mounted.
+func (v verifyingFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+	v.prof.mounting(ctx, labels)
+	if err := v.FileSystem.Mount(ctx, mountpoint, labels); err != nil {
+		return err
+	}
+	v.prof.mounted(ctx, labels)
+	return nil
+}
 
 var _ dataplane.Verifier = verifyingFS{}
 
