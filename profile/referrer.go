@@ -244,6 +244,9 @@ func endpointURL(ep Endpoint, rel string) string {
 	u := *ep.URL
 	p, q, _ := strings.Cut(rel, "?")
 	u.Path = path.Join(u.Path, p)
+	if strings.HasSuffix(p, "/") { // blobs/uploads/: a registry redirects without
+		u.Path += "/"
+	}
 	u.RawPath = ""
 	vals := u.Query()
 	if q != "" {
