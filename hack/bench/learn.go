@@ -37,7 +37,7 @@ func (b *bench) learnProfile(ctx context.Context, img *image) (int, error) {
 	err := s.do(func() error {
 		ld := testbed.StartLazypulld(s, testbed.LazypulldOptions{
 			Binary: filepath.Join(b.bin, "lazypulld"), LogLevel: "info",
-			Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n[profile]\nrecord = true\nfetch = false\n", b.hostsDir, b.fsConfig),
+			Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n%s[profile]\nrecord = true\nfetch = false\n", b.hostsDir, b.fsConfig, learnFS()),
 		})
 		c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour, LazypullSocket: ld.Socket, LazypullRoot: ld.Root})
 		if _, err := c.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", testbed.SnapshotterName, img.EstargzRef); err != nil {
@@ -78,6 +78,18 @@ func (b *bench) learnProfile(ctx context.Context, img *image) (int, error) {
 		return nil
 	})
 	return chunks, err
+}
+
+// learnFS is more of the recording node's [fs]: until the layer
+// filesystem reports reads one by one, a recording sees what readers read
+// through FUSE, and a file served by FUSE passthrough (one that the
+// entrypoint prefetch made local before the program opened it) is read by
+// the kernel alone.
+func learnFS() string {
+	if fs.ReadEventsWired {
+		return ""
+	}
+	return "passthrough = false\n"
 }
 
 // profileNote says how profiles are recorded by this build.
