@@ -77,6 +77,13 @@ type Config struct {
 	// read first, recorded, kept on the node and shared through the
 	// image's registry.
 	Profile Profile `toml:"profile"`
+
+	// Snapshotter configures what a pull does with a layer that cannot be
+	// mounted lazily.
+	Snapshotter Snapshotter `toml:"snapshotter"`
+
+	// Metrics configures the Prometheus metrics endpoint.
+	Metrics Metrics `toml:"metrics"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -295,12 +302,19 @@ type Cache struct {
 // Containerd is the [containerd] table: the containerd lazypulld serves.
 type Containerd struct {
 	// Address is the path of containerd's gRPC socket. Empty turns off the
-	// removal of failed layers from containerd's records.
+	// removal of failed layers from containerd's records, and the storing
+	// of layer blobs.
 	Address string `toml:"address"`
 
 	// Snapshotter is the name lazypulld has in containerd's configuration
 	// (the NAME of its [proxy_plugins.NAME] table).
 	Snapshotter string `toml:"snapshotter"`
+
+	// StoreLayerBlobs gives containerd's content store the blob of each
+	// lazily mounted layer once it is verified, in every namespace whose
+	// images reference it, so that exporting, saving and pushing the image
+	// work as after a normal pull.
+	StoreLayerBlobs bool `toml:"store_layer_blobs"`
 }
 
 // CRI is the [cri] table: an image service for kubelet that forwards to
@@ -370,13 +384,16 @@ func Default() *Config {
 			MaxSize: 10 * GiB,
 		},
 		Containerd: Containerd{
-			Address:     "/run/containerd/containerd.sock",
-			Snapshotter: "lazypull",
+			Address:         "/run/containerd/containerd.sock",
+			Snapshotter:     "lazypull",
+			StoreLayerBlobs: true,
 		},
 		CRI: CRI{
 			CredentialTTL: Duration{24 * time.Hour},
 		},
-		Profile: defaultProfile(),
+		Profile:     defaultProfile(),
+		Snapshotter: Snapshotter{Fallback: FallbackPull},
+		Metrics:     Metrics{MaxHosts: 32},
 	}
 }
 
@@ -452,6 +469,8 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.CRI.validate(c.Address, c.Containerd.Address)...)
 	errs = append(errs, c.Profile.validate()...)
+	errs = append(errs, c.Snapshotter.validate()...)
+	errs = append(errs, c.Metrics.validate(c.Address, c.CRI.Address)...)
 	return errors.Join(errs...)
 }
 

@@ -168,6 +168,18 @@ func TestLoadErrors(t *testing.T) {
 				"cri.address: the image service forwards to containerd: containerd.address must not be empty", "cri.credential_ttl: must be greater than 0"},
 		},
 		{
+			name: "bad fallback and metrics",
+			doc:  "[snapshotter]\nfallback = \"download\"\n[metrics]\naddress = \"localhost\"\nmax_hosts = 0\n",
+			want: []string{`snapshotter.fallback: "download" is not one of [pull error]`,
+				`metrics.address: "localhost" is neither an absolute path (unix socket) nor host:port`,
+				"metrics.max_hosts: 0 is not between 1 and 1024"},
+		},
+		{
+			name: "metrics on the snapshots socket",
+			doc:  "address = \"/run/l.sock\"\n[metrics]\naddress = \"/run/l.sock\"\n",
+			want: []string{`metrics.address: "/run/l.sock" is also the socket of another service`},
+		},
+		{
 			name: "bad remote settings",
 			doc:  "[remote]\nstall_timeout = \"0s\"\nretries = -1\n",
 			want: []string{`: remote.stall_timeout: must be greater than 0`, "remote.retries: -1 is negative"},

@@ -150,11 +150,7 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		var e Error
-		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&e); err != nil {
-			return fmt.Errorf("data plane %s: %s: status %s and an unreadable error: %v: %w", c.socket, path, resp.Status, err, errdefs.ErrUnknown)
-		}
-		return decodeError(e)
+		return decodeAnswerError(c.socket, path, resp)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
@@ -167,4 +163,13 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 		return fmt.Errorf("data plane %s: %s: answer: %v: %w", c.socket, path, err, errdefs.ErrUnavailable)
 	}
 	return nil
+}
+
+// decodeAnswerError returns the error a failed call's answer carries.
+func decodeAnswerError(socket, path string, resp *http.Response) error {
+	var e Error
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&e); err != nil {
+		return fmt.Errorf("data plane %s: %s: status %s and an unreadable error: %v: %w", socket, path, resp.Status, err, errdefs.ErrUnknown)
+	}
+	return decodeError(e)
 }

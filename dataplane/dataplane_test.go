@@ -85,7 +85,7 @@ func serve(t *testing.T, fsys FileSystem) (*Client, <-chan struct{}) {
 }
 
 // serveServer is serve that also returns the Server.
-func serveServer(t *testing.T, fsys FileSystem) (*Client, *Server, <-chan struct{}) {
+func serveServer(t *testing.T, fsys FileSystem, opts ...ServerOption) (*Client, *Server, <-chan struct{}) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "sock")
 	l, err := net.Listen("unix", sock)
@@ -93,7 +93,7 @@ func serveServer(t *testing.T, fsys FileSystem) (*Client, *Server, <-chan struct
 		t.Fatal(err)
 	}
 	stopped := make(chan struct{})
-	s := NewServer(fsys, Info{Version: "v-test", Build: "b-test", PID: os.Getpid()}, func() { close(stopped) })
+	s := NewServer(fsys, Info{Version: "v-test", Build: "b-test", PID: os.Getpid()}, func() { close(stopped) }, opts...)
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(l) }()
 	c := NewClient(sock)

@@ -25,6 +25,8 @@
 //	POST /v1/shutdown  ShutdownRequest -> 204 No Content
 //	POST /v1/credentials Credentials   -> 204 No Content (CredentialKeeper)
 //	GET  /v1/verifications?since=N[&wait=D] -> VerificationList
+//	GET  /v1/status    -> StatusList (StatusReporter)
+//	GET  /v1/metrics   -> Prometheus text exposition format (WithMetrics)
 //
 // /v1/verifications is a long poll: the data plane answers once its
 // verification state has changed since generation N (at once for N = 0),
@@ -36,6 +38,7 @@
 //
 //	curl --unix-socket /var/lib/lazypull/dataplanes/<id>/sock http://dataplane/v1/mounts
 //	curl --unix-socket /var/lib/lazypull/dataplanes/<id>/sock http://dataplane/v1/verifications
+//	curl --unix-socket /var/lib/lazypull/dataplanes/<id>/sock http://dataplane/v1/status
 //
 // A failed call is answered with the HTTP status closest to the error's
 // errdefs class (404 for not found, 409 for already exists, ...) and an
@@ -63,10 +66,11 @@
 // it does for io.Closer at Shutdown and for Verifier at
 // /v1/verifications) and answered "not implemented" otherwise, as
 // /v1/credentials is (the credentials of pulls that the daemon's CRI image
-// service pushes, for a CredentialKeeper): per-layer status (/v1/status:
-// digest, mountpoint, bytes local, verification state) and the data
-// plane's metrics (/v1/metrics, Prometheus text) fit this shape, each a
-// path, a request and an answer type here, and a method on the Client. A
+// service pushes, for a CredentialKeeper) and /v1/status is (how much of
+// each layer is local, for a StatusReporter): each a path, a request and
+// an answer type here, and a method on the Client. /v1/metrics is the
+// data plane's Prometheus metrics, written by a handler the Server is
+// given (WithMetrics), which the daemon gathers at each scrape. A
 // call that waits for an event is a long poll bounded as /v1/verifications
 // is, so that Shutdown need not wait for it.
 //

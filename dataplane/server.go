@@ -45,10 +45,11 @@ type Verifier interface {
 
 // Server serves a FileSystem over the protocol. Make it with NewServer.
 type Server struct {
-	fs   FileSystem
-	info Info
-	stop func()
-	srv  *http.Server
+	fs      FileSystem
+	info    Info
+	stop    func()
+	srv     *http.Server
+	metrics http.Handler // see WithMetrics
 
 	// polls ends the long polls of /v1/verifications, which Shutdown
 	// would otherwise wait for; pollWait bounds each (MaxPollWait).
@@ -70,8 +71,11 @@ type Server struct {
 // what it keeps for layers that are only stopped, not removed), and calls
 // fsys.Unmount for each layer otherwise. The Server holds nothing that
 // needs closing besides what Serve holds.
-func NewServer(fsys FileSystem, info Info, stop func()) *Server {
+func NewServer(fsys FileSystem, info Info, stop func(), opts ...ServerOption) *Server {
 	s := &Server{fs: fsys, info: info, stop: stop, mounts: map[string]map[string]string{}, busy: map[string]bool{}}
+	for _, o := range opts {
+		o(s)
+	}
 	s.pollWait.Store(int64(MaxPollWait))
 	s.polls, s.endPolls = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
@@ -84,6 +88,8 @@ func NewServer(fsys FileSystem, info Info, stop func()) *Server {
 	mux.HandleFunc("GET "+PathVerifications, s.handleVerifications)
 	mux.HandleFunc("POST "+PathCredentials, s.handleCredentials)
 	mux.HandleFunc("GET "+PathRuntime, handleRuntime)
+	mux.HandleFunc("GET "+PathStatus, s.handleStatus)
+	mux.HandleFunc("GET "+PathMetrics, s.handleMetrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, errdefs.ErrNotImplemented))
 	})

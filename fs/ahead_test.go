@@ -271,7 +271,6 @@ func TestBackgroundFetchStopsOnUnmount(t *testing.T) {
 	if n := reads(o); n != 2 {
 		t.Fatalf("%d background fetches under way, want 2", n)
 	}
-	lay := f.mounts[mp].layer
 	done := make(chan error)
 	go func() { done <- f.Unmount(context.Background(), mp) }()
 	select {
@@ -282,8 +281,7 @@ func TestBackgroundFetchStopsOnUnmount(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Unmount did not stop the background fetch")
 	}
-	lay.wg.Wait() // Unmount did; this is for the race detector
-	time.Sleep(50 * time.Millisecond)
+	// Unmount waited for the layer's goroutines: nothing fetches any more.
 	if n := reads(o); n != 2 {
 		t.Errorf("%d fetches after Unmount, want none", n-2)
 	}
@@ -590,7 +588,8 @@ func TestDemandBulk(t *testing.T) {
 		defer cancel()
 		return d.waitQuiet(ctx, backgroundQuiet) == nil
 	}
-	fast := newDemand()
+	clk := newFakeClock()
+	fast := newDemand(clk)
 	fast.begin("") // busy
 	for i := range backgroundBulkBurst {
 		if bulk(fast) {
@@ -603,7 +602,7 @@ func TestDemandBulk(t *testing.T) {
 		t.Errorf("not in bulk after %d files at once", backgroundBulkBurst)
 	}
 
-	slow := newDemand()
+	slow := newDemand(clk)
 	slow.begin("")
 	step := backgroundBulkWithin / (backgroundBulkBurst - 2)
 	for i := range backgroundBulkFiles {
@@ -611,7 +610,7 @@ func TestDemandBulk(t *testing.T) {
 			t.Fatalf("in bulk after %d files, one every %v", i, step)
 		}
 		slow.begin(fmt.Sprintf("f%d", i))
-		time.Sleep(step)
+		clk.advance(step)
 	}
 	if !bulk(slow) {
 		t.Errorf("not in bulk after %d files", backgroundBulkFiles)
@@ -620,7 +619,7 @@ func TestDemandBulk(t *testing.T) {
 	for range backgroundBulkFiles + 1 {
 		slow.end()
 	}
-	time.Sleep(backgroundQuiet)
+	clk.advance(backgroundQuiet)
 	slow.begin("g")
 	if bulk(slow) {
 		t.Error("still in bulk after a pause")

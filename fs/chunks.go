@@ -28,7 +28,6 @@ type chunkTable struct {
 	nLocal     int
 	localBytes int64
 	fullAt     time.Time // when every chunk was first local at once
-	used       []bool    // a reader asked for the chunk: read-ahead hit it
 }
 
 // buildChunks lists the chunks of the regular files of the tree, and
@@ -74,7 +73,6 @@ func (s *source) buildChunks(entries []*estargz.TOCEntry, lim Limits) error {
 		t.payload += t.cs[i].end - t.cs[i].start
 	}
 	t.local = make([]bool, len(t.cs))
-	t.used = make([]bool, len(t.cs))
 	s.chunks = t
 	return nil
 }
@@ -130,35 +128,6 @@ func (t *chunkTable) setLocal(i int, local bool) {
 	if t.nLocal == len(t.cs) && t.fullAt.IsZero() {
 		t.fullAt = time.Now()
 	}
-}
-
-// markUsed records that a reader asked for the chunks cs.
-func (t *chunkTable) markUsed(cs []chunk) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, c := range cs {
-		if c.idx >= 0 {
-			t.used[c.idx] = true
-		}
-	}
-}
-
-// wellUsed reports whether readers asked for at least half of the chunks
-// [from, to).
-func (t *chunkTable) wellUsed(from, to int) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	from, to = max(from, 0), min(to, len(t.used))
-	if from >= to {
-		return false
-	}
-	n := 0
-	for _, u := range t.used[from:to] {
-		if u {
-			n++
-		}
-	}
-	return 2*n >= to-from
 }
 
 // state returns how much of the layer is local and when it first all was.

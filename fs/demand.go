@@ -14,6 +14,7 @@ import (
 // backgroundBulkFiles different files, or in backgroundBulkBurst within
 // backgroundBulkWithin.
 type demand struct {
+	clock   clock
 	mu      sync.Mutex
 	n       int
 	idle    chan struct{} // closed while n == 0
@@ -27,8 +28,8 @@ type demand struct {
 	bulk   chan struct{} // closed when inBulk
 }
 
-func newDemand() *demand {
-	d := &demand{idle: make(chan struct{}), bulk: make(chan struct{}), files: map[string]struct{}{}}
+func newDemand(c clock) *demand {
+	d := &demand{clock: c, idle: make(chan struct{}), bulk: make(chan struct{}), files: map[string]struct{}{}}
 	close(d.idle)
 	return d
 }
@@ -38,7 +39,7 @@ func newDemand() *demand {
 func (d *demand) begin(file string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	now := time.Now()
+	now := d.clock.Now()
 	if d.n == 0 {
 		d.idle = make(chan struct{})
 		if now.Sub(d.lastEnd) >= backgroundQuiet && (len(d.files) > 0 || d.inBulk) {
@@ -69,7 +70,7 @@ func (d *demand) end() {
 	defer d.mu.Unlock()
 	d.n--
 	if d.n == 0 {
-		d.lastEnd = time.Now()
+		d.lastEnd = d.clock.Now()
 		close(d.idle)
 	}
 }
@@ -80,7 +81,7 @@ func (d *demand) touch() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.n == 0 {
-		d.lastEnd = time.Now()
+		d.lastEnd = d.clock.Now()
 	}
 }
 
@@ -92,7 +93,7 @@ func (d *demand) near(within time.Duration) bool {
 	if d.inBulk {
 		return false
 	}
-	return d.n > 0 || time.Since(d.lastEnd) < within
+	return d.n > 0 || d.clock.Now().Sub(d.lastEnd) < within
 }
 
 // waitQuiet returns when no demand fetch has run for quiet, when reads
@@ -101,7 +102,7 @@ func (d *demand) near(within time.Duration) bool {
 func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
 	for {
 		d.mu.Lock()
-		busy, idle, bulk, left := d.n > 0, d.idle, d.bulk, quiet-time.Since(d.lastEnd)
+		busy, idle, bulk, left := d.n > 0, d.idle, d.bulk, quiet-d.clock.Now().Sub(d.lastEnd)
 		inBulk := d.inBulk
 		d.mu.Unlock()
 		if inBulk && (busy || left > 0) {
@@ -113,7 +114,7 @@ func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
 		case left <= 0:
 			return ctx.Err()
 		default:
-			wake, idle = time.After(left), nil
+			wake, idle = d.clock.After(left), nil
 		}
 		select {
 		case <-idle:
@@ -121,6 +122,48 @@ func (d *demand) waitQuiet(ctx context.Context, quiet time.Duration) error {
 		case <-wake:
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+	}
+}
+
+// idleSlots are the requests that wait for readers to leave the link idle
+// (background fetch, background verification), all layers together.
+type idleSlots struct {
+	d     *demand
+	slots chan struct{} // bounds the requests
+	near  chan struct{} // the one request while readers are near
+}
+
+func newIdleSlots(d *demand, n int) *idleSlots {
+	return &idleSlots{d: d, slots: make(chan struct{}, n), near: make(chan struct{}, 1)}
+}
+
+// acquire waits for one of the slots and for readers to be quiet; while
+// readers are near, also for the one slot of that time. It returns the
+// function that releases what it holds, or false, holding nothing, when
+// ctx ends first.
+func (s *idleSlots) acquire(ctx context.Context) (func(), bool) {
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false
+	}
+	for {
+		if s.d.waitQuiet(ctx, backgroundQuiet) != nil {
+			<-s.slots
+			return nil, false
+		}
+		if !s.d.near(backgroundNear) {
+			return func() { <-s.slots }, true
+		}
+		select {
+		case s.near <- struct{}{}:
+			return func() { <-s.near; <-s.slots }, true
+		case <-s.d.clock.After(backgroundQuiet):
+			// Check again: readers may have come back, or gone.
+		case <-ctx.Done():
+			<-s.slots
+			return nil, false
 		}
 	}
 }

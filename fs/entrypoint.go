@@ -8,7 +8,6 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -18,9 +17,10 @@ import (
 
 // The program a container of an image runs is, unless its creator says
 // otherwise, the image's entrypoint. Once the image's layers are mounted,
-// the FileSystem loads it ahead of the container: its first chunk, then
-// what the loader will open for it (see loaderPrefetch), while the runtime
-// is still creating the container.
+// the entrypoint policy loads it ahead of the container: its first chunk,
+// announced to the other policies (the loader's and the start files'), so
+// that what the loader will open for it is fetched while the runtime is
+// still creating the container.
 
 // LabelManifestDigest is the label holding the digest of the manifest of
 // the image being unpacked, for the platform pulled.
@@ -39,9 +39,6 @@ type ManifestReader interface {
 const (
 	// maxImageConfig is the largest image configuration read.
 	maxImageConfig = 1 << 20
-	// entrypointWait bounds the wait for the image's other layers to be
-	// mounted: containerd mounts them one after another, quickly.
-	entrypointWait = 30 * time.Second
 	// entrypointHead is what is read of the program to find what the
 	// loader opens for it: its headers.
 	entrypointHead = 64 << 10
@@ -50,36 +47,42 @@ const (
 // defaultPath is the PATH of a container whose image sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// prefetchEntrypoint starts, once per image, loading the program that the
-// image of manifest label runs, when the image's layers are all mounted.
-func (f *FileSystem) prefetchEntrypoint(ctx context.Context, ref, label string) {
-	mr, ok := f.opener.(ManifestReader)
-	if !ok || !f.cfg.loaderPrefetch {
-		return
-	}
-	md, err := digest.Parse(label)
-	if err != nil || !f.images.first("manifest/"+md.String()) {
-		return
-	}
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
-		return
-	}
-	f.wg.Add(1)
-	f.mu.Unlock()
-	go func() {
-		defer f.wg.Done()
-		ctx := log.WithLogger(f.life, log.G(ctx).WithFields(log.Fields{"ref": ref, "manifest": md}))
-		defer f.recovered(ctx, "entrypoint prefetch", nil)
-		if err := f.loadEntrypoint(ctx, mr, ref, md); err != nil && ctx.Err() == nil {
-			log.G(ctx).WithError(err).Debug("no entrypoint prefetch")
-		}
-	}()
+// entrypointPolicy is the entrypoint prefetch (WithLoaderPrefetch, with
+// an Opener that is a ManifestReader).
+type entrypointPolicy struct {
+	opener    Opener
+	manifests ManifestReader
+	// waitMounted returns the image's layers once they are all mounted.
+	waitMounted func(ctx context.Context, layers []digest.Digest) (image, error)
+	noteImage   func(layers []digest.Digest)
+	// spawn runs a goroutine of the FileSystem's: the image outlives the
+	// layer whose mount started its prefetch.
+	spawn func(what string, fn func(ctx context.Context)) bool
+	seen  onceSet // manifests whose entrypoint was loaded
 }
 
-func (f *FileSystem) loadEntrypoint(ctx context.Context, mr ManifestReader, ref string, md digest.Digest) error {
-	m, img, err := f.imageConfig(ctx, mr, ref, md)
+func (p *entrypointPolicy) Name() string { return "entrypoint" }
+
+// Attach starts, once per image, loading the program that the image of
+// the layer's manifest label runs, when the image's layers are all mounted.
+func (p *entrypointPolicy) Attach(ctx context.Context, l *Layer, labels map[string]string) any {
+	md, err := digest.Parse(labels[LabelManifestDigest])
+	if err != nil || !p.seen.first(md.String()) {
+		return nil
+	}
+	ref := labels[LabelImageRef]
+	lg := log.G(ctx).WithFields(log.Fields{"ref": ref, "manifest": md})
+	p.spawn("entrypoint prefetch", func(ctx context.Context) {
+		ctx = log.WithLogger(ctx, lg)
+		if err := p.load(ctx, ref, md); err != nil && ctx.Err() == nil {
+			log.G(ctx).WithError(err).Debug("no entrypoint prefetch")
+		}
+	})
+	return nil
+}
+
+func (p *entrypointPolicy) load(ctx context.Context, ref string, md digest.Digest) error {
+	m, img, err := p.imageConfig(ctx, ref, md)
 	if err != nil {
 		return err
 	}
@@ -91,30 +94,30 @@ func (f *FileSystem) loadEntrypoint(ctx context.Context, mr ManifestReader, ref 
 	for i, d := range m.Layers {
 		layers[i] = d.Digest
 	}
-	stack, err := f.waitMounted(ctx, layers)
+	stack, err := p.waitMounted(ctx, layers)
 	if err != nil {
 		return err
 	}
-	f.images.noteList(layers)
+	p.noteImage(layers)
 	prog := findProgram(stack, argv[0], img.Config.Env, img.Config.WorkingDir)
 	for range 2 { // a script, then its interpreter
-		l, e := lookupImage(stack, prog)
+		l, e := stack.lookup(prog)
 		if e == nil {
 			return fmt.Errorf("program %s not found in the image: %w", prog, errdefs.ErrNotFound)
 		}
 		// All of it at once: the loader reads its dynamic section, often
 		// chunks away from its start, before it opens anything else.
-		l.prefetchFile(e)
+		l.fetchFile(e)
 		head := make([]byte, min(e.Size, entrypointHead))
-		n, err := (&fileReader{ctx: ctx, l: l, e: e}).ReadAt(head, 0)
+		n, err := l.ReadAt(ctx, e.Name, head, 0)
 		if err != nil && n == 0 {
 			return fmt.Errorf("program %s: %w", prog, err)
 		}
 		head = head[:n]
-		log.G(ctx).WithFields(log.Fields{"layer": l.src.dgst, "file": e.Name}).Debug("entrypoint prefetch")
+		log.G(ctx).WithFields(log.Fields{"layer": l.Digest(), "file": e.Name}).Debug("entrypoint prefetch")
 		interp, ok := scriptInterpreter(head)
 		if !ok {
-			l.loaderPrefetch(e.Name, head)
+			l.Announce(e.Name, head)
 			return nil
 		}
 		prog = interp
@@ -124,8 +127,8 @@ func (f *FileSystem) loadEntrypoint(ctx context.Context, mr ManifestReader, ref 
 
 // imageConfig reads the manifest md of ref and the image configuration it
 // names, each checked against its digest.
-func (f *FileSystem) imageConfig(ctx context.Context, mr ManifestReader, ref string, md digest.Digest) (*ocispec.Manifest, *ocispec.Image, error) {
-	raw, err := mr.Manifest(ctx, ref, md)
+func (p *entrypointPolicy) imageConfig(ctx context.Context, ref string, md digest.Digest) (*ocispec.Manifest, *ocispec.Image, error) {
+	raw, err := p.manifests.Manifest(ctx, ref, md)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -137,7 +140,7 @@ func (f *FileSystem) imageConfig(ctx context.Context, mr ManifestReader, ref str
 	if err := cd.Validate(); err != nil || m.Config.Size <= 0 || m.Config.Size > maxImageConfig {
 		return nil, nil, fmt.Errorf("manifest %s: config %s of %d bytes: %w", md, cd, m.Config.Size, errdefs.ErrInvalidArgument)
 	}
-	_, data, err := f.opener.Open(ctx, ref, cd, m.Config.Size)
+	_, data, err := p.opener.Open(ctx, ref, cd, m.Config.Size)
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", cd, err)
 	}
@@ -151,30 +154,10 @@ func (f *FileSystem) imageConfig(ctx context.Context, mr ManifestReader, ref str
 	return &m, &img, nil
 }
 
-// waitMounted waits until every layer of layers (bottom first) is mounted,
-// and returns them top first.
-func (f *FileSystem) waitMounted(ctx context.Context, layers []digest.Digest) ([]*layer, error) {
-	deadline := time.NewTimer(entrypointWait)
-	defer deadline.Stop()
-	for {
-		stack, changed := f.mountedStack(layers)
-		if len(stack) == len(layers) {
-			return stack, nil
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			return nil, fmt.Errorf("%d of the image's %d layers mounted lazily: %w", len(stack), len(layers), errdefs.ErrUnavailable)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
 // findProgram returns the path of program argv0 as the runtime finds it:
 // as is when absolute, in the working directory when relative, else in
 // the image's PATH.
-func findProgram(stack []*layer, argv0 string, env []string, dir string) string {
+func findProgram(stack image, argv0 string, env []string, dir string) string {
 	if path.IsAbs(argv0) {
 		return path.Clean(argv0)
 	}
@@ -189,7 +172,7 @@ func findProgram(stack []*layer, argv0 string, env []string, dir string) string 
 	}
 	for _, d := range strings.Split(search, ":") {
 		p := path.Join("/", d, argv0)
-		if _, e := lookupImage(stack, p); e != nil && e.Mode&0o111 != 0 {
+		if _, e := stack.lookup(p); e != nil && e.Mode&0o111 != 0 {
 			return p
 		}
 	}

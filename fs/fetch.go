@@ -35,15 +35,14 @@ const (
 
 // load returns the decompressed, verified data of each chunk of cs, the
 // chunks of one read. Chunks come from memory, then the Cache, then the
-// blob; a chunk already being fetched, by another reader, a read-ahead
-// window, a prefetch or the background fetch, is waited for rather than
-// fetched again. A reader's miss also starts the fetches its read-ahead
-// policies ask for.
-func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byte, err error) {
+// blob; a chunk already being fetched, by another reader or a policy, is
+// waited for rather than fetched again. ev is the read of a reader, which
+// the policies are told of, or nil.
+func (l *layer) load(ctx context.Context, cs []chunk, ev *ReadEvent) (data [][]byte, err error) {
 	data = make([][]byte, len(cs))
 	var missing []int
 	for i, c := range cs {
-		b, ok := l.cached(ctx, c)
+		b, ok := l.probe(ctx, c, true, nil)
 		l.fsys.stats.countLookup(ok)
 		if ok {
 			data[i] = b
@@ -52,8 +51,9 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byt
 		missing = append(missing, i)
 	}
 	if len(missing) == 0 {
-		if reader {
-			l.readaheadHit(cs)
+		if ev != nil {
+			ev.Hit = true
+			l.observe(ev)
 		}
 		return data, nil
 	}
@@ -80,28 +80,25 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byt
 		}
 		// A fetch that finished between the look above and the claim
 		// left the chunk in memory or in the Cache.
-		if b, ok := l.cached(ctx, cs[i]); ok {
+		if b, ok := l.probe(ctx, cs[i], true, nil); ok {
 			l.flights.finish(calls[j], b, nil)
 			continue
 		}
 		mine = append(mine, cs[i])
 		mineCalls = append(mineCalls, calls[j])
 	}
+	if ev != nil {
+		// Before the fetch: what the policies fetch goes out with the
+		// chunks the read waits for instead of after them.
+		ev.Hit, ev.missed = len(mine) == 0, mine
+		l.observe(ev)
+	}
 	if len(mine) > 0 {
-		if reader {
-			// The window goes out first, so that it travels with the
-			// chunks the read waits for instead of after them.
-			l.randomMiss(mine)
-			l.readaheadMiss(cs)
-			l.dirPrefetch(cs[0].e.Name)
-		}
 		l.fsys.demand.begin(string(l.src.dgst) + "/" + cs[0].e.Name)
 		// The fetch runs in the layer's lifetime, not the request's: other
 		// readers may wait for it, and an interrupted reader must not fail them.
 		l.fetchOwned(l.ctx, mine, mineCalls, true, true)
 		l.fsys.demand.end()
-	} else if reader {
-		l.readaheadHit(cs)
 	}
 	for j, i := range missing {
 		select {
@@ -114,58 +111,20 @@ func (l *layer) load(ctx context.Context, cs []chunk, reader bool) (data [][]byt
 		}
 		data[i] = calls[j].data
 	}
-	if reader && cs[0].off == 0 && missing[0] == 0 && l.fsys.cfg.loaderPrefetch {
-		l.loaderPrefetch(cs[0].e.Name, data[0])
+	if ev != nil && cs[0].off == 0 && missing[0] == 0 {
+		l.view.Announce(cs[0].e.Name, data[0])
 	}
 	return data, nil
-}
-
-// cached returns the chunk from memory or from the Cache, verified.
-func (l *layer) cached(ctx context.Context, c chunk) ([]byte, bool) {
-	mkey := l.memKey(c)
-	if b, ok := l.fsys.mem.get(mkey); ok {
-		return b, true
-	}
-	b, ok := l.fromCache(ctx, c, nil)
-	if ok {
-		l.fsys.mem.put(mkey, b)
-	}
-	return b, ok
-}
-
-// fromCache returns the chunk from the Cache, verified, in buf if it has
-// room for it.
-func (l *layer) fromCache(ctx context.Context, c chunk, buf []byte) ([]byte, bool) {
-	key := l.cacheKey(c)
-	if key == "" || l.fsys.cfg.cache == nil {
-		return nil, false
-	}
-	if int64(cap(buf)) < c.size {
-		buf = make([]byte, c.size)
-	}
-	b := buf[:c.size]
-	n, ok := l.fsys.cfg.cache.Get(key, b)
-	if !ok || int64(n) != c.size {
-		l.src.chunks.setLocal(c.idx, false)
-		return nil, false
-	}
-	if err := l.verify(c, b); err != nil {
-		log.G(ctx).WithError(err).WithFields(log.Fields{"layer": l.src.dgst, "file": c.e.Name, "key": key}).Warn("discarding corrupt cache entry")
-		l.src.chunks.setLocal(c.idx, false)
-		return nil, false
-	}
-	l.src.chunks.setLocal(c.idx, true)
-	return b, true
 }
 
 func (l *layer) memKey(c chunk) memKey { return memKey{l.src.dgst, c.start, c.inner} }
 
 // fetchAhead fetches those of cs (in blob order) that are neither local,
-// nor in memory, nor being fetched by someone else: the path of prefetch
-// and background fetch. keep says whether to keep the chunks in memory as
+// nor in memory, nor being fetched by someone else: the path of the
+// policies' fetches. keep says whether to keep the chunks in memory as
 // well, for chunks likely to be read soon.
 func (l *layer) fetchAhead(ctx context.Context, cs []chunk, keep bool) {
-	if mine, calls := l.claimAhead(cs); len(mine) > 0 {
+	if mine, calls := l.claimAhead(ctx, cs); len(mine) > 0 {
 		l.fetchOwned(ctx, mine, calls, false, keep)
 	}
 }
@@ -173,17 +132,11 @@ func (l *layer) fetchAhead(ctx context.Context, cs []chunk, keep bool) {
 // claimAhead claims those of cs that are neither local, nor in memory, nor
 // being fetched, and returns them with their flights, which the caller
 // must finish.
-func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
+func (l *layer) claimAhead(ctx context.Context, cs []chunk) ([]chunk, []*flight) {
 	var want []chunk
 	var keys []flightKey
 	for _, c := range cs {
-		if l.src.chunks.isLocal(c.idx) || l.fsys.mem.has(l.memKey(c)) {
-			continue
-		}
-		if has, _ := l.cacheHas(c); has {
-			// Cached before this mount (by another layer, or before a
-			// restart): a read finds and verifies it there.
-			l.src.chunks.setLocal(c.idx, true)
+		if _, ok := l.probe(ctx, c, false, nil); ok {
 			continue
 		}
 		want = append(want, c)
@@ -202,6 +155,69 @@ func (l *layer) claimAhead(cs []chunk) ([]chunk, []*flight) {
 		}
 	}
 	return mine, mineCalls
+}
+
+// startFetch fetches cs (in blob order) in the background, in up to
+// fetchConcurrency parts of at least minPart bytes that go out at once.
+// The chunks are claimed before it returns, so that a reader reading on
+// waits for this fetch instead of fetching the same chunks again. A fetch
+// of priority Soon counts as demand and keeps its chunks in memory.
+func (l *layer) startFetch(cs []chunk, pri Priority) {
+	if len(cs) == 0 {
+		return
+	}
+	soon := pri == Soon
+	for _, part := range splitParts(cs, l.fsys.cfg.fetchConcurrency, minPart, 0) {
+		mine, calls := l.claimAhead(l.ctx, part)
+		if len(mine) == 0 {
+			continue
+		}
+		if soon {
+			l.fsys.demand.begin("")
+		}
+		if !l.work.spawn("fetch ahead", func() {
+			if soon {
+				defer l.fsys.demand.end()
+			}
+			l.fetchOwned(l.ctx, mine, calls, false, soon)
+		}) {
+			if soon {
+				l.fsys.demand.end()
+			}
+			for _, fl := range calls {
+				l.flights.finish(fl, nil, fmt.Errorf("layer %s unmounted: %w", l.src.dgst, errdefs.ErrUnavailable))
+			}
+		}
+	}
+}
+
+// splitParts cuts cs (in blob order) at chunk boundaries into at most n
+// parts of about equal compressed size, each at least least bytes and, if
+// most > 0, at most most bytes (a single chunk may be larger).
+func splitParts(cs []chunk, n int, least, most int64) [][]chunk {
+	if len(cs) == 0 {
+		return nil
+	}
+	total := cs[len(cs)-1].end - cs[0].start
+	size := max(least, (total+int64(n)-1)/int64(max(n, 1)))
+	if most > 0 {
+		size = min(size, most)
+	}
+	var parts [][]chunk
+	from := 0
+	for i := range cs {
+		if cs[i].end-cs[from].start >= size || i == len(cs)-1 {
+			parts = append(parts, cs[from:i+1])
+			from = i + 1
+		}
+	}
+	return parts
+}
+
+// sortChunks sorts cs in blob order, and returns it.
+func sortChunks(cs []chunk) []chunk {
+	slices.SortFunc(cs, func(a, b chunk) int { return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.inner, b.inner)) })
+	return cs
 }
 
 // fetchOwned fetches chunks cs, which the caller claimed with calls, and
@@ -279,7 +295,7 @@ func (l *layer) fetchGroup(ctx context.Context, cs []chunk, calls []*flight, spl
 		}).Debug("fetched")
 		read <- err
 	}()
-	cache := l.fsys.cfg.cache
+	cache := l.fsys.caps.cache
 	// The cache is written behind the decoding: a file write per chunk
 	// would hold up the next chunks' readers (a directory's hundred small
 	// files in one read).
@@ -379,7 +395,7 @@ func (l *layer) readPart(ctx context.Context, arr *arrival, i int, off int64) (e
 	pt := arr.parts[i]
 	p := arr.buf[pt.lo:pt.hi]
 	l.fetches.Add(1)
-	if pb, ok := l.src.blob.(ProgressBlob); ok {
+	if pb := l.src.progress; pb != nil {
 		_, err = pb.ReadAtProgress(ctx, p, off+int64(pt.lo), arr.progress(i))
 	} else {
 		_, err = l.src.blob.ReadAt(ctx, p, off+int64(pt.lo))

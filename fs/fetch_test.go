@@ -387,7 +387,7 @@ func TestImageResolution(t *testing.T) {
 	for o.opensOf(layers[2].dgst) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	f.wg.Wait()
+	waitIdle(t, f)
 	mp := mountpoint(t)
 	if err := f.Mount(ctx, mp, labels(layers[2])); err != nil {
 		t.Fatal(err)

@@ -23,7 +23,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -83,21 +82,24 @@ type FileSystem struct {
 	opener Opener
 	tocs   *tocStore
 	cfg    config
+	caps   caps
 	mem    *memCache
 	demand *demand
+	idle   *idleSlots // see WithBackgroundFetchConcurrency
+	clock  clock
+	// policies decide what to fetch ahead of readers (policies.go).
+	policies []Policy
 
 	// life is the daemon-lifetime context of background work and shared
-	// fetches; Close cancels it and waits for wg.
+	// fetches; Close cancels it and waits for work's goroutines.
 	life   context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	work   owner
 	sem    chan struct{} // bounds background resolutions
 	// parsing bounds the JSON of the TOCs being decoded at once, all
 	// layers together, to twice the largest a TOC may have: what parsing
 	// takes, whatever the number of layers resolved at once.
 	parsing *semaphore.Weighted
-	bg      chan struct{} // bounds background fetch requests, all layers together
-	bgNear  chan struct{} // the one background request while readers are near
 
 	resolving  singleflight.Group
 	images     images
@@ -163,14 +165,14 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		opener:   opener,
 		tocs:     tocs,
 		cfg:      cfg,
+		caps:     capsOf(opener, cfg.cache),
 		mem:      newMemCache(cfg.memCacheSize),
-		demand:   newDemand(),
+		demand:   newDemand(cfg.clock),
+		clock:    cfg.clock,
 		life:     life,
 		cancel:   cancel,
 		sem:      make(chan struct{}, cfg.resolveConcurrency),
 		parsing:  semaphore.NewWeighted(2 * cfg.limits.TOCSize),
-		bg:       make(chan struct{}, cfg.backgroundConcurrency),
-		bgNear:   make(chan struct{}, 1),
 		resolved: map[digest.Digest]*source{},
 		pending:  map[digest.Digest]struct{}{},
 		mounts:   map[string]*mount{},
@@ -184,9 +186,11 @@ func New(root string, opener Opener, opts ...Option) (*FileSystem, error) {
 		verifyGen:     1,
 		verifyChanged: make(chan struct{}),
 	}
+	f.work = owner{f: f, ctx: life}
+	f.idle = newIdleSlots(f.demand, cfg.backgroundConcurrency)
+	f.policies = append(f.defaultPolicies(), cfg.policies...)
 	if cfg.verify != VerifyOff {
-		f.wg.Add(1)
-		go f.guard(f.life, "spool writes", f.writeSpools)()
+		f.work.spawn("spool writes", f.writeSpools)
 	}
 	return f, nil
 }
@@ -215,8 +219,6 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		}
 	}()
 	f.resolveImage(ctx, ref, dgst, labels[LabelImageLayers])
-	// Its configuration is read while the layers are resolved.
-	f.prefetchEntrypoint(ctx, ref, labels[LabelManifestDigest])
 	f.images.note(dgst, labels[LabelImageLayers])
 
 	l, err := f.layerFor(ctx, ref, dgst, tocDgst)
@@ -233,7 +235,7 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 	}
 	// The container that will read the layer starts soon.
 	f.demand.touch()
-	prefetched := l.start(ctx)
+	l.start(ctx, labels)
 	server, err := f.serve(mountpoint, l)
 	if err != nil {
 		return fmt.Errorf("layer %s: mount %s: %w", dgst, mountpoint, err)
@@ -257,15 +259,6 @@ func (f *FileSystem) Mount(ctx context.Context, mountpoint string, labels map[st
 		"toc_bytes":  l.src.blob.Size() - l.src.payloadEnd, // footer included
 		"toc_stored": l.src.stored,
 	}).Info("layer mounted")
-	if w := f.cfg.prefetchWait; w > 0 {
-		t := time.NewTimer(w)
-		defer t.Stop()
-		select {
-		case <-prefetched:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-	}
 	return nil
 }
 
@@ -333,7 +326,7 @@ func (f *FileSystem) Close() error {
 	f.mounts = map[string]*mount{}
 	f.mu.Unlock()
 	f.cancel()
-	f.wg.Wait()
+	f.work.stop()
 	var errs []error
 	for mp, m := range mounts {
 		if m.server == nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"sync"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -70,4 +72,62 @@ func (l *layer) logCtx() context.Context {
 func (l *layer) panicHandler(r any) fuse.Status {
 	l.fsys.panicked(l.logCtx(), "FUSE request", r, nil)
 	return fuse.EIO
+}
+
+// owner owns goroutines: each one spawn starts recovers from a panic, and
+// stop refuses new ones and waits for those running. A layer's owner has
+// the FileSystem's as parent, which counts its goroutines too, so that
+// stopping either waits for them.
+type owner struct {
+	f       *FileSystem // where panics are counted
+	ctx     context.Context
+	parent  *owner
+	mu      sync.Mutex
+	stopped bool
+	wg      sync.WaitGroup
+	// running counts the goroutines still running: unlike wg, it may be
+	// watched while more start.
+	running atomic.Int64
+}
+
+// spawn runs fn, the work what, in a goroutine of o's. It returns false,
+// and does not run fn, once o or its parent is stopping.
+func (o *owner) spawn(what string, fn func()) bool {
+	if !o.add() {
+		return false
+	}
+	go func() {
+		defer o.done()
+		defer o.f.recovered(o.ctx, what, nil)
+		fn()
+	}()
+	return true
+}
+
+func (o *owner) add() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.stopped || (o.parent != nil && !o.parent.add()) {
+		return false
+	}
+	o.wg.Add(1)
+	o.running.Add(1)
+	return true
+}
+
+func (o *owner) done() {
+	o.running.Add(-1)
+	o.wg.Done()
+	if o.parent != nil {
+		o.parent.done()
+	}
+}
+
+// stop refuses new goroutines and waits for o's to end; the caller has
+// told them to (cancelled their context).
+func (o *owner) stop() {
+	o.mu.Lock()
+	o.stopped = true
+	o.mu.Unlock()
+	o.wg.Wait()
 }

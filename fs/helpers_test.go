@@ -498,11 +498,24 @@ func waitFetches(t testing.TB, f *FileSystem) {
 	// fetch, and a WaitGroup must not grow from zero during a Wait.
 	deadline := time.Now().Add(30 * time.Second)
 	for _, l := range ls {
-		for l.spawned.Load() != 0 {
+		for l.work.running.Load() != 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("fetches still running after 30s")
 			}
 			time.Sleep(time.Millisecond)
 		}
+	}
+}
+
+// waitIdle waits for the goroutines of f (background resolutions,
+// entrypoint prefetches, layers' fetches) to end.
+func waitIdle(t testing.TB, f *FileSystem) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for f.work.running.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("goroutines still running after 30s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -16,30 +15,24 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-// layer is a source being served at a mountpoint.
+// layer is a source being served at a mountpoint: the core of one mount.
 type layer struct {
 	src       *source
 	fsys      *FileSystem
-	tocDigest digest.Digest // from the labels; empty if unverified
-	verified  bool          // TOC matched tocDigest
+	view      *Layer                   // what policies see of it
+	policies  atomic.Pointer[attached] // the policies' states that take its events
+	tocDigest digest.Digest            // from the labels; empty if unverified
+	verified  bool                     // TOC matched tocDigest
 	// verifier checks chunks against the TOC's digests; nil only for an
 	// unverified layer whose TOC lacks chunk digests.
 	verifier estargz.TOCEntryVerifier
 	flights  flights
-	ra       readahead
-	dirsSeen map[string]bool // directories dirPrefetch considered; under ra.mu
-	// missedAt holds, by file, the last chunk a read of it missed, or -1
-	// once randomMiss has decided about it; under ra.mu.
-	missedAt map[string]int
 
 	// ctx is the lifetime of the layer's fetches, a child of the
-	// FileSystem's; stop cancels it and waits for wg.
+	// FileSystem's; stop cancels it and waits for work's goroutines.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	// spawned counts the goroutines of spawn still running: unlike wg,
-	// it may be watched while reads start more.
-	spawned atomic.Int64
+	work   owner
 
 	reads, fetches, fetched atomic.Int64 // FUSE reads served, blob reads, bytes
 
@@ -56,8 +49,10 @@ type layer struct {
 // layer to serve. A TOC that does not match drops src, so that the next
 // Mount fetches it again.
 func (f *FileSystem) newLayer(ctx context.Context, src *source, tocDgst digest.Digest) (*layer, error) {
-	l := &layer{src: src, fsys: f, tocDigest: tocDgst, ra: readahead{last: -1}}
+	l := &layer{src: src, fsys: f, tocDigest: tocDgst}
+	l.view = &Layer{l: l}
 	l.ctx, l.cancel = context.WithCancel(f.life)
+	l.work = owner{f: f, ctx: l.logCtx(), parent: &f.work}
 	if tocDgst == "" {
 		v, err := src.r.Verifiers()
 		if err != nil {
@@ -82,6 +77,39 @@ func (f *FileSystem) newLayer(ctx context.Context, src *source, tocDgst digest.D
 	}
 	l.verifier, l.verified = v, true
 	return l, nil
+}
+
+// start tells the policies of the mount and, when none of them makes the
+// layer local, has background verification fetch it.
+func (l *layer) start(ctx context.Context, labels map[string]string) {
+	l.policies.Store(&attached{})
+	a := l.fsys.attach(ctx, l.view, labels)
+	l.policies.Store(&a)
+	cfg := &l.fsys.cfg
+	if a.local || cfg.verify != VerifyBackground || l.verdict.Load() != nil {
+		return
+	}
+	lg := log.G(ctx).WithField("layer", l.src.dgst)
+	l.work.spawn("verification", func() {
+		select {
+		case <-l.fsys.clock.After(cfg.backgroundDelay):
+			l.verifyLater(lg)
+		case <-l.ctx.Done():
+		}
+	})
+}
+
+// whenLocal verifies the layer in the background, if that waits for the
+// layer to be local.
+func (l *layer) whenLocal() {
+	lg := log.G(l.ctx).WithField("layer", l.src.dgst)
+	l.work.spawn("verification", func() { l.verifyLater(lg) })
+}
+
+// stop cancels the layer's fetches and waits for its goroutines.
+func (l *layer) stop() {
+	l.cancel()
+	l.work.stop()
 }
 
 // serve mounts l read-only at mountpoint.
@@ -159,7 +187,7 @@ func (l *layer) readAt(ctx context.Context, e *estargz.TOCEntry, p []byte, off i
 }
 
 // read is readAt; reader says whether the read is a reader's, which the
-// read-ahead policies learn from, or lazypull's own.
+// policies are told of, or lazypull's own.
 func (l *layer) read(ctx context.Context, e *estargz.TOCEntry, p []byte, off int64, reader bool) (int, error) {
 	if off >= e.Size || len(p) == 0 {
 		return 0, nil
@@ -169,10 +197,11 @@ func (l *layer) read(ctx context.Context, e *estargz.TOCEntry, p []byte, off int
 	if err != nil {
 		return 0, err
 	}
+	var ev *ReadEvent
 	if reader {
-		l.src.chunks.markUsed(cs)
+		ev = &ReadEvent{File: e.Name, Offset: off, Size: end - off, chunks: cs}
 	}
-	data, err := l.load(ctx, cs, reader)
+	data, err := l.load(ctx, cs, ev)
 	if err != nil {
 		return 0, err
 	}
@@ -183,6 +212,13 @@ func (l *layer) read(ctx context.Context, e *estargz.TOCEntry, p []byte, off int
 		n += copy(p[lo-off:hi-off], data[i][lo-c.off:])
 	}
 	return n, nil
+}
+
+// observe tells the policies of a reader's read.
+func (l *layer) observe(ev *ReadEvent) {
+	for _, o := range l.policies.Load().reads {
+		o.Read(l.view, *ev)
+	}
 }
 
 // cacheKey returns the digest a verified chunk is cached under, or "" if it

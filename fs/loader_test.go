@@ -20,7 +20,7 @@ func loaderImage(t *testing.T) (lower, upper *testLayer, libs []string) {
 	const multiarch = "usr/lib/x86_64-linux-gnu/"
 	libs = []string{"ld-linux-x86-64.so.2", "libc.so.6", "libselinux.so.1", "libpcre2-8.so.0"}
 	es := []tarEntry{
-		dir("etc/", 0o755), file(ldSoCache, 0o644, randomBytes(1, 20<<10)),
+		dir("etc/", 0o755), file("etc/ld.so.cache", 0o644, randomBytes(1, 20<<10)),
 		link(tar.TypeSymlink, "lib", "usr/lib"),
 		link(tar.TypeSymlink, "lib64", "usr/lib64"),
 		dir("usr/", 0o755), dir("usr/lib/", 0o755), dir(multiarch, 0o755), dir("usr/lib64/", 0o755),
@@ -81,7 +81,7 @@ func TestLoaderPrefetch(t *testing.T) {
 		waitFetches(t, f)
 		libcFiles := []string{"../../share/zoneinfo/Etc/UTC", "../../../etc/nsswitch.conf", "gconv/gconv-modules.cache",
 			"../locale/C.utf8/LC_CTYPE", "../locale/C.utf8/LC_NUMERIC", "../locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES"}
-		for _, name := range append(append([]string{"../../../" + ldSoCache}, libs...), libcFiles...) {
+		for _, name := range append(append([]string{"../../../etc/ld.so.cache"}, libs...), libcFiles...) {
 			p := filepath.Join(mps[lower], "usr/lib/x86_64-linux-gnu", name)
 			fetched := fetchedReading(t, o, p)
 			if want := !on || name == "libunrelated.so.1"; fetched != want {
@@ -110,11 +110,11 @@ func TestLookupImage(t *testing.T) {
 	f := newFS(t, o, WithBackgroundFetch(false))
 	mountLayer(t, f, lower)
 	mountLayer(t, f, upper)
-	var stack []*layer
+	var stack image
 	for _, d := range []*testLayer{upper, lower} {
 		for _, m := range f.mounts {
 			if m.layer.src.dgst == d.dgst {
-				stack = append(stack, m.layer)
+				stack = append(stack, m.layer.view)
 			}
 		}
 	}
@@ -122,11 +122,11 @@ func TestLookupImage(t *testing.T) {
 		{"/a/x", "upper"}, {"a/x", "upper"}, {"/b/x", "upper"}, {"/c", "upper"},
 		{"/a/y", ""}, {"/b/y", ""}, {"/o/z", ""}, {"/loop", ""}, {"/a", ""}, {"/nothing/x", ""},
 	} {
-		l, e := lookupImage(stack, tc.path)
+		l, e := stack.lookup(tc.path)
 		got := ""
 		if e != nil {
 			got = "lower"
-			if l.src.dgst == upper.dgst {
+			if l.Digest() == upper.dgst {
 				got = "upper"
 			}
 		}
@@ -198,7 +198,7 @@ func mountImage(t *testing.T, config string, layers ...*testLayer) (*testOpener,
 			t.Fatal(err)
 		}
 	}
-	f.wg.Wait()
+	waitIdle(t, f)
 	return o, mps
 }
 
@@ -221,9 +221,9 @@ func TestFindProgram(t *testing.T) {
 	})
 	f := newFS(t, newOpener(l), WithBackgroundFetch(false))
 	mountLayer(t, f, l)
-	var stack []*layer
+	var stack image
 	for _, m := range f.mounts {
-		stack = append(stack, m.layer)
+		stack = append(stack, m.layer.view)
 	}
 	for _, tc := range []struct{ argv0, dir, path, want string }{
 		{"tool", "", "/a:/b:/c", "/b/tool"},

@@ -36,6 +36,9 @@ type config struct {
 	verifyRetry       time.Duration
 	verifiedBlob      func(dgst digest.Digest, path string)
 	limits            Limits
+
+	policies []Policy
+	clock    clock
 }
 
 // Defaults of the options.
@@ -97,6 +100,20 @@ func defaultConfig() config {
 		spoolSize:         DefaultSpoolSize,
 		verifyRetry:       minVerifyRetry,
 		limits:            DefaultLimits(),
+		clock:             realClock{},
+	}
+}
+
+// WithPolicy adds p to the FileSystem's policies, after its own: p is told
+// of every mount and sees the events of the layers it attaches to (see
+// Policy).
+func WithPolicy(p Policy) Option {
+	return func(c *config) error {
+		if p == nil {
+			return fmt.Errorf("nil policy: %w", errdefs.ErrInvalidArgument)
+		}
+		c.policies = append(c.policies, p)
+		return nil
 	}
 }
 

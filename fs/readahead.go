@@ -1,13 +1,44 @@
 package fs
 
 import (
-	"fmt"
+	"context"
 	"path"
 	"sync"
 
-	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/lazypull/lazypull/fs/internal/elfdeps"
 )
+
+// readaheadPolicy is read-ahead (WithReadahead): windows of the chunks
+// that follow a reader's in blob order, and whole files for readers that
+// jump around in one.
+type readaheadPolicy struct {
+	base int64 // the window's size; 0: off
+}
+
+func (p *readaheadPolicy) Name() string { return "read-ahead" }
+
+func (p *readaheadPolicy) Attach(_ context.Context, l *Layer, _ map[string]string) any {
+	if p.base <= 0 {
+		return nil // each read fetches what it reads
+	}
+	return &readahead{base: p.base, last: -1, used: make([]bool, len(l.table())), missedAt: map[string]int{}}
+}
+
+var _ ReadObserver = (*readahead)(nil)
+
+// Read starts the windows a read asks for.
+func (ra *readahead) Read(l *Layer, ev ReadEvent) {
+	ra.markUsed(ev.chunks)
+	if ev.Hit {
+		ra.hit(l, ev.chunks)
+		return
+	}
+	// The window goes out first, so that it travels with the chunks the
+	// read waits for instead of after them.
+	ra.randomMiss(l, ev.missed)
+	ra.miss(l, ev.chunks)
+}
 
 // readaheadGrowth bounds how far a window grows for a reader that keeps
 // reading on in blob order: to this many times the configured size.
@@ -25,21 +56,26 @@ const readaheadGrowth = 8
 // the window starts the next window before it needs it, twice as large,
 // so that it keeps the link busy and stops waiting for round trips.
 type readahead struct {
+	base        int64 // the configured window size
 	mu          sync.Mutex
 	size        int64 // of the last window; 0 before the first
 	start, next int   // chunk indices the last window covered: [start, next)
 	mark        int   // a read reaching this chunk starts the next window
 	last        int   // the last chunk of the last read, -1 before the first
+	// used marks the chunks a reader asked for: read-ahead hit them.
+	used []bool
+	// missedAt holds, by file, the last chunk a read of it missed, or -1
+	// once randomMiss has decided about it.
+	missedAt map[string]int
 }
 
-// readaheadMiss starts a window after cs, the chunks of a read that missed.
-func (l *layer) readaheadMiss(cs []chunk) {
-	base := l.fsys.cfg.readahead
+// miss starts a window after cs, the chunks of a read that missed.
+func (ra *readahead) miss(l *Layer, cs []chunk) {
+	base := ra.base
 	first, last := cs[0].idx, cs[len(cs)-1].idx
-	if base <= 0 || first < 0 || last < 0 {
+	if first < 0 || last < 0 {
 		return
 	}
-	ra := &l.ra
 	ra.mu.Lock()
 	through := ra.size > 0 && first >= ra.start && first <= ra.next
 	sequential := through || (ra.last >= 0 && first == ra.last+1)
@@ -49,14 +85,14 @@ func (l *layer) readaheadMiss(cs []chunk) {
 		return
 	}
 	size := base
-	if through && (l.readsOn(first) || l.src.chunks.wellUsed(ra.start, ra.next)) {
+	if through && (readsOn(l, first) || ra.wellUsed(ra.start, ra.next)) {
 		// The reader came through the last window and reads on in the
 		// same file, or read most of the window: it reads in blob order.
 		size = min(2*ra.size, readaheadGrowth*base)
 	}
-	w := l.window(last+1, size)
+	w := ra.window(l, last+1, size)
 	ra.mu.Unlock()
-	l.startWindow(w)
+	l.fetch(w, Soon)
 }
 
 // maxRandomWhole is the largest file, in compressed bytes, that randomMiss
@@ -72,7 +108,7 @@ const (
 // openedWhole is the largest file, in compressed bytes, that randomMiss
 // fetches whole at its first read from the start of e.
 func openedWhole(e *estargz.TOCEntry) int64 {
-	if e.Mode&0o111 != 0 || isSharedObjectName(path.Base(e.Name)) {
+	if e.Mode&0o111 != 0 || elfdeps.IsSharedObjectName(path.Base(e.Name)) {
 		return maxRandomWhole
 	}
 	return maxOpenedWhole
@@ -80,12 +116,12 @@ func openedWhole(e *estargz.TOCEntry) int64 {
 
 // fileSpan returns the compressed bytes of the file of chunk c, or -1 if
 // the file is a single chunk.
-func (l *layer) fileSpan(c chunk) int64 {
-	e, ok := l.src.r.Lookup(c.e.Name)
+func fileSpan(l *Layer, c chunk) int64 {
+	e, ok := l.Lookup(c.e.Name)
 	if !ok || e.Type != "reg" || c.size >= e.Size {
 		return -1
 	}
-	all, err := l.chunks(e, 0, e.Size)
+	all, err := l.fileChunks(e, 0, e.Size)
 	if err != nil || len(all) < 2 {
 		return -1
 	}
@@ -93,28 +129,21 @@ func (l *layer) fileSpan(c chunk) int64 {
 }
 
 // randomMiss notes that a read of cs, chunks of one file, missed; it runs
-// before readaheadMiss. A second
+// before miss. A second
 // miss in a file that does not follow the first shows a reader jumping
 // around in it, as a program does in a file it mapped (a class archive, a
 // library loaded with dlopen): it will come back for more, each time a
 // round trip, so the rest of the file, when it is not too large, is
 // fetched at once.
-func (l *layer) randomMiss(cs []chunk) {
-	if l.fsys.cfg.readahead <= 0 {
-		return // read-ahead off: each read fetches what it reads
-	}
+func (ra *readahead) randomMiss(l *Layer, cs []chunk) {
 	name := cs[0].e.Name
 	first, last := cs[0].idx, cs[len(cs)-1].idx
 	span := int64(-1)
 	if cs[0].off == 0 {
-		span = l.fileSpan(cs[0])
+		span = fileSpan(l, cs[0])
 	}
-	ra := &l.ra
 	ra.mu.Lock()
-	if l.missedAt == nil {
-		l.missedAt = map[string]int{}
-	}
-	prev, seen := l.missedAt[name]
+	prev, seen := ra.missedAt[name]
 	// A reader in blob order is read-ahead's.
 	sequential := (ra.size > 0 && first >= ra.start && first <= ra.next) || (ra.last >= 0 && first == ra.last+1)
 	jumped := seen && prev >= 0 && first != prev+1 && !sequential
@@ -124,34 +153,33 @@ func (l *layer) randomMiss(cs []chunk) {
 	jumped = jumped || opened
 	switch {
 	case jumped:
-		l.missedAt[name] = -1
+		ra.missedAt[name] = -1
 	case prev >= 0:
-		l.missedAt[name] = last
+		ra.missedAt[name] = last
 	}
 	ra.mu.Unlock()
 	if !jumped {
 		return
 	}
-	e, ok := l.src.r.Lookup(name)
+	e, ok := l.Lookup(name)
 	if !ok || e.Type != "reg" {
 		return
 	}
-	all, err := l.chunks(e, 0, e.Size)
+	all, err := l.fileChunks(e, 0, e.Size)
 	if err != nil || all[len(all)-1].end-all[0].start > maxRandomWhole {
 		return
 	}
-	l.startWindow(all)
+	l.fetch(all, Soon)
 }
 
-// readaheadHit starts the next window early when a read that did not miss
-// reaches the mark of the current one.
-func (l *layer) readaheadHit(cs []chunk) {
-	base := l.fsys.cfg.readahead
+// hit starts the next window early when a read that did not miss reaches
+// the mark of the current one.
+func (ra *readahead) hit(l *Layer, cs []chunk) {
+	base := ra.base
 	last := cs[len(cs)-1].idx
-	if base <= 0 || last < 0 {
+	if last < 0 {
 		return
 	}
-	ra := &l.ra
 	ra.mu.Lock()
 	ra.last = last
 	if ra.size == 0 || last < ra.mark || last >= ra.next {
@@ -159,12 +187,12 @@ func (l *layer) readaheadHit(cs []chunk) {
 		return
 	}
 	size := base
-	if l.readsOn(ra.next) || l.src.chunks.wellUsed(ra.start, last+1) {
+	if readsOn(l, ra.next) || ra.wellUsed(ra.start, last+1) {
 		size = min(2*ra.size, readaheadGrowth*base)
 	}
-	w := l.window(ra.next, size)
+	w := ra.window(l, ra.next, size)
 	ra.mu.Unlock()
-	l.startWindow(w)
+	l.fetch(w, Soon)
 }
 
 // readsOn reports whether chunk i continues the file of chunk i-1. Such
@@ -173,8 +201,8 @@ func (l *layer) readaheadHit(cs []chunk) {
 // of a directory reads in blob order too, but leaves most of each window
 // unread: its window stays small, or a growing window would fetch
 // megabytes it never reads.
-func (l *layer) readsOn(i int) bool {
-	cs := l.src.chunks.cs
+func readsOn(l *Layer, i int) bool {
+	cs := l.table()
 	return i > 0 && i < len(cs) && cs[i].e.Name == cs[i-1].e.Name
 }
 
@@ -182,9 +210,8 @@ func (l *layer) readsOn(i int) bool {
 // compressed bytes of it (and the next chunk of the file being read, if the
 // window starts inside one), and makes them the current window. ra.mu is
 // held.
-func (l *layer) window(from int, size int64) []chunk {
-	cs := l.src.chunks.cs
-	ra := &l.ra
+func (ra *readahead) window(l *Layer, from int, size int64) []chunk {
+	cs := l.table()
 	ra.size, ra.start, ra.next, ra.mark = size, from, from, from
 	if from >= len(cs) {
 		return nil
@@ -208,52 +235,29 @@ func (l *layer) window(from int, size int64) []chunk {
 	return cs[from:end]
 }
 
-// startWindow fetches the chunks of a window in the background, in up to
-// fetchConcurrency parts of at least minPart bytes that go out at once. The
-// chunks are claimed before it returns, so that the reader that started
-// the window, reading on, waits for the window instead of fetching the
-// same chunks again.
-func (l *layer) startWindow(cs []chunk) {
-	if len(cs) == 0 {
-		return
-	}
-	for _, part := range splitParts(cs, l.fsys.cfg.fetchConcurrency, minPart, 0) {
-		mine, calls := l.claimAhead(part)
-		if len(mine) == 0 {
-			continue
-		}
-		l.fsys.demand.begin("")
-		if !l.spawn("read-ahead", func() {
-			defer l.fsys.demand.end()
-			l.fetchOwned(l.ctx, mine, calls, false, true)
-		}) {
-			l.fsys.demand.end()
-			for _, fl := range calls {
-				l.flights.finish(fl, nil, fmt.Errorf("layer %s unmounted: %w", l.src.dgst, errdefs.ErrUnavailable))
-			}
+// markUsed records that a reader asked for the chunks cs.
+func (ra *readahead) markUsed(cs []chunk) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	for _, c := range cs {
+		if c.idx >= 0 {
+			ra.used[c.idx] = true
 		}
 	}
 }
 
-// splitParts cuts cs (in blob order) at chunk boundaries into at most n
-// parts of about equal compressed size, each at least least bytes and, if
-// most > 0, at most most bytes (a single chunk may be larger).
-func splitParts(cs []chunk, n int, least, most int64) [][]chunk {
-	if len(cs) == 0 {
-		return nil
+// wellUsed reports whether readers asked for at least half of the chunks
+// [from, to). ra.mu is held.
+func (ra *readahead) wellUsed(from, to int) bool {
+	from, to = max(from, 0), min(to, len(ra.used))
+	if from >= to {
+		return false
 	}
-	total := cs[len(cs)-1].end - cs[0].start
-	size := max(least, (total+int64(n)-1)/int64(max(n, 1)))
-	if most > 0 {
-		size = min(size, most)
-	}
-	var parts [][]chunk
-	from := 0
-	for i := range cs {
-		if cs[i].end-cs[from].start >= size || i == len(cs)-1 {
-			parts = append(parts, cs[from:i+1])
-			from = i + 1
+	n := 0
+	for _, u := range ra.used[from:to] {
+		if u {
+			n++
 		}
 	}
-	return parts
+	return 2*n >= to-from
 }

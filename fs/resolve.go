@@ -24,7 +24,9 @@ import (
 type source struct {
 	dgst digest.Digest
 	blob Blob
-	r    *estargz.Reader
+	// progress is blob if it tells how much of a read arrived.
+	progress ProgressBlob
+	r        *estargz.Reader
 	// tocSize is the size of the TOC's JSON, which bounds the memory the
 	// source holds; resolved is when it was resolved.
 	tocSize  int64
@@ -111,15 +113,17 @@ func (f *FileSystem) resolveImage(ctx context.Context, ref string, self digest.D
 			continue
 		}
 		f.pending[dgst] = struct{}{}
-		f.wg.Add(1)
 		f.mu.Unlock()
 		lctx := log.WithLogger(f.life, log.G(ctx))
-		go f.guard(lctx, "background resolution", func() { f.resolveBackground(lctx, ref, dgst) })()
+		if !f.work.spawn("background resolution", func() { f.resolveBackground(lctx, ref, dgst) }) {
+			f.mu.Lock()
+			delete(f.pending, dgst)
+			f.mu.Unlock()
+		}
 	}
 }
 
 func (f *FileSystem) resolveBackground(ctx context.Context, ref string, dgst digest.Digest) {
-	defer f.wg.Done()
 	defer func() {
 		f.mu.Lock()
 		delete(f.pending, dgst)
@@ -248,7 +252,8 @@ func parse(ctx context.Context, dgst digest.Digest, blob Blob, tail []byte, lim 
 		}
 		return nil, fmt.Errorf("not an eStargz blob: layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}
-	src := &source{dgst: dgst, blob: blob, r: r, payloadEnd: tocOff, tocTail: tr.from(tocOff), tocSize: tocSize, resolved: time.Now()}
+	progress, _ := blob.(ProgressBlob)
+	src := &source{dgst: dgst, blob: blob, progress: progress, r: r, payloadEnd: tocOff, tocTail: tr.from(tocOff), tocSize: tocSize, resolved: time.Now()}
 	if err := src.buildIndex(len(entries)); err != nil {
 		return nil, fmt.Errorf("layer %s: %v: %w", dgst, err, errdefs.ErrNotImplemented)
 	}

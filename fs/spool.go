@@ -186,7 +186,6 @@ func (f *FileSystem) spoolFetched(src *source, p []byte, off int64) {
 // writeSpools writes queued fetches to their spools until the FileSystem
 // closes.
 func (f *FileSystem) writeSpools() {
-	defer f.wg.Done()
 	for {
 		select {
 		case w := <-f.spoolq.ch:

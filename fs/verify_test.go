@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 )
@@ -378,7 +377,7 @@ func startVerification(f *FileSystem, mp string) {
 	f.mu.Lock()
 	l := f.mounts[mp].layer
 	f.mu.Unlock()
-	l.spawn("verification", func() { l.verifyLater(log.G(context.Background()).WithField("layer", l.src.dgst)) })
+	l.whenLocal()
 }
 
 // TestSpoolsOfSharedRoot: data planes of two builds share the root during

@@ -180,8 +180,7 @@ func (s *chunkStore) keep(ce *estargz.TOCEntry, data []byte) {
 		return
 	}
 	c := l.src.chunks.cs[i]
-	if has, _ := l.cacheHas(c); has {
-		l.src.chunks.setLocal(i, true)
+	if _, has := l.probe(s.ctx, c, false, nil); has {
 		return
 	}
 	if int64(len(data)) != c.size || s.budget.Acquire(s.ctx, c.size) != nil {
@@ -332,7 +331,7 @@ func (b *blobStream) fetch(pt *part) {
 		l.fsys.demand.begin("")
 		defer l.fsys.demand.end()
 	} else {
-		release, ok := l.backgroundSlot()
+		release, ok := l.fsys.idle.acquire(l.ctx)
 		if !ok {
 			pt.err = l.ctx.Err()
 			return

@@ -70,7 +70,7 @@ func (n *fileNode) prepareWhole(key digest.Digest) {
 	if !a.begin(key) {
 		return
 	}
-	if !n.l.spawn("whole-file assembly", func() { defer a.end(key); n.makeWhole(n.l.ctx, key) }) {
+	if !n.l.work.spawn("whole-file assembly", func() { defer a.end(key); n.makeWhole(n.l.ctx, key) }) {
 		a.end(key)
 	}
 }
@@ -82,8 +82,13 @@ func (n *fileNode) makeWhole(ctx context.Context, key digest.Digest) {
 	}
 	l, e := n.l, n.e
 	cs, err := l.chunks(e, 0, e.Size)
-	if err != nil || !l.allCached(cs) {
+	if err != nil {
 		return
+	}
+	for _, c := range cs {
+		if _, ok := l.probe(ctx, c, false, nil); !ok {
+			return
+		}
 	}
 	// Like the background fetch, leave the disk and the CPU to a starting
 	// workload that is still waiting for fetches.
@@ -93,7 +98,7 @@ func (n *fileNode) makeWhole(ctx context.Context, key digest.Digest) {
 	lg := log.G(ctx).WithFields(log.Fields{"layer": l.src.dgst, "file": e.Name, "key": key})
 	started := time.Now()
 	r := &wholeReader{ctx: ctx, l: l, cs: cs, v: key.Verifier()}
-	if err := l.fsys.cfg.cache.(FileCache).PutFrom(key, e.Size, r); err != nil {
+	if err := l.fsys.caps.fileCache.PutFrom(key, e.Size, r); err != nil {
 		switch {
 		case ctx.Err() != nil:
 		case errdefs.IsNotFound(err): // a chunk was evicted meanwhile
@@ -107,22 +112,6 @@ func (n *fileNode) makeWhole(ctx context.Context, key digest.Digest) {
 		f.Close()
 		lg.WithFields(log.Fields{"bytes": e.Size, "duration": time.Since(started)}).Debug("whole-file entry stored")
 	}
-}
-
-// allCached reports whether every chunk of cs is local, in memory, or found
-// in the Cache (which then makes it local).
-func (l *layer) allCached(cs []chunk) bool {
-	var buf []byte
-	for _, c := range cs {
-		switch {
-		case l.src.chunks.isLocal(c.idx), l.fsys.mem.has(l.memKey(c)):
-		case l.inCache(c, &buf):
-			l.src.chunks.setLocal(c.idx, true)
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // wholeReader reads a file from its chunks, cs, which it takes from memory
@@ -152,7 +141,7 @@ func (r *wholeReader) Read(p []byte) (int, error) {
 		c := r.cs[0]
 		data, ok := r.l.fsys.mem.get(r.l.memKey(c))
 		if !ok {
-			if data, ok = r.l.fromCache(r.ctx, c, r.buf); !ok {
+			if data, ok = r.l.probe(r.ctx, c, true, r.buf); !ok {
 				return 0, fmt.Errorf("chunk at %d no longer cached: %w", c.off, errdefs.ErrNotFound)
 			}
 			r.buf = data

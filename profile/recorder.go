@@ -11,19 +11,15 @@ import (
 
 // RecorderConfig shapes a Recorder.
 type RecorderConfig struct {
-	// Window is how long a recording lasts: from the first read of the
-	// image's layers, or, without read events (see Events), from Begin.
+	// Window is how long a recording lasts, from the first read of the
+	// image's layers.
 	Window time.Duration
 	// Idle closes a recording early when no new chunk was read for that
-	// long (with read events only): the program started and waits.
+	// long: the program started and waits.
 	Idle time.Duration
-	// Start drops a recording that saw no read for that long after Begin
-	// (with read events only): the image was pulled, not run.
+	// Start drops a recording that saw no read for that long after Begin:
+	// the image was pulled, not run.
 	Start time.Duration
-	// Events says whether Read is called for every read of a mounted
-	// layer. Without, a recording ends after Window with no reads, for
-	// the caller to fill from what the layer filesystem knows was read.
-	Events bool
 	// Limits bound a recording's reads (Entries); a recording that
 	// reaches them ends.
 	Limits Limits
@@ -62,7 +58,7 @@ func NewRecorder(cfg RecorderConfig, now func() time.Time) (*Recorder, error) {
 	if err := cfg.Limits.check(); err != nil {
 		return nil, err
 	}
-	if cfg.Window <= 0 || cfg.MaxSessions <= 0 || (cfg.Events && (cfg.Idle <= 0 || cfg.Start <= 0)) {
+	if cfg.Window <= 0 || cfg.MaxSessions <= 0 || cfg.Idle <= 0 || cfg.Start <= 0 {
 		return nil, fmt.Errorf("recorder: window, idle, start and max sessions must be positive: %w", errdefs.ErrInvalidArgument)
 	}
 	if now == nil {
@@ -137,10 +133,9 @@ func (r *Recorder) Read(layer digest.Digest, path string, offset int64) {
 	}
 }
 
-// Expire ends the recordings whose time is up and returns them: with
-// read events, those that reached Window from their first read, were Idle
-// or are full (recordings without any read after Start are dropped);
-// without, those Window after Begin, with no reads.
+// Expire ends the recordings whose time is up and returns them: those
+// that reached Window from their first read, were Idle or are full.
+// Recordings without any read Start after Begin are dropped.
 func (r *Recorder) Expire() []*Record {
 	now := r.now()
 	r.mu.Lock()
@@ -151,8 +146,6 @@ func (r *Recorder) Expire() []*Record {
 		switch {
 		case s.closed:
 			end, keep = true, true
-		case !r.cfg.Events:
-			end, keep = !now.Before(s.begun.Add(r.cfg.Window)), true
 		case s.first.IsZero():
 			end = !now.Before(s.begun.Add(r.cfg.Start))
 		default:

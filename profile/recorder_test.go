@@ -26,11 +26,11 @@ func (c *clock) advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func newTestRecorder(t *testing.T, events bool, entries int) (*Recorder, *clock) {
+func newTestRecorder(t *testing.T, entries int) (*Recorder, *clock) {
 	t.Helper()
 	c := &clock{now: time.Unix(1000, 0)}
 	r, err := NewRecorder(RecorderConfig{Window: 10 * time.Second, Idle: 2 * time.Second, Start: time.Minute,
-		Events: events, Limits: Limits{Size: 1 << 20, Entries: entries}, MaxSessions: 2}, c.Now)
+		Limits: Limits{Size: 1 << 20, Entries: entries}, MaxSessions: 2}, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func newTestRecorder(t *testing.T, events bool, entries int) (*Recorder, *clock)
 }
 
 func TestRecorderRecordsFirstReadsInOrder(t *testing.T) {
-	r, c := newTestRecorder(t, true, 100)
+	r, c := newTestRecorder(t, 100)
 	ls := testLayers(2)
 	if !r.Begin("r.example/app:1", ls[1], ls) {
 		t.Fatal("Begin refused")
@@ -85,7 +85,7 @@ func TestRecorderRecordsFirstReadsInOrder(t *testing.T) {
 }
 
 func TestRecorderWindowCapsABusyStart(t *testing.T) {
-	r, c := newTestRecorder(t, true, 1000)
+	r, c := newTestRecorder(t, 1000)
 	ls := testLayers(1)
 	r.Begin("app", "", ls)
 	for i := range 10 { // a new chunk every second: never idle
@@ -102,7 +102,7 @@ func TestRecorderWindowCapsABusyStart(t *testing.T) {
 }
 
 func TestRecorderEndsAtEntryLimit(t *testing.T) {
-	r, _ := newTestRecorder(t, true, 3)
+	r, _ := newTestRecorder(t, 3)
 	ls := testLayers(1)
 	r.Begin("app", "", ls)
 	for i := range 10 {
@@ -115,7 +115,7 @@ func TestRecorderEndsAtEntryLimit(t *testing.T) {
 }
 
 func TestRecorderDropsImagesNeverRun(t *testing.T) {
-	r, c := newTestRecorder(t, true, 10)
+	r, c := newTestRecorder(t, 10)
 	ls := testLayers(1)
 	r.Begin("app", "", ls)
 	c.advance(time.Minute)
@@ -128,7 +128,7 @@ func TestRecorderDropsImagesNeverRun(t *testing.T) {
 }
 
 func TestRecorderBoundsSessionsAndSharesLayers(t *testing.T) {
-	r, c := newTestRecorder(t, true, 10)
+	r, c := newTestRecorder(t, 10)
 	ls := testLayers(4)
 	a, b := []digest.Digest{ls[0], ls[1]}, []digest.Digest{ls[0], ls[2]}
 	if !r.Begin("a", "", a) || !r.Begin("b", "", b) {
@@ -142,21 +142,6 @@ func TestRecorderBoundsSessionsAndSharesLayers(t *testing.T) {
 	got := r.Expire()
 	if len(got) != 2 || len(got[0].Profile.Reads) != 1 || len(got[1].Profile.Reads) != 1 {
 		t.Fatalf("a read of a shared layer: %d recordings, want both with it", len(got))
-	}
-}
-
-func TestRecorderWithoutEvents(t *testing.T) {
-	r, c := newTestRecorder(t, false, 10)
-	ls := testLayers(1)
-	r.Begin("app", "", ls)
-	c.advance(9 * time.Second)
-	if got := r.Expire(); len(got) != 0 {
-		t.Fatal("ended within the window")
-	}
-	c.advance(time.Second)
-	got := r.Expire()
-	if len(got) != 1 || len(got[0].Profile.Reads) != 0 {
-		t.Fatalf("after the window: %d recordings, want 1 without reads for the caller to fill", len(got))
 	}
 }
 

@@ -1,7 +1,6 @@
 package profile
 
 import (
-	"context"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -12,16 +11,6 @@ type Chunk struct {
 	Layer  digest.Digest
 	Path   string
 	Offset int64
-}
-
-// Target is the prefetch of a layer filesystem that a Replay drives.
-type Target interface {
-	// Prefetch fetches chunks of mounted layers ahead of their readers,
-	// the first ones first, below the priority of readers' own reads. It
-	// checks first that each chunk starts at its offset of a regular file
-	// of its layer's table of contents, and fetches none if one does not:
-	// the error names it.
-	Prefetch(ctx context.Context, chunks []Chunk) error
 }
 
 // Replay applies one profile to an image being mounted: it hands out the
@@ -40,11 +29,15 @@ func NewReplay() *Replay {
 	return &Replay{mounted: map[digest.Digest]bool{}, issued: map[digest.Digest]bool{}}
 }
 
-// Mounted records that layer is mounted and returns what to prefetch now.
-func (r *Replay) Mounted(layer digest.Digest) []Chunk {
+// Mounted records that layers are mounted and returns what to prefetch
+// now. A layer the image shares with an image mounted before is not
+// mounted again: its owner tells of it as mounted all the same.
+func (r *Replay) Mounted(layers ...digest.Digest) []Chunk {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.mounted[layer] = true
+	for _, d := range layers {
+		r.mounted[d] = true
+	}
 	return r.dueLocked()
 }
 
@@ -65,6 +58,13 @@ func (r *Replay) Stop() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.stopped = true
+}
+
+// Stopped reports whether Stop was called.
+func (r *Replay) Stopped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopped
 }
 
 // Pending reports whether layers of the profile are still to be mounted

@@ -51,7 +51,11 @@
 // applies the layer itself, logs why, and labels the active snapshot with
 // LabelFallback=<reason>. Commit carries that label over to the committed
 // snapshot, so `ctr snapshots info <chainID>` tells an operator why a layer
-// was not lazy.
+// was not lazy. With WithFallbackError, Prepare does not fall back: it
+// fails with an error of class FailedPrecondition that names the layer and
+// the reason, and leaves no snapshot, so that the pull fails. An Observer
+// (WithObserver) is told of each layer mounted lazily and of each that was
+// not, with a class of the reason (the Fallback constants).
 //
 // A remote snapshot's "fs" directory is its mountpoint, so the mounts of any
 // snapshot above it name the mountpoint as a lowerdir. The labels a layer was
@@ -131,12 +135,90 @@ type Remounter interface {
 	Remount(mountpoints []string, reason string)
 }
 
-// FileSystem mounts remote layers. Implemented outside this package.
+// FileSystem mounts remote layers: it serves a layer's content at a
+// mountpoint without the layer being unpacked there. It is implemented
+// outside this package (lazypull's fs, or a data plane's client of it), and
+// the snapshotter is its only caller.
+//
+// # Vocabulary
+//
+// A mountpoint is the directory of an active snapshot that the snapshotter
+// created, empty, before calling Mount; it is named by the snapshot's ID
+// and stays the same for the life of the snapshot, across restarts of the
+// snapshotter and of the FileSystem. The labels are the snapshot's
+// containerd.io/snapshot/* labels of the Prepare that asked for the layer
+// (the image reference, the layer and TOC digests, the image's layers): the
+// same map, as stored, is passed again to Check, and to Mount when a layer
+// is mounted again after a restart.
+//
+// # Lifecycle
+//
+// A mountpoint is mounted once (Mount), checked any number of times
+// (Check), and unmounted once when its snapshot is removed (Unmount). After
+// a restart the snapshotter asks Check of every remote snapshot it finds
+// mounted, Unmounts and Mounts again those that fail it, and Mounts those
+// that are not mounted at all; a mountpoint whose serving process died may
+// be Mounted again without an Unmount (see Remounter).
+//
+// # Errors
+//
+// Errors carry an errdefs class, given where they arise; the snapshotter
+// passes them through gRPC unchanged or turns them into its own:
+//
+//   - Mount: any error means the layer cannot be served lazily, and the
+//     snapshotter falls back to unpacking it; the message is the reason
+//     (recorded on the snapshot as LabelFallback), so it names what was
+//     wrong (label, layer digest, registry answer). InvalidArgument: labels
+//     missing or malformed; FailedPrecondition: the layer has no usable
+//     TOC digest; NotImplemented: the blob is not in a format the
+//     FileSystem serves; DataLoss: the blob does not match its digests;
+//     AlreadyExists: the mountpoint is mounted already; Unavailable: the
+//     FileSystem is closing, or the registry is out of reach; otherwise the
+//     class of the registry's error. Nothing is left mounted at mountpoint
+//     after an error.
+//   - Check: nil means the layer the labels name is served at mountpoint
+//     now. NotFound: the FileSystem serves nothing there (it restarted, or
+//     never mounted it); FailedPrecondition: it serves another layer there;
+//     Unavailable: it holds the mount but cannot serve it (the serving
+//     process died). The snapshotter treats every error alike: the layer
+//     is not served, containers using it fail their reads, and it mounts
+//     the layer again.
+//   - Unmount: NotFound: the FileSystem serves nothing at mountpoint (the
+//     snapshotter then clears any mount left there itself). After any other
+//     error the layer stays mounted and Unmount may be retried.
+//
+// # Idempotence
+//
+// Mount is not idempotent: a second Mount of a mountpoint the FileSystem
+// serves fails with AlreadyExists and leaves the first mount alone. Check
+// has no effect and may be repeated. Unmount of a mountpoint that was
+// unmounted already returns NotFound, which the snapshotter takes as done.
+//
+// # Concurrency
+//
+// All methods may be called concurrently, for different mountpoints and
+// for the same one; calls for one mountpoint are ordered by the snapshotter
+// (a Mount returns before the Check or Unmount of that mountpoint starts)
+// except that Check may run concurrently with other Checks. A Mount may
+// take as long as resolving the layer takes (registry round trips); ctx
+// bounds it, and a Mount whose ctx ends returns its error with nothing
+// mounted.
+//
+// # What Check may assume
+//
+// Check is called only for mountpoints that a Mount, of this FileSystem or
+// of one that ran before on the same root, returned nil for, with the
+// labels of that Mount. It must be cheap (the snapshotter calls it for
+// every remote layer of a container being started, on every Mounts of it):
+// it may look at the FileSystem's own state and statfs the mountpoint, but
+// not reach the registry.
 type FileSystem interface {
-	// Mount makes the layer described by labels (the containerd.io/snapshot/* labels of the Prepare) available read-only at mountpoint (an existing empty dir). An error means the layer cannot be served lazily; its message is the reason.
+	// Mount makes the layer described by labels available read-only at
+	// mountpoint, an existing empty directory.
 	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
-	// Check reports whether the layer mounted at mountpoint is still being served.
+	// Check reports whether the layer the labels name is still served at
+	// mountpoint.
 	Check(ctx context.Context, mountpoint string, labels map[string]string) error
-	// Unmount unmounts mountpoint.
+	// Unmount unmounts the layer at mountpoint.
 	Unmount(ctx context.Context, mountpoint string) error
 }

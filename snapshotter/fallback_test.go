@@ -1,16 +1,20 @@
 package snapshotter
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/continuity/fs/fstest"
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -164,4 +168,95 @@ func TestCleanupUnmounts(t *testing.T) {
 		t.Errorf("Cleanup deleted through a bind mount: %v", err)
 	}
 	findRemote(ctx, t, sn, "chain-a", "")
+}
+
+// countObserver records what an Observer is told.
+type countObserver struct {
+	mu       sync.Mutex
+	mounted  int
+	fellBack map[string]int
+}
+
+func (o *countObserver) Mounted() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.mounted++
+}
+
+func (o *countObserver) FellBack(class string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fellBack == nil {
+		o.fellBack = map[string]int{}
+	}
+	o.fellBack[class]++
+}
+
+// TestFallbackError: with WithFallbackError, a layer that cannot be
+// mounted lazily fails its Prepare with an error that names the layer and
+// the reason, and leaves no snapshot behind; a layer that can is mounted as
+// ever. The Observer is told each outcome with the reason's class.
+func TestFallbackError(t *testing.T) {
+	e := newRemoteEnv(t)
+	ctx := testContext(t)
+	obs := &countObserver{}
+	sn := e.open(t, WithFallbackError(), WithObserver(obs))
+
+	for _, tc := range []struct {
+		name, chainID string
+		labels        map[string]string
+		want          []string // substrings of the error
+	}{
+		{"mount fails", "chain-x", layerLabels("chain-x", "sha256:xx"), []string{"layer sha256:xx", "is not eStargz", `fallback is "error"`, "(other)"}},
+		{"no annotations", "chain-y", map[string]string{snapshots.LabelSnapshotRef: "chain-y"}, []string{"chain-y", snapshotters.TargetLayerDigestLabel}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := fmt.Sprintf(snapshots.UnpackKeyFormat, "5678", tc.chainID)
+			m, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(tc.labels))
+			if !errdefs.IsFailedPrecondition(err) {
+				t.Fatalf("Prepare: got %v and mounts %v, want an error of class FailedPrecondition", err, m)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if _, err := sn.Stat(ctx, key); !errdefs.IsNotFound(err) {
+				t.Errorf("Stat of %s after the failed Prepare: %v, want not found", key, err)
+			}
+		})
+	}
+	unpackRemote(ctx, t, sn, "chain-a", "", "sha256:aa")
+
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.mounted != 1 {
+		t.Errorf("Observer told of %d lazy layers, want 1", obs.mounted)
+	}
+	// bindFS's error has no errdefs class.
+	want := map[string]int{FallbackOther: 1, FallbackNotAnnotated: 1}
+	if !maps.Equal(obs.fellBack, want) {
+		t.Errorf("Observer told of fallbacks %v, want %v", obs.fellBack, want)
+	}
+}
+
+// TestMountClass: the classes of the reasons of failed Mounts, as
+// fs.FileSystem and the data planes return them.
+func TestMountClass(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("layer has no TOC digest annotation: %w", errdefs.ErrFailedPrecondition), FallbackNotEStargz},
+		{fmt.Errorf("no footer: %w", errdefs.ErrNotImplemented), FallbackNotEStargz},
+		{fmt.Errorf("TOC digest mismatch: %w", errdefs.ErrDataLoss), FallbackInvalidLayer},
+		{fmt.Errorf("401: %w", errdefs.ErrUnauthenticated), FallbackUnauthorized},
+		{fmt.Errorf("blob unknown: %w", errdefs.ErrNotFound), FallbackNotFound},
+		{fmt.Errorf("dial: %w", errdefs.ErrUnavailable), FallbackUnavailable},
+		{errors.New("something else"), FallbackOther},
+	} {
+		if got := mountClass(tc.err); got != tc.want {
+			t.Errorf("mountClass(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
 }

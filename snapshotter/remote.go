@@ -49,13 +49,17 @@ func (l *remoteLayer) describe() string {
 // prepareRemote is Prepare for a layer being unpacked into target; labels
 // are the Prepare's snapshot labels, the ones FileSystem.Mount is given.
 func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) ([]mount.Mount, error) {
-	reason, err := s.lazyCandidate(ctx, target, parent, labels)
+	fb, err := s.lazyCandidate(ctx, target, parent, labels)
 	if err != nil {
 		return nil, err
 	}
-	if reason != "" {
-		s.logFallback(ctx, key, target, reason)
-		opts = append(opts, snapshots.WithLabels(map[string]string{LabelFallback: shortReason(reason)}))
+	if fb != nil {
+		s.logFallback(ctx, key, target, fb.reason)
+		s.observer.FellBack(fb.class)
+		if s.fallbackError {
+			return nil, fallbackError(target, labels, fb)
+		}
+		opts = append(opts, snapshots.WithLabels(map[string]string{LabelFallback: shortReason(fb.reason)}))
 		return s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
 	}
 	sn, err := s.create(ctx, snapshots.KindActive, key, parent, opts)
@@ -64,12 +68,19 @@ func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 	}
 	mp := s.upperPath(sn.ID)
 	if mountErr := s.fs.Mount(ctx, mp, labels); mountErr != nil {
-		reason := mountErr.Error()
-		s.logFallback(ctx, key, target, reason)
+		fb := mountFallback(mountErr)
+		s.logFallback(ctx, key, target, fb.reason)
+		s.observer.FellBack(fb.class)
 		if err := mount.UnmountAll(mp, 0); err != nil {
 			log.G(ctx).WithError(err).WithField("path", mp).Warn("failed to clear mountpoint after failed mount")
 		}
-		if err := s.markFallback(ctx, key, reason); err != nil {
+		if s.fallbackError {
+			if err := s.Remove(ctx, key); err != nil {
+				log.G(ctx).WithError(err).WithField("key", key).Warn("failed to remove snapshot of a layer that may not fall back")
+			}
+			return nil, fallbackError(target, labels, fb)
+		}
+		if err := s.markFallback(ctx, key, fb.reason); err != nil {
 			log.G(ctx).WithError(err).WithField("key", key).Warn("failed to label fallback snapshot")
 		}
 		return s.finishCreate(ctx, key, sn)
@@ -77,6 +88,7 @@ func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 	if err := s.commitRemote(ctx, sn.ID, key, target, labels); err != nil {
 		return nil, err
 	}
+	s.observer.Mounted()
 	log.G(ctx).WithFields(log.Fields{
 		"key":    key,
 		"target": target,
@@ -87,9 +99,9 @@ func (s *snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 
 // lazyCandidate returns an error wrapping errdefs.ErrAlreadyExists if target
 // is already committed on parent and bound to what the labels ask for (see
-// boundTo), and otherwise why the layer cannot be served lazily ("" if it
+// boundTo), and otherwise why the layer cannot be served lazily (nil if it
 // may be). It sets, in labels, the parent's chain ID (see chainLabels).
-func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, labels map[string]string) (string, error) {
+func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, labels map[string]string) (*fallback, error) {
 	var (
 		id, reason string
 		info       snapshots.Info
@@ -107,17 +119,20 @@ func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, 
 		reason, err = chainLabels(ctx, parent, labels)
 		return err
 	}); err != nil {
-		return "", err
+		return nil, err
 	}
 	if exists {
 		if info.Kind != snapshots.KindCommitted || info.Parent != parent || info.Labels[snapshots.LabelSnapshotRef] != target {
-			return fmt.Sprintf("snapshot %s exists as %v with parent %q, not committed on %q", target, info.Kind, info.Parent, parent), nil
+			return &fallback{FallbackSnapshotConflict, fmt.Sprintf("snapshot %s exists as %v with parent %q, not committed on %q", target, info.Kind, info.Parent, parent)}, nil
 		}
 		why, err := boundTo(s.snapshotDir(id), target, labels)
-		if err != nil || why != "" {
-			return why, err
+		if err != nil {
+			return nil, err
 		}
-		return "", fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+		if why != "" {
+			return &fallback{FallbackSnapshotConflict, why}, nil
+		}
+		return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 	}
 	var missing []string
 	for _, k := range []string{snapshotters.TargetRefLabel, snapshotters.TargetLayerDigestLabel} {
@@ -126,9 +141,12 @@ func (s *snapshotter) lazyCandidate(ctx context.Context, target, parent string, 
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Sprintf("no %s label: the pull was not annotated for remote snapshotters", strings.Join(missing, ", ")), nil
+		return &fallback{FallbackNotAnnotated, fmt.Sprintf("no %s label: the pull was not annotated for remote snapshotters", strings.Join(missing, ", "))}, nil
 	}
-	return reason, nil
+	if reason != "" {
+		return &fallback{FallbackNoParentChain, reason}, nil
+	}
+	return nil, nil
 }
 
 // commitRemote commits the active snapshot key, whose layer is mounted, as

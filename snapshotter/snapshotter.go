@@ -26,6 +26,8 @@ type config struct {
 	fs                 FileSystem
 	restoreConcurrency int
 	keepMounts         bool
+	observer           Observer
+	fallbackError      bool
 }
 
 // Opt configures a snapshotter created by New.
@@ -72,6 +74,10 @@ type snapshotter struct {
 	fs         FileSystem
 	keepMounts bool
 	options    []string // appended to every overlay mount
+	// observer is told what becomes of layers offered for lazy pulls;
+	// fallbackError makes Prepare fail for those that fall back.
+	observer      Observer
+	fallbackError bool
 
 	layersMu sync.Mutex
 	layers   map[string]*remoteLayer // by snapshot id
@@ -91,7 +97,7 @@ type snapshotter struct {
 // run, New starts re-mounting their layers in the background and returns;
 // Close stops that work and waits for it.
 func New(root string, opts ...Opt) (snapshots.Snapshotter, error) {
-	cfg := config{restoreConcurrency: defaultRestoreConcurrency}
+	cfg := config{restoreConcurrency: defaultRestoreConcurrency, observer: nopObserver{}}
 	for _, opt := range opts {
 		if err := opt(&cfg); err != nil {
 			return nil, err
@@ -113,6 +119,7 @@ func New(root string, opts ...Opt) (snapshots.Snapshotter, error) {
 		layers:     map[string]*remoteLayer{},
 		restoreSem: make(chan struct{}, cfg.restoreConcurrency),
 	}
+	s.observer, s.fallbackError = cfg.observer, cfg.fallbackError
 	s.options = overlayOptions("/sys/module/overlay/parameters")
 	s.life, s.cancel = context.WithCancel(context.Background())
 	if err := s.restoreLayers(s.life); err != nil {

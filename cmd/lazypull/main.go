@@ -1,7 +1,8 @@
 // Command lazypull is lazypull's command line tool: it converts images to
 // eStargz (convert), pulls images through containerd so that their layers
-// can be mounted lazily by the lazypull snapshotter (pull), and checks a
-// node's setup (doctor).
+// can be mounted lazily by the lazypull snapshotter (pull), shows what is
+// lazy and local of the images pulled (status), and checks a node's setup
+// (doctor).
 package main
 
 import (
@@ -61,7 +62,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	usageErr := func(_ *cli.Context, err error, _ bool) error {
 		return cli.Exit(err.Error(), exitUsage)
 	}
-	cmds := []*cli.Command{convertCommand(), pullCommand(), doctorCommand(), profileCommand()}
+	cmds := []*cli.Command{convertCommand(), pullCommand(), statusCommand(), doctorCommand(), profileCommand()}
 	for _, c := range cmds {
 		c.OnUsageError = usageErr
 	}

@@ -11,16 +11,17 @@ import (
 	"github.com/lazypull/lazypull/convert"
 )
 
-// progressView shows convert.Progress events. On a terminal it keeps one
-// live line per layer in flight, redrawn at most every redrawEvery, and
-// prints each layer's final line once; elsewhere it prints a plain line per
-// phase change.
+// progressView shows the progress of the layers of a convert or a pull:
+// one row per layer, updated by events. On a terminal it keeps one live
+// line per layer in flight, redrawn at most every redrawEvery, and prints
+// each layer's final line once; elsewhere it prints a plain line per phase
+// change.
 type progressView struct {
 	w   io.Writer
 	tty bool
 
 	mu       sync.Mutex
-	rows     map[rowKey]*row
+	rows     map[string]*row
 	order    []*row // in order of first event
 	live     int    // lines of the live area last drawn
 	lastDraw time.Time
@@ -28,36 +29,67 @@ type progressView struct {
 
 const redrawEvery = 100 * time.Millisecond
 
-type rowKey struct {
-	platform string
-	layer    int
-	source   string
+// rowState is where a row stands: queued rows are counted, active ones
+// redrawn, final ones printed once.
+type rowState int
+
+const (
+	rowQueued rowState = iota
+	rowActive
+	rowFinal
+)
+
+// viewEvent is the state of one row of a progressView.
+type viewEvent struct {
+	key   string // the row's
+	phase string // a change of phase prints a line without a terminal
+	state rowState
+	// line describes the row; without counters (for lines printed once,
+	// at the start of a phase) it leaves out what changes within a phase.
+	line func(counters bool) string
 }
 
 type row struct {
-	p       convert.Progress
+	e       viewEvent
 	printed bool // final line printed
 }
 
 func newProgressView(w io.Writer, tty bool) *progressView {
-	return &progressView{w: w, tty: tty, rows: map[rowKey]*row{}}
+	return &progressView{w: w, tty: tty, rows: map[string]*row{}}
 }
 
+// update shows a convert.Progress event.
 func (v *progressView) update(p convert.Progress) {
+	st := rowActive
+	switch p.Phase {
+	case convert.PhaseQueued:
+		st = rowQueued
+	case convert.PhaseDone, convert.PhaseSkipped, convert.PhaseFailed:
+		st = rowFinal
+	}
+	v.show(viewEvent{
+		key:   fmt.Sprintf("%s\x00%d\x00%s", p.Platform, p.Layer, p.Source),
+		phase: p.Phase.String(),
+		state: st,
+		line:  func(counters bool) string { return line(p, counters) },
+	})
+}
+
+// show updates the row of e.
+func (v *progressView) show(e viewEvent) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	k := rowKey{p.Platform, p.Layer, p.Source.String()}
-	r, ok := v.rows[k]
+	r, ok := v.rows[e.key]
 	if !ok {
 		r = &row{}
-		v.rows[k] = r
+		v.rows[e.key] = r
 		v.order = append(v.order, r)
 	}
-	changed := !ok || r.p.Phase != p.Phase
-	r.p = p
+	changed := !ok || r.e.phase != e.phase
+	r.e = e
 	if !v.tty {
-		if changed && p.Phase != convert.PhaseQueued {
-			fmt.Fprintln(v.w, line(p, false))
+		if changed && e.state != rowQueued {
+			fmt.Fprintln(v.w, e.line(false))
 		}
 		return
 	}
@@ -85,16 +117,16 @@ func (v *progressView) draw() {
 	var active []string
 	queued := 0
 	for _, r := range v.order {
-		switch r.p.Phase {
-		case convert.PhaseDone, convert.PhaseSkipped, convert.PhaseFailed:
+		switch r.e.state {
+		case rowFinal:
 			if !r.printed {
-				b.WriteString(line(r.p, true) + "\n")
+				b.WriteString(r.e.line(true) + "\n")
 				r.printed = true
 			}
-		case convert.PhaseQueued:
+		case rowQueued:
 			queued++
 		default:
-			active = append(active, line(r.p, true))
+			active = append(active, r.e.line(true))
 		}
 	}
 	for _, l := range active {

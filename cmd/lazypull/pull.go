@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,7 +48,12 @@ layer, its chain ID, whether the snapshotter mounted it lazily, or why not,
 and whether the layer was verified against the DiffID of the image's
 configuration: "containerd" for a layer containerd applied (and checked),
 "pending" for a lazily mounted layer not verified yet (lazypulld verifies it
-once it is local), "yes", or "failed" with the reason.`,
+once it is local), "yes", or "failed" with the reason.
+
+While it pulls, it shows on stderr where each layer stands: waiting,
+mounted lazily, downloading (with the bytes so far, for a layer containerd
+downloads), applying, or pulled. On a terminal the lines of the layers in
+flight are redrawn in place; elsewhere a line is printed per change.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "address", Value: "/run/containerd/containerd.sock", Usage: "containerd `SOCKET`"},
 			&cli.StringFlag{Name: "namespace", Value: "default", Usage: "containerd `NAMESPACE`"},
@@ -58,6 +62,7 @@ once it is local), "yes", or "failed" with the reason.`,
 			&cli.BoolFlag{Name: "plain-http", Usage: "use plain HTTP for registries hosts.toml says nothing about"},
 			&cli.StringFlag{Name: "platform", Usage: "pull this `PLATFORM` (default: this machine's)"},
 			&cli.BoolFlag{Name: "require-lazy", Usage: "exit with status 3 unless every layer was mounted lazily"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show each layer's progress on stderr"},
 		},
 		Action: pullAction,
 	}
@@ -83,16 +88,9 @@ func pullAction(c *cli.Context) error {
 		platformOpts = append(platformOpts, containerd.WithPlatformMatcher(matcher))
 	}
 
-	address := c.String("address")
-	if !strings.Contains(address, "://") {
-		// Otherwise a missing socket shows as a dial timeout 10s later.
-		if _, err := os.Stat(address); err != nil {
-			return fmt.Errorf("containerd socket: %w", err)
-		}
-	}
-	client, err := containerd.New(address)
+	client, err := connectContainerd(c.String("address"))
 	if err != nil {
-		return fmt.Errorf("connect to containerd: %w", err)
+		return err
 	}
 	defer client.Close()
 	ctx := namespaces.WithNamespace(c.Context, c.String("namespace"))
@@ -109,13 +107,16 @@ func pullAction(c *cli.Context) error {
 
 	fmt.Fprintf(c.App.ErrWriter, "pulling %s into snapshotter %q\n", ref, sn)
 	start := time.Now()
+	wrapper, stopProgress := followPull(ctx, c.App.ErrWriter, c.Bool("quiet"), client.ContentStore(),
+		client.SnapshotService(sn), snapshotters.AppendInfoHandlerWrapper(ref))
 	opts := append([]containerd.RemoteOpt{
 		containerd.WithResolver(resolver),
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(sn),
-		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)),
+		containerd.WithImageHandlerWrapper(wrapper),
 	}, platformOpts...)
 	img, err := client.Pull(ctx, ref, opts...)
+	stopProgress()
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}

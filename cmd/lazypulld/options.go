@@ -14,37 +14,35 @@ import (
 	"github.com/lazypull/lazypull/remote"
 )
 
-// newFileSystem is the one place where the configuration becomes options
-// of the packages a data plane is built from: the registry client feeds
-// the layer filesystems, which read through the chunk cache. creds, if not
-// nil, gives the registry client credentials ahead of docker's config.json
-// (those the daemon's CRI image service pushes). The returned close
-// function closes the filesystems (which unmounts their layers), then the
-// chunk cache, then the registry client (its downloads into spool files);
-// the registry client is returned for the start-up profiles.
-func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileSystem, *remote.Resolver, func() error, error) {
-	ropts := []remote.Option{
-		remote.WithHostsDir(cfg.Remote.HostsDir),
-		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
-		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
-		remote.WithRetries(cfg.Remote.Retries),
-		remote.WithParallelism(cfg.Remote.Parallelism),
-		remote.WithWarmConnections(cfg.Remote.WarmConnections),
-		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
-		remote.WithUserAgent("lazypull/" + version),
-	}
-	if creds != nil {
-		ropts = append(ropts, remote.WithCredentialSource(creds))
+// newRegistryClient is the registry client of a data plane: creds, if not
+// nil, gives it credentials ahead of docker's config.json (those the
+// daemon's CRI image service pushes); m, if not nil, counts its requests.
+func newRegistryClient(cfg *config.Config, creds remote.CredentialSource, m *planeMetrics) (*remote.Resolver, error) {
+	ropts := registryOptions(cfg, creds)
+	if m != nil {
+		ropts = append(ropts, remote.WithObserver(m))
 	}
 	resolver, err := remote.NewResolver(ropts...)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("registry client: %w", err)
+		return nil, fmt.Errorf("registry client: %w", err)
 	}
+	return resolver, nil
+}
+
+// newFileSystem is the one place where the configuration becomes options
+// of the packages a data plane is built from: the registry client
+// (newRegistryClient) feeds the layer filesystems, which read through the
+// chunk cache. The returned close function closes the filesystems (which
+// unmounts their layers), then the chunk cache, then the registry client
+// (its downloads into spool files), which newFileSystem owns from now on,
+// and closes if it fails. m, if not nil, reads the filesystems' and the
+// cache's counters; more options follow those of cfg.
+func newFileSystem(cfg *config.Config, resolver *remote.Resolver, m *planeMetrics, more ...fs.Option) (*fs.FileSystem, func() error, error) {
 	chunks, err := newCache(cfg)
 	if err != nil {
-		return nil, nil, nil, errors.Join(err, resolver.Close())
+		return nil, nil, errors.Join(err, resolver.Close())
 	}
-	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver},
+	opts := append([]fs.Option{
 		fs.WithCache(chunks),
 		fs.WithAllowUnverified(cfg.FS.AllowUnverifiedLayers),
 		fs.WithTailSize(cfg.FS.TailSize.Int64()),
@@ -70,11 +68,34 @@ func newFileSystem(cfg *config.Config, creds remote.CredentialSource) (*fs.FileS
 			PathDepth:         cfg.FS.MaxPathDepth,
 			ChunkSize:         cfg.FS.MaxChunkSize.Int64(),
 		}),
-	)
+	}, more...)
+	layers, err := fs.New(filepath.Join(cfg.Root, "fs"), blobOpener{resolver}, opts...)
 	if err != nil {
-		return nil, nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
+		return nil, nil, errors.Join(fmt.Errorf("layer filesystem: %w", err), chunks.Close(), resolver.Close())
 	}
-	return layers, resolver, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
+	if m != nil {
+		m.watch(layers, chunks)
+	}
+	return layers, func() error { return errors.Join(layers.Close(), chunks.Close(), resolver.Close()) }, nil
+}
+
+// registryOptions are the options of a data plane's registry client: with
+// creds, if not nil, ahead of docker's config.json.
+func registryOptions(cfg *config.Config, creds remote.CredentialSource) []remote.Option {
+	ropts := []remote.Option{
+		remote.WithHostsDir(cfg.Remote.HostsDir),
+		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
+		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
+		remote.WithRetries(cfg.Remote.Retries),
+		remote.WithParallelism(cfg.Remote.Parallelism),
+		remote.WithWarmConnections(cfg.Remote.WarmConnections),
+		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
+		remote.WithUserAgent("lazypull/" + version),
+	}
+	if creds != nil {
+		ropts = append(ropts, remote.WithCredentialSource(creds))
+	}
+	return ropts
 }
 
 // verifyMode is [fs] verify as fs has it.

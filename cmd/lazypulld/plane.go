@@ -105,8 +105,18 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if cfg.CRI.Address != "" {
 		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
 	}
-	layers, resolver, closeFS, err := newFileSystem(cfg, credentialSource(creds))
+	metrics := newPlaneMetrics(cfg.Metrics.MaxHosts)
+	resolver, err := newRegistryClient(cfg, credentialSource(creds), metrics)
 	if err != nil {
+		return err
+	}
+	prof, err := newProfiler(cfg, resolver, time.Now)
+	if err != nil {
+		return errors.Join(fmt.Errorf("start-up profiles: %w", err), resolver.Close())
+	}
+	layers, closeFS, err := newFileSystem(cfg, resolver, metrics, append(storeBlobOptions(ctx, cfg), prof.options()...)...)
+	if err != nil {
+		prof.Close()
 		return err
 	}
 	defer func() {
@@ -114,10 +124,7 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 			retErr = errors.Join(retErr, fmt.Errorf("unmount layers: %w", err))
 		}
 	}()
-	prof, err := newProfiler(cfg, layers, resolver)
-	if err != nil {
-		return fmt.Errorf("start-up profiles: %w", err)
-	}
+	// The profiles' lookups stop before the registry client is closed.
 	defer prof.Close()
 	l, err := listenPrivate(filepath.Join(dir, planeSocket))
 	if err != nil {
@@ -130,7 +137,8 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	if creds != nil {
 		fsys = credentialFS{verifyingFS{layers, prof}, creds}
 	}
-	srv := dataplane.NewServer(fsys, info, stop)
+	srv := dataplane.NewServer(fsys, info, stop, dataplane.WithMetrics(metrics.handler()))
+	defer keepBlobs(ctx, cfg, layers, srv.Mounts, credentialSource(creds))()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if ready != nil {

@@ -38,16 +38,19 @@ const (
 
 // profiler is a data plane's start-up profiles ([profile]): when the
 // layers of an image are mounted, it looks for the image's profile on the
-// node, then in the registry, and has the layer filesystem prefetch its
-// chunks as each layer is mounted; and it records a profile of images the
-// node has none recorded of. Close stops its goroutines.
+// node, then in the registry, and prefetches its chunks of each layer of
+// the image that is mounted; and it records a profile of images the node
+// has none recorded of. It sees the layers as a prefetch policy of the
+// layer filesystem (profilepolicy.go). Close stops its goroutines; those
+// that prefetch belong to the layers they prefetch.
 type profiler struct {
 	cfg    config.Profile
-	fsys   *fs.FileSystem
 	res    *remote.Resolver
 	store  *profile.Store
 	rec    *profile.Recorder
 	client *profile.Client // nil without [profile] fetch
+	now    func() time.Time
+	layers mountedLayers
 
 	life   context.Context
 	cancel context.CancelFunc
@@ -64,9 +67,11 @@ type imageProfile struct {
 	looked bool // the lookup ended
 }
 
-// newProfiler returns the profiler of cfg's [profile], nil when it neither
-// records nor fetches.
-func newProfiler(cfg *config.Config, fsys *fs.FileSystem, res *remote.Resolver) (*profiler, error) {
+// newProfiler returns the profiler of cfg's [profile], reading manifests
+// and profiles through res and the time from now; nil when it neither
+// records nor fetches. Its policy (options) is to be given to the layer
+// filesystem.
+func newProfiler(cfg *config.Config, res *remote.Resolver, now func() time.Time) (*profiler, error) {
 	pc := cfg.Profile
 	if !pc.Record && !pc.Fetch {
 		return nil, nil
@@ -78,13 +83,14 @@ func newProfiler(cfg *config.Config, fsys *fs.FileSystem, res *remote.Resolver) 
 	}
 	rec, err := profile.NewRecorder(profile.RecorderConfig{
 		Window: pc.Window.Duration, Idle: pc.Idle.Duration, Start: profileStart,
-		Events: fs.ReadEventsWired, Limits: lim, MaxSessions: profileSessions,
-	}, time.Now)
+		Limits: lim, MaxSessions: profileSessions,
+	}, now)
 	if err != nil {
 		return nil, err
 	}
-	p := &profiler{cfg: pc, fsys: fsys, res: res, store: store, rec: rec,
-		sem: make(chan struct{}, profileLookups), images: map[digest.Digest]*imageProfile{}}
+	p := &profiler{cfg: pc, res: res, store: store, rec: rec, now: now,
+		layers: mountedLayers{m: map[digest.Digest][]*fs.Layer{}},
+		sem:    make(chan struct{}, profileLookups), images: map[digest.Digest]*imageProfile{}}
 	if pc.Fetch {
 		if p.client, err = profile.NewClient(profileRegistry{res}, lim); err != nil {
 			return nil, err
@@ -92,9 +98,6 @@ func newProfiler(cfg *config.Config, fsys *fs.FileSystem, res *remote.Resolver) 
 	}
 	p.life, p.cancel = context.WithCancel(context.Background())
 	if pc.Record {
-		if fs.ReadEventsWired {
-			fsys.SetReadObserver(rec)
-		}
 		p.wg.Add(1)
 		go p.expire()
 	}
@@ -111,7 +114,6 @@ func (p *profiler) Close() {
 	p.cancel()
 	p.mu.Unlock()
 	p.wg.Wait()
-	p.fsys.SetReadObserver(nil)
 }
 
 // mounting is told of a layer about to be mounted: the first layer of an
@@ -162,25 +164,6 @@ func (p *profiler) mounting(ctx context.Context, labels map[string]string) {
 	}()
 }
 
-// mounted is told of a layer mounted: the profile's chunks of it, if the
-// profile is known, are prefetched.
-func (p *profiler) mounted(ctx context.Context, labels map[string]string) {
-	if p == nil {
-		return
-	}
-	md, err1 := digest.Parse(labels[fs.LabelManifestDigest])
-	layer, err2 := digest.Parse(labels[fs.LabelLayerDigest])
-	if err1 != nil || err2 != nil {
-		return
-	}
-	p.mu.Lock()
-	im := p.images[md]
-	p.mu.Unlock()
-	if im != nil {
-		p.prefetch(ctx, md, im, im.replay.Mounted(layer))
-	}
-}
-
 // lookup reads the layers of image md and applies its profile: the node's,
 // else the registry's; and starts recording the image if the node has not
 // recorded it.
@@ -194,10 +177,13 @@ func (p *profiler) lookup(ctx context.Context, ref string, md digest.Digest, im 
 	if p.cfg.Record && !p.store.Has(profile.Recorded, layers) && p.rec.Begin(ref, md, layers) {
 		log.G(ctx).Debug("recording a start-up profile")
 	}
+	// The layers the image shares with images mounted before are not
+	// mounted again: their part of the profile is replayed too.
+	im.replay.Mounted(p.layers.mounted(layers)...)
 	rec, err := p.store.Get(layers)
 	if err == nil {
 		log.G(ctx).WithFields(log.Fields{"origin": rec.Origin, "chunks": len(rec.Profile.Reads)}).Info("applying the node's start-up profile")
-		p.prefetch(ctx, md, im, im.replay.SetProfile(rec.Profile))
+		p.replay(ctx, md, im, im.replay.SetProfile(rec.Profile))
 		return
 	}
 	if !errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) {
@@ -217,10 +203,10 @@ func (p *profiler) lookup(ctx context.Context, ref string, md digest.Digest, im 
 		log.G(ctx).WithField("profile", art).Warn("ignoring the start-up profile published in the registry: it is for other layers than the image's")
 	default:
 		log.G(ctx).WithFields(log.Fields{"profile": art, "chunks": len(prof.Reads)}).Info("applying the registry's start-up profile")
-		if err := p.store.Put(&profile.Record{Origin: profile.Fetched, Ref: ref, Manifest: md, Created: time.Now(), Profile: prof}); err != nil {
+		if err := p.store.Put(&profile.Record{Origin: profile.Fetched, Ref: ref, Manifest: md, Created: p.now(), Profile: prof}); err != nil {
 			log.G(ctx).WithError(err).Warn("cannot keep the start-up profile on the node")
 		}
-		p.prefetch(ctx, md, im, im.replay.SetProfile(prof))
+		p.replay(ctx, md, im, im.replay.SetProfile(prof))
 		return
 	}
 	im.replay.Stop()
@@ -246,24 +232,6 @@ func (p *profiler) imageLayers(ctx context.Context, ref string, md digest.Digest
 	return layers, nil
 }
 
-// prefetch has the layer filesystem prefetch cs; a profile whose chunks
-// the layers do not have is stopped, with a warning.
-func (p *profiler) prefetch(ctx context.Context, md digest.Digest, im *imageProfile, cs []profile.Chunk) {
-	if len(cs) == 0 {
-		return
-	}
-	pcs := make([]fs.ProfileChunk, len(cs))
-	for i, c := range cs {
-		pcs[i] = fs.ProfileChunk(c)
-	}
-	if err := p.fsys.PrefetchProfile(ctx, pcs); err != nil {
-		im.replay.Stop()
-		log.G(ctx).WithError(err).WithField("manifest", md).Warn("ignoring the start-up profile: it does not fit the image's layers")
-		return
-	}
-	log.G(ctx).WithFields(log.Fields{"manifest": md, "layer": cs[0].Layer, "chunks": len(cs)}).Debug("prefetching the start-up profile")
-}
-
 // expire ends recordings as their time comes and keeps what they found.
 func (p *profiler) expire() {
 	defer p.wg.Done()
@@ -281,13 +249,9 @@ func (p *profiler) expire() {
 	}
 }
 
-// keep stores a recording. Without read events it holds no reads: the
-// layer filesystem tells which chunks readers of its layers asked for.
+// keep stores a recording.
 func (p *profiler) keep(rec *profile.Record) {
 	lg := log.G(p.life).WithFields(log.Fields{"ref": rec.Ref, "manifest": rec.Manifest})
-	if len(rec.Profile.Reads) == 0 && !fs.ReadEventsWired {
-		rec.Profile.Reads = p.readChunks(rec.Profile.Layers)
-	}
 	if len(rec.Profile.Reads) == 0 {
 		lg.Debug("start-up profile: nothing was read")
 		return
@@ -297,30 +261,6 @@ func (p *profiler) keep(rec *profile.Record) {
 		return
 	}
 	lg.WithField("chunks", len(rec.Profile.Reads)).Info("start-up profile recorded")
-}
-
-// readChunks is what readers read of the mounted layers, bottom first,
-// each layer's in blob order, within the entry limit.
-func (p *profiler) readChunks(layers []digest.Digest) []profile.Read {
-	var reads []profile.Read
-	seen := map[digest.Digest]bool{}
-	for i, d := range layers {
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		cs, err := p.fsys.ReadChunks(d)
-		if err != nil {
-			continue // not mounted lazily: nothing to prefetch
-		}
-		for _, c := range cs {
-			if len(reads) >= p.cfg.MaxEntries {
-				return reads
-			}
-			reads = append(reads, profile.Read{Layer: i, Path: c.Path, Offset: c.Offset})
-		}
-	}
-	return reads
 }
 
 // profileRegistry gives profile's Client the registry client's hosts.

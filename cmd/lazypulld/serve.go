@@ -49,7 +49,8 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 	if err != nil {
 		return err
 	}
-	sn, pl, closeSnapshotter, err := newSnapshotter(ctx, cfg)
+	metrics := newDaemonMetrics()
+	sn, pl, closeSnapshotter, err := newSnapshotter(ctx, cfg, snapshotterOpts(cfg, metrics)...)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("open snapshotter: %w", err)
@@ -59,6 +60,12 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 			retErr = errors.Join(retErr, fmt.Errorf("close snapshotter: %w", err))
 		}
 	}()
+	metricsSrv, err := startMetrics(ctx, cfg.Metrics, metrics, pl)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer metricsSrv.stop(ctx)
 	stopVerdicts := handleVerdicts(ctx, cfg, sn, pl)
 	defer stopVerdicts()
 
@@ -113,9 +120,9 @@ func serve(ctx context.Context, cfg *config.Config) (retErr error) {
 // are mounted by the data planes (returned too, nil with [fs] disable),
 // which keep them mounted when the daemon stops. The returned close
 // function closes the snapshotter, then stops watching the data planes.
-func newSnapshotter(ctx context.Context, cfg *config.Config) (snapshots.Snapshotter, *planes, func() error, error) {
+func newSnapshotter(ctx context.Context, cfg *config.Config, opts ...snapshotter.Opt) (snapshots.Snapshotter, *planes, func() error, error) {
 	if cfg.FS.Disable {
-		sn, err := snapshotter.New(cfg.Root)
+		sn, err := snapshotter.New(cfg.Root, opts...)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -125,7 +132,7 @@ func newSnapshotter(ctx context.Context, cfg *config.Config) (snapshots.Snapshot
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	sn, err := snapshotter.New(cfg.Root, snapshotter.WithFileSystem(pl), snapshotter.WithKeepMountsOnClose())
+	sn, err := snapshotter.New(cfg.Root, append(opts, snapshotter.WithFileSystem(pl), snapshotter.WithKeepMountsOnClose())...)
 	if err != nil {
 		return nil, nil, nil, errors.Join(err, pl.Close())
 	}

@@ -26,15 +26,12 @@ type verifyingFS struct {
 	prof *profiler
 }
 
-// Mount is fs.FileSystem's, with the start-up profile of the layer's image
-// looked up as the mount starts and applied to the layer once mounted.
+// Mount is fs.FileSystem's, with the lookup of the start-up profile of the
+// layer's image started first, while the layer's table of contents is
+// fetched: the profile's policy replays it on the layers as they mount.
 func (v verifyingFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
 	v.prof.mounting(ctx, labels)
-	if err := v.FileSystem.Mount(ctx, mountpoint, labels); err != nil {
-		return err
-	}
-	v.prof.mounted(ctx, labels)
-	return nil
+	return v.FileSystem.Mount(ctx, mountpoint, labels)
 }
 
 var _ dataplane.Verifier = verifyingFS{}

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lazypull/lazypull/fs"
 	"github.com/lazypull/lazypull/integration/testbed"
 	"github.com/lazypull/lazypull/profile"
 )
@@ -37,7 +36,7 @@ func (b *bench) learnProfile(ctx context.Context, img *image) (int, error) {
 	err := s.do(func() error {
 		ld := testbed.StartLazypulld(s, testbed.LazypulldOptions{
 			Binary: filepath.Join(b.bin, "lazypulld"), LogLevel: "info",
-			Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n%s[profile]\nrecord = true\nfetch = false\n", b.hostsDir, b.fsConfig, learnFS()),
+			Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n[profile]\nrecord = true\nfetch = false\n", b.hostsDir, b.fsConfig),
 		})
 		c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour, LazypullSocket: ld.Socket, LazypullRoot: ld.Root})
 		if _, err := c.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", testbed.SnapshotterName, img.EstargzRef); err != nil {
@@ -80,25 +79,8 @@ func (b *bench) learnProfile(ctx context.Context, img *image) (int, error) {
 	return chunks, err
 }
 
-// learnFS is more of the recording node's [fs]: until the layer
-// filesystem reports reads one by one, a recording sees what readers read
-// through FUSE, and a file served by FUSE passthrough (one that the
-// entrypoint prefetch made local before the program opened it) is read by
-// the kernel alone.
-func learnFS() string {
-	if fs.ReadEventsWired {
-		return ""
-	}
-	return "passthrough = false\n"
-}
-
-// profileNote says how profiles are recorded by this build.
-func profileNote() string {
-	if fs.ReadEventsWired {
-		return "the chunks read within [profile] window of the first read, in the order read"
-	}
-	return "the chunks read within [profile] window of the mount, in blob order (the layer filesystem does not report reads one by one yet)"
-}
+// profileNote says how profiles are recorded.
+const profileNote = "the chunks read within [profile] window of the first read, in the order read"
 
 // profileConfig is lazypulld's [profile] table for a run in mode.
 func profileConfig(mode string) string {

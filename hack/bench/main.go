@@ -332,7 +332,7 @@ func (b *bench) buildImages(ctx context.Context) ([]*image, error) {
 				b.progress("image %s: %s mode skipped: no profile learned: %v", n, modeLazyProfile, err)
 			} else {
 				b.progress("image %s: a profile of %d chunks (%s) learned from %s and published (%.0fs)", n, img.ProfileChunks,
-					profileNote(), strings.Join(img.Spec.Start.Args, " "), time.Since(t).Seconds())
+					profileNote, strings.Join(img.Spec.Start.Args, " "), time.Since(t).Seconds())
 			}
 		}
 		imgs = append(imgs, img)

@@ -165,7 +165,7 @@ func (rep *report) print(w io.Writer) {
 		}
 		switch {
 		case img.ProfileChunks > 0:
-			fmt.Fprintf(w, "; lazypull-profile: the plain eStargz image on a fresh node with a profile of %d chunks learned on another (%s)", img.ProfileChunks, profileNote())
+			fmt.Fprintf(w, "; lazypull-profile: the plain eStargz image on a fresh node with a profile of %d chunks learned on another (%s)", img.ProfileChunks, profileNote)
 		case img.ProfileSkipped != "":
 			fmt.Fprintf(w, "; lazypull-profile skipped: %s", img.ProfileSkipped)
 		}

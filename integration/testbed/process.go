@@ -12,6 +12,11 @@ import (
 // logTailBytes bounds how much of a process log is printed on failure.
 const logTailBytes = 32 << 10
 
+// logProblemLines bounds how many of a process log's warnings and errors
+// are printed on failure, from anywhere in the log: in a long log the
+// line that explains a failure is often far before its tail.
+const logProblemLines = 100
+
 // process is a daemon started by the test bed, logging to logPath.
 type process struct {
 	name    string
@@ -44,6 +49,9 @@ func startProcess(t T, name, logPath string, env []string, bin string, args ...s
 	}()
 	t.Cleanup(func() {
 		if t.Failed() {
+			if w := problems(logPath, logProblemLines); w != "" {
+				t.Logf("----- %s log (%s), its warnings and errors -----\n%s\n----- end of %s warnings and errors -----", name, logPath, w, name)
+			}
 			t.Logf("----- %s log (%s) -----\n%s\n----- end of %s log -----", name, logPath, tail(logPath, logTailBytes), name)
 		}
 	})

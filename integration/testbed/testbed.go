@@ -14,6 +14,7 @@
 package testbed
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -131,6 +132,36 @@ func tail(path string, max int64) string {
 	buf := make([]byte, st.Size()-off)
 	n, _ := f.ReadAt(buf, off)
 	return prefix + strings.TrimRight(string(buf[:n]), "\n")
+}
+
+// problems returns the first max lines of the log at path that report a
+// warning, an error or a panic, with a note of how many more there were.
+func problems(path string, max int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var lines []string
+	more := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.Contains(l, "level=warn") && !strings.Contains(l, "level=error") &&
+			!strings.Contains(l, "level=fatal") && !strings.HasPrefix(l, "panic:") {
+			continue
+		}
+		if len(lines) < max {
+			lines = append(lines, l)
+		} else {
+			more++
+		}
+	}
+	if more > 0 {
+		lines = append(lines, fmt.Sprintf("(... %d more ...)", more))
+	}
+	return strings.Join(lines, "\n")
 }
 
 func writeFile(path, content string) error {

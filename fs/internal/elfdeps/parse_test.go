@@ -1,4 +1,4 @@
-package fs
+package elfdeps
 
 import (
 	"bufio"
@@ -20,9 +20,9 @@ import (
 
 // elfDepsOf returns what Go's debug/elf, which reads the section headers,
 // says the loader opens for the ELF file in r.
-func elfDepsOf(t testing.TB, f *elf.File) elfDeps {
+func elfDepsOf(t testing.TB, f *elf.File) Deps {
 	t.Helper()
-	d := elfDeps{Machine: f.Machine, Class: f.Class, Data: f.Data}
+	d := Deps{Type: f.Type, Machine: f.Machine, Class: f.Class, Data: f.Data}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			b := make([]byte, p.Filesz)
@@ -89,7 +89,7 @@ func realELFFiles(t *testing.T) []string {
 }
 
 // realELF returns the ELF file at p and what debug/elf finds in it.
-func realELF(t *testing.T, p string) ([]byte, elfDeps) {
+func realELF(t *testing.T, p string) ([]byte, Deps) {
 	t.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -108,12 +108,12 @@ func TestParseELFDepsRealFiles(t *testing.T) {
 	for _, p := range realELFFiles(t) {
 		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
 			b, want := realELF(t, p)
-			got, ok, err := parseELFDeps(b)
+			got, ok, err := parseAll(b)
 			if !ok || err != nil {
-				t.Fatalf("parseELFDeps: ok=%v err=%v", ok, err)
+				t.Fatalf("Parse: ok=%v err=%v", ok, err)
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Fatalf("parseELFDeps:\n got %+v\nwant %+v", got, want)
+				t.Fatalf("Parse:\n got %+v\nwant %+v", got, want)
 			}
 		})
 	}
@@ -140,12 +140,12 @@ func TestParseELFDepsAt(t *testing.T) {
 		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
 			b, want := realELF(t, p)
 			r := &countingReaderAt{r: bytes.NewReader(b)}
-			got, ok, err := parseELFDepsAt(r, int64(len(b)))
+			got, ok, err := Parse(r, int64(len(b)))
 			if !ok || err != nil {
-				t.Fatalf("parseELFDepsAt: ok=%v err=%v", ok, err)
+				t.Fatalf("Parse: ok=%v err=%v", ok, err)
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Fatalf("parseELFDepsAt:\n got %+v\nwant %+v", got, want)
+				t.Fatalf("Parse:\n got %+v\nwant %+v", got, want)
 			}
 			t.Logf("read %d of %d bytes", r.bytes, len(b))
 			if i == 0 && r.bytes > int64(len(b))/4 { // the test binary, megabytes
@@ -153,11 +153,11 @@ func TestParseELFDepsAt(t *testing.T) {
 			}
 		})
 	}
-	if _, ok, err := parseELFDepsAt(strings.NewReader("#!/bin/sh\n"), 10); ok || err != nil {
+	if _, ok, err := Parse(strings.NewReader("#!/bin/sh\n"), 10); ok || err != nil {
 		t.Errorf("a script: ok=%v err=%v, want not ELF", ok, err)
 	}
 	b, _ := os.ReadFile(realELFFiles(t)[0])
-	if _, _, err := parseELFDepsAt(bytes.NewReader(b[:len(b)/2]), int64(len(b)/2)); !errors.Is(err, errELFMalformed) {
+	if _, _, err := Parse(bytes.NewReader(b[:len(b)/2]), int64(len(b)/2)); !errors.Is(err, ErrMalformed) {
 		t.Errorf("half a program: %v, want a malformed file", err)
 	}
 }
@@ -173,13 +173,13 @@ func TestParseELFDepsHead(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		want, _, err := parseELFDeps(b)
+		want, _, err := parseAll(b)
 		if err != nil {
 			t.Fatal(err)
 		}
 		const chunk = 4 << 20
-		got, ok, err := parseELFDeps(b[:min(len(b), chunk):min(len(b), chunk)])
-		var short *elfShortError
+		got, ok, err := parseHead(b, min(len(b), chunk))
+		var short *ShortError
 		switch {
 		case len(b) <= chunk && (!ok || err != nil || !reflect.DeepEqual(got, want)):
 			t.Errorf("%s: got %+v, ok=%v, err=%v", p, got, ok, err)
@@ -192,14 +192,14 @@ func TestParseELFDepsHead(t *testing.T) {
 		// result within a few steps.
 		n, steps := 4, 0
 		for ; ; steps++ {
-			got, _, err := parseELFDeps(b[:n:n])
+			got, _, err := parseHead(b, n)
 			if err == nil {
 				if !reflect.DeepEqual(got, want) {
 					t.Errorf("%s: head of %d: got %+v, want %+v", p, n, got, want)
 				}
 				break
 			}
-			var short *elfShortError
+			var short *ShortError
 			if !errors.As(err, &short) || short.Need <= uint64(n) || short.Need > uint64(len(b)) || steps > 8 {
 				t.Fatalf("%s: head of %d: %v (step %d)", p, n, err, steps)
 			}
@@ -246,8 +246,8 @@ func TestParseELFDepsStatic(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, ok, err := parseELFDeps(b)
-			want := elfDeps{Machine: tc.machine, Class: tc.class, Data: tc.data, Flags: got.Flags}
+			got, ok, err := parseAll(b)
+			want := Deps{Type: elf.ET_EXEC, Machine: tc.machine, Class: tc.class, Data: tc.data, Flags: got.Flags}
 			if !ok || err != nil || !reflect.DeepEqual(got, want) {
 				t.Fatalf("got %+v, ok=%v, err=%v; want %+v", got, ok, err, want)
 			}
@@ -264,12 +264,12 @@ func TestParseELFDepsNotELF(t *testing.T) {
 		"MZ\x90\x00",
 		"\x7felf\x02\x01\x01",
 	} {
-		if d, ok, err := parseELFDeps([]byte(head)); ok || err != nil || !reflect.DeepEqual(d, elfDeps{}) {
+		if d, ok, err := parseAll([]byte(head)); ok || err != nil || !reflect.DeepEqual(d, Deps{}) {
 			t.Errorf("%q: got %+v, ok=%v, err=%v; want not ELF", head, d, ok, err)
 		}
 	}
 	if b, err := os.ReadFile("/etc/passwd"); err == nil {
-		if _, ok, err := parseELFDeps(b); ok || err != nil {
+		if _, ok, err := parseAll(b); ok || err != nil {
 			t.Errorf("/etc/passwd: ok=%v, err=%v", ok, err)
 		}
 	}
@@ -277,7 +277,7 @@ func TestParseELFDepsNotELF(t *testing.T) {
 
 // synthELF describes a small dynamically linked ELF file that buildELF
 // writes with both program and section headers, so that debug/elf can
-// check what parseELFDeps makes of it.
+// check what Parse makes of it.
 type synthELF struct {
 	class   elf.Class
 	data    elf.Data
@@ -441,7 +441,7 @@ func TestParseELFDepsSynthetic(t *testing.T) {
 			}
 			want := elfDepsOf(t, f)
 			want.Flags = s.flags
-			got, ok, err := parseELFDeps(b)
+			got, ok, err := parseAll(b)
 			if !ok || err != nil || !reflect.DeepEqual(got, want) {
 				t.Fatalf("got %+v, ok=%v, err=%v\nwant %+v", got, ok, err, want)
 			}
@@ -467,7 +467,7 @@ func TestParseELFDepsNeededCap(t *testing.T) {
 	for i := range maxELFNeeded + 44 {
 		s.needed = append(s.needed, "lib"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+".so")
 	}
-	got, ok, err := parseELFDeps(buildELF(s))
+	got, ok, err := parseAll(buildELF(s))
 	if !ok || err != nil || !slices.Equal(got.Needed, s.needed[:maxELFNeeded]) {
 		t.Fatalf("got %d needed, ok=%v, err=%v; want the first %d", len(got.Needed), ok, err, maxELFNeeded)
 	}
@@ -511,8 +511,8 @@ func TestParseELFDepsMalformed(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(b)
 			}
-			d, ok, err := parseELFDeps(b)
-			if !ok || !errors.Is(err, errELFMalformed) || d.Needed != nil {
+			d, ok, err := parseAll(b)
+			if !ok || !errors.Is(err, ErrMalformed) || d.Needed != nil {
 				t.Fatalf("got %+v, ok=%v, err=%v; want malformed", d, ok, err)
 			}
 		})
@@ -520,13 +520,13 @@ func TestParseELFDepsMalformed(t *testing.T) {
 	// Files without dependencies to load parse with none.
 	b := buildELF(synthELFs["64LE"])
 	put16(16, uint16(elf.ET_REL))(b)
-	if d, ok, err := parseELFDeps(b); !ok || err != nil || d.Interp != "" || d.Needed != nil {
+	if d, ok, err := parseAll(b); !ok || err != nil || d.Interp != "" || d.Needed != nil {
 		t.Fatalf("relocatable: got %+v, ok=%v, err=%v", d, ok, err)
 	}
 }
 
 // TestParseELFDepsTruncated cuts files at many points, around every
-// boundary of what parseELFDeps reads among them: each head must give the
+// boundary of what Parse reads among them: each head must give the
 // full result or a short head error asking for more, never a wrong result
 // or a panic (head is cut to its capacity, so that reading past it panics).
 func TestParseELFDepsTruncated(t *testing.T) {
@@ -541,7 +541,7 @@ func TestParseELFDepsTruncated(t *testing.T) {
 	}
 	for _, name := range slices.Sorted(maps.Keys(files)) {
 		b := files[name]
-		want, _, err := parseELFDeps(b)
+		want, _, err := parseAll(b)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -571,7 +571,7 @@ func TestParseELFDepsTruncated(t *testing.T) {
 			}
 		}
 		for n := range cuts {
-			got, ok, err := parseELFDeps(b[:n:n])
+			got, ok, err := parseHead(b, n)
 			if n < len(elf.ELFMAG) {
 				if ok || err != nil {
 					t.Fatalf("%s cut at %d: ok=%v err=%v", name, n, ok, err)
@@ -587,7 +587,7 @@ func TestParseELFDepsTruncated(t *testing.T) {
 				}
 				continue
 			}
-			var short *elfShortError
+			var short *ShortError
 			if !errors.As(err, &short) || short.Need <= uint64(n) || short.Need > uint64(len(b)) {
 				t.Fatalf("%s cut at %d: %v", name, n, err)
 			}
@@ -612,18 +612,18 @@ func FuzzParseELFDeps(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		d, ok, err := parseELFDeps(b[:len(b):len(b)])
-		if !ok && (err != nil || !reflect.DeepEqual(d, elfDeps{})) {
+		d, ok, err := parseHead(b, len(b))
+		if !ok && (err != nil || !reflect.DeepEqual(d, Deps{})) {
 			t.Fatalf("not ELF, yet %+v, %v", d, err)
 		}
-		var short *elfShortError
+		var short *ShortError
 		if errors.As(err, &short) && short.Need <= uint64(len(b)) {
 			t.Fatalf("short head of %d asks for %d", len(b), short.Need)
 		}
 		if len(d.Needed) > maxELFNeeded || len(d.RunPath) > maxELFRunPath || len(d.Interp) > maxELFName {
 			t.Fatalf("beyond bounds: %d needed, %d run path, interp of %d", len(d.Needed), len(d.RunPath), len(d.Interp))
 		}
-		for _, dir := range libSearchDirs("/usr/bin/prog", d) {
+		for _, dir := range SearchDirs("/usr/bin/prog", d) {
 			if !path.IsAbs(dir) || len(dir) > maxELFName {
 				t.Fatalf("search directory %q", dir)
 			}
@@ -633,7 +633,7 @@ func FuzzParseELFDeps(f *testing.F) {
 			return
 		}
 		for _, n := range []int{len(b) / 3, len(b) / 2, len(b) - 1} {
-			got, _, err := parseELFDeps(b[:n:n])
+			got, _, err := parseHead(b, n)
 			if err == nil && !reflect.DeepEqual(got, d) || err != nil && !errors.As(err, &short) {
 				t.Fatalf("cut at %d of %d: got %+v, %v; want %+v", n, len(b), got, err, d)
 			}
@@ -645,9 +645,9 @@ func FuzzParseELFDeps(f *testing.F) {
 // megabytes expands to nothing the loader could open.
 func TestLibSearchDirsBounded(t *testing.T) {
 	origin := "/" + strings.Repeat("d/", 1999) + "d" // 4000 bytes
-	d := elfDeps{Machine: elf.EM_X86_64, Class: elf.ELFCLASS64,
+	d := Deps{Machine: elf.EM_X86_64, Class: elf.ELFCLASS64,
 		RunPath: []string{strings.Repeat("$ORIGIN$LIB", maxELFRunPathLen/11), "/$LIB" + strings.Repeat("$", 60000), "/ok/$ORIGIN"}}
-	dirs := libSearchDirs(origin+"/prog", d)
+	dirs := SearchDirs(origin+"/prog", d)
 	if len(dirs) == 0 || dirs[0] != "/ok/"+origin {
 		t.Fatalf("got %.200q", dirs)
 	}
@@ -664,15 +664,15 @@ func BenchmarkParseELFDeps(b *testing.B) {
 		b.Skip(err)
 	}
 	for b.Loop() {
-		if _, _, err := parseELFDeps(head); err != nil {
+		if _, _, err := parseAll(head); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
 func TestLibSearchDirs(t *testing.T) {
-	amd64 := elfDeps{Machine: elf.EM_X86_64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB}
-	with := func(d elfDeps, f func(*elfDeps)) elfDeps { f(&d); return d }
+	amd64 := Deps{Machine: elf.EM_X86_64, Class: elf.ELFCLASS64, Data: elf.ELFDATA2LSB}
+	with := func(d Deps, f func(*Deps)) Deps { f(&d); return d }
 	amd64Default := []string{
 		"/usr/local/lib/x86_64-linux-gnu", "/usr/local/lib",
 		"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
@@ -680,50 +680,50 @@ func TestLibSearchDirs(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		obj  string
-		d    elfDeps
+		d    Deps
 		want []string
 	}{
 		{"amd64", "/usr/bin/ls", amd64, amd64Default},
-		{"origin", "/opt/app/bin/app", with(amd64, func(d *elfDeps) {
+		{"origin", "/opt/app/bin/app", with(amd64, func(d *Deps) {
 			d.RunPath = []string{"$ORIGIN/../lib", "${ORIGIN}", "/opt/lib/", "", "rel/lib", "$ORIGIN/../lib", "/usr/lib"}
 		}), []string{"/opt/app/bin/../lib", "/opt/app/bin", "/opt/lib", "/usr/lib", // deduplicated
 			"/usr/local/lib/x86_64-linux-gnu", "/usr/local/lib",
 			"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib"}},
-		{"origin of relative path", "app", with(amd64, func(d *elfDeps) { d.RunPath = []string{"$ORIGIN/lib"} }), amd64Default},
-		{"not tokens", "/a/b", with(amd64, func(d *elfDeps) {
+		{"origin of relative path", "app", with(amd64, func(d *Deps) { d.RunPath = []string{"$ORIGIN/lib"} }), amd64Default},
+		{"not tokens", "/a/b", with(amd64, func(d *Deps) {
 			d.RunPath = []string{"$ORIGINAL/x", "${ORIGIN/y", "/z$", "$ORIGIN_X", "/p/${FOO}"}
 		}), append([]string{"/z$", "/p/${FOO}"}, amd64Default...)},
-		{"lib and platform", "/a/b", with(amd64, func(d *elfDeps) {
+		{"lib and platform", "/a/b", with(amd64, func(d *Deps) {
 			d.RunPath = []string{"/opt/$LIB/$PLATFORM", "/x/${LIB}/y"}
 		}), append([]string{"/opt/lib/x86_64-linux-gnu/x86_64", "/opt/lib64/x86_64",
 			"/x/lib/x86_64-linux-gnu/y", "/x/lib64/y"}, amd64Default...)},
-		{"arm64", "/bin/x", elfDeps{Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64}, []string{
+		{"arm64", "/bin/x", Deps{Machine: elf.EM_AARCH64, Class: elf.ELFCLASS64}, []string{
 			"/usr/local/lib/aarch64-linux-gnu", "/usr/local/lib",
 			"/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
 		}},
-		{"386", "/bin/x", elfDeps{Machine: elf.EM_386, Class: elf.ELFCLASS32}, []string{
+		{"386", "/bin/x", Deps{Machine: elf.EM_386, Class: elf.ELFCLASS32}, []string{
 			"/usr/local/lib/i386-linux-gnu", "/usr/local/lib",
 			"/lib/i386-linux-gnu", "/usr/lib/i386-linux-gnu", "/lib32", "/usr/lib32", "/lib", "/usr/lib",
 		}},
-		{"armhf", "/bin/x", elfDeps{Machine: elf.EM_ARM, Class: elf.ELFCLASS32, Flags: 0x5000400}, []string{
+		{"armhf", "/bin/x", Deps{Machine: elf.EM_ARM, Class: elf.ELFCLASS32, Flags: 0x5000400}, []string{
 			"/usr/local/lib/arm-linux-gnueabihf", "/usr/local/lib/arm-linux-gnueabi", "/usr/local/lib",
 			"/lib/arm-linux-gnueabihf", "/usr/lib/arm-linux-gnueabihf",
 			"/lib/arm-linux-gnueabi", "/usr/lib/arm-linux-gnueabi", "/lib", "/usr/lib",
 		}},
-		{"armel platform unknown", "/bin/x", elfDeps{Machine: elf.EM_ARM, Class: elf.ELFCLASS32, RunPath: []string{"/p/$PLATFORM"}}, []string{
+		{"armel platform unknown", "/bin/x", Deps{Machine: elf.EM_ARM, Class: elf.ELFCLASS32, RunPath: []string{"/p/$PLATFORM"}}, []string{
 			"/usr/local/lib/arm-linux-gnueabi", "/usr/local/lib/arm-linux-gnueabihf", "/usr/local/lib",
 			"/lib/arm-linux-gnueabi", "/usr/lib/arm-linux-gnueabi",
 			"/lib/arm-linux-gnueabihf", "/usr/lib/arm-linux-gnueabihf", "/lib", "/usr/lib",
 		}},
-		{"musl", "/bin/busybox", with(amd64, func(d *elfDeps) {
+		{"musl", "/bin/busybox", with(amd64, func(d *Deps) {
 			d.Interp, d.RunPath = "/lib/ld-musl-x86_64.so.1", []string{"/opt/lib"}
 		}), []string{"/opt/lib", "/lib", "/usr/local/lib", "/usr/lib"}},
-		{"unknown 64-bit", "/bin/x", elfDeps{Machine: elf.EM_SPARCV9, Class: elf.ELFCLASS64}, []string{
+		{"unknown 64-bit", "/bin/x", Deps{Machine: elf.EM_SPARCV9, Class: elf.ELFCLASS64}, []string{
 			"/usr/local/lib", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := libSearchDirs(tc.obj, tc.d); !slices.Equal(got, tc.want) {
+			if got := SearchDirs(tc.obj, tc.d); !slices.Equal(got, tc.want) {
 				t.Fatalf("got  %q\nwant %q", got, tc.want)
 			}
 		})
@@ -731,7 +731,7 @@ func TestLibSearchDirs(t *testing.T) {
 }
 
 // TestLibSearchDirsLdd checks, for the programs of this machine, that the
-// first of libSearchDirs holding each needed library is where the loader
+// first of SearchDirs holding each needed library is where the loader
 // finds it, as ldd reports.
 func TestLibSearchDirsLdd(t *testing.T) {
 	if _, err := exec.LookPath("ldd"); err != nil {
@@ -743,7 +743,7 @@ func TestLibSearchDirsLdd(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		d, _, err := parseELFDeps(b)
+		d, _, err := parseAll(b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -764,7 +764,7 @@ func TestLibSearchDirsLdd(t *testing.T) {
 				found[name], _, _ = strings.Cut(rest, " (")
 			}
 		}
-		dirs := libSearchDirs(p, d)
+		dirs := SearchDirs(p, d)
 		for _, name := range d.Needed {
 			if _, ok := found[name]; !ok {
 				continue // the loader itself, needed by libc
@@ -790,4 +790,13 @@ func TestLibSearchDirsLdd(t *testing.T) {
 		t.Skip("no dynamically linked program")
 	}
 	t.Logf("%d libraries found where the loader finds them", checked)
+}
+
+// parseAll parses the whole file b.
+func parseAll(b []byte) (Deps, bool, error) { return parseHead(b, len(b)) }
+
+// parseHead parses file b from a reader holding its first n bytes only,
+// as those of a lazily read file's first chunk.
+func parseHead(b []byte, n int) (Deps, bool, error) {
+	return Parse(bytes.NewReader(b[:n:n]), int64(len(b)))
 }

@@ -1,4 +1,4 @@
-package fs
+package elfdeps
 
 import (
 	"debug/elf"
@@ -25,7 +25,7 @@ type elfArch struct {
 // elfArchOf returns the search directories of d's architecture: those of
 // the distributions containers are built from (Debian, Ubuntu, Fedora,
 // Alpine); the loader itself takes them from ld.so.cache and its build.
-func elfArchOf(d elfDeps) elfArch {
+func elfArchOf(d Deps) elfArch {
 	is64 := d.Class == elf.ELFCLASS64
 	gnu64 := func(triplet, platform string) elfArch {
 		return elfArch{
@@ -74,7 +74,7 @@ func elfArchOf(d elfDeps) elfArch {
 	return elfArch{lib: []string{"lib"}}
 }
 
-// libSearchDirs returns the directories, in order, where the loader looks
+// SearchDirs returns the directories, in order, where the loader looks
 // for a DT_NEEDED name of d without a slash: d.RunPath first, then the
 // default directories of d's architecture. objPath is the path the loader
 // opened the object by, whose directory is $ORIGIN; for the main program
@@ -89,7 +89,7 @@ func elfArchOf(d elfDeps) elfArch {
 // Not known here, and so not searched: LD_LIBRARY_PATH, the DT_RPATH of
 // the objects that loaded this one (DT_RPATH, unlike DT_RUNPATH, is
 // inherited), and ld.so.cache entries outside the usual directories.
-func libSearchDirs(objPath string, d elfDeps) []string {
+func SearchDirs(objPath string, d Deps) []string {
 	arch := elfArchOf(d)
 	var dirs []string
 	seen := make(map[string]bool)
@@ -217,4 +217,49 @@ func dstName(s string) (string, int) {
 		n++
 	}
 	return s[:n], n
+}
+
+// LdSoCache is the file the GNU loader reads first to find libraries.
+const LdSoCache = "/etc/ld.so.cache"
+
+// Library is a file the loader opens for an object.
+type Library struct {
+	Path string
+	// Private is set for a library found in one of the object's run path
+	// directories that is not a default one: a program's own library
+	// directory, which tends to hold the plugins it loads with dlopen
+	// next.
+	Private bool
+}
+
+// Libraries returns the libraries the loader opens for the object at
+// objPath whose dependencies are d, in the tree where exists tells which
+// regular files there are: names with a slash as they are (when absolute),
+// others at the first of SearchDirs that holds them. Names found nowhere
+// are left out.
+func Libraries(objPath string, d Deps, exists func(path string) bool) []Library {
+	dirs := SearchDirs(objPath, d)
+	system := SearchDirs(objPath, Deps{Interp: d.Interp, Machine: d.Machine, Class: d.Class, Data: d.Data, Flags: d.Flags})
+	var libs []Library
+	for _, name := range d.Needed {
+		if strings.Contains(name, "/") {
+			if path.IsAbs(name) {
+				libs = append(libs, Library{Path: name})
+			}
+			continue
+		}
+		for _, dir := range dirs {
+			if p := path.Join(dir, name); exists(p) {
+				libs = append(libs, Library{Path: p, Private: !slices.Contains(system, dir)})
+				break
+			}
+		}
+	}
+	return libs
+}
+
+// IsSharedObjectName reports whether a file name is that of a shared
+// object: libfoo.so, libfoo.so.1.2, _foo.cpython-311-x86_64-linux-gnu.so.
+func IsSharedObjectName(base string) bool {
+	return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so.")
 }

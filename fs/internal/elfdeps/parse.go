@@ -1,4 +1,13 @@
-package fs
+// Package elfdeps finds what the dynamic loader opens for an ELF file:
+// its interpreter, the libraries it needs and where the loader searches
+// for them. It reads the file through an io.ReaderAt, only the parts it
+// parses, and knows nothing of where the file lives.
+//
+// What a program's start opens is worth knowing before the loader asks for
+// it: the loader reads the interpreter, then each library, then their
+// libraries, one read after another. The first bytes of an ELF file usually
+// name all of the next step, so that it can be fetched in parallel.
+package elfdeps
 
 import (
 	"bytes"
@@ -10,14 +19,7 @@ import (
 	"strings"
 )
 
-// What a program's start opens is worth knowing before the loader asks for
-// it: the loader reads the interpreter, then each library, then their
-// libraries, one round trip to the registry after another. The first bytes
-// of an ELF file, the chunk a lazy read fetched anyway, usually name all of
-// the next step, so that it can be fetched in parallel.
-
-// Bounds on what parseELFDeps reads from a file that may be malformed or
-// hostile.
+// Bounds on what Parse reads from a file that may be malformed or hostile.
 const (
 	// maxELFNeeded is the number of DT_NEEDED names kept; the rest are
 	// dropped. Real programs need a few dozen.
@@ -32,21 +34,29 @@ const (
 	// maxDSTExpansions bounds the directories one run path entry expands
 	// to: each $LIB in it multiplies them.
 	maxDSTExpansions = 16
+	// elfBlock is the size of Parse's reads: a header and its program
+	// headers, or a dynamic segment, in one.
+	elfBlock = 64 << 10
+	// maxELFRead is the largest single read, of a string table.
+	maxELFRead = 4 << 20
 )
 
-// elfDeps is what the dynamic loader opens for an ELF file.
-type elfDeps struct {
+// Deps is what the dynamic loader opens for an ELF file.
+type Deps struct {
 	// Interp is the PT_INTERP path, such as /lib64/ld-linux-x86-64.so.2;
 	// "" for a static program or a library.
 	Interp string
 	// Needed are the DT_NEEDED names in order, at most maxELFNeeded. A
 	// name with a slash is a path (relative ones to the working directory
-	// of the process); one without is searched in libSearchDirs.
+	// of the process); one without is searched in SearchDirs.
 	Needed []string
 	// RunPath is DT_RUNPATH, or DT_RPATH when there is no DT_RUNPATH,
 	// split on ':', with $ORIGIN and the like unexpanded; at most
 	// maxELFRunPath entries.
 	RunPath []string
+	// Type is the file's e_type: ET_EXEC, ET_DYN (a library, or a
+	// position-independent program, which has an Interp) and so on.
+	Type elf.Type
 	// Machine, Class, Data and Flags (e_flags) are those of the file. The
 	// loader skips a library whose first four do not match the program's
 	// (Flags only matter on ARM, where they tell hard from soft float).
@@ -56,42 +66,54 @@ type elfDeps struct {
 	Flags   uint32
 }
 
-// elfShortError reports that head ends before something parseELFDeps needs.
-// Programs of more than a few MiB often keep their dynamic segment that far
-// into the file, behind the code.
-type elfShortError struct {
-	what string
+// SharedObject reports whether the file is a shared library: ET_DYN
+// without an interpreter, which a position-independent program has.
+func (d Deps) SharedObject() bool { return d.Type == elf.ET_DYN && d.Interp == "" }
+
+// ShortError reports that the reader ended before something Parse needs:
+// it holds the first bytes of the file only (a head). Programs of more than
+// a few MiB often keep their dynamic segment that far into the file,
+// behind the code.
+type ShortError struct {
+	What string
 	// Need is the head length that would hold what is missing.
 	Need uint64
-	have int
+	// Have is where the reader ended.
+	Have uint64
 }
 
-func (e *elfShortError) Error() string {
-	return fmt.Sprintf("elf: %s ends at byte %d, beyond the %d bytes read", e.what, e.Need, e.have)
+func (e *ShortError) Error() string {
+	return fmt.Sprintf("elf: %s ends at byte %d, beyond the %d bytes read", e.What, e.Need, e.Have)
 }
 
-// errELFMalformed is wrapped by the errors of parseELFDeps about files that
-// no amount of further bytes would make loadable.
-var errELFMalformed = errors.New("malformed elf")
+// ErrMalformed is wrapped by the errors of Parse about files that no
+// amount of further bytes would make loadable.
+var ErrMalformed = errors.New("malformed elf")
 
-// parseELFDeps parses head, the first bytes of an ELF file (maybe the whole
-// file), for what the dynamic loader will open. It reads only the ELF
-// header, the program headers, the PT_INTERP and PT_DYNAMIC segments and the
-// dynamic string table located through the PT_LOAD segments, never the
-// section headers, which lie at the end of the file.
+// Parse parses the ELF file of size bytes that r reads, for what the
+// dynamic loader will open. It reads only the ELF header, the program
+// headers, the PT_INTERP and PT_DYNAMIC segments and the dynamic string
+// table located through the PT_LOAD segments, never the section headers,
+// which lie at the end of the file; of a large program, far less than a
+// head holding them would be.
 //
-// It returns ok=false and no error when head is not an ELF file. When head
-// is ELF but ends before what is needed the error is an *elfShortError; when
-// the file is malformed it wraps errELFMalformed. With an error the fields
-// read before it (Machine, Class, Data, Flags, and possibly Interp) are
-// set; Needed and RunPath are only ever set in full, with a nil error.
-// Relocatable and core files have no dependencies: they parse with ok=true
-// and nothing to open.
-func parseELFDeps(head []byte) (elfDeps, bool, error) {
-	if len(head) < len(elf.ELFMAG) || string(head[:len(elf.ELFMAG)]) != elf.ELFMAG {
-		return elfDeps{}, false, nil
+// r may hold only the first bytes of the file (a head), ending its reads
+// there with io.EOF: Parse then returns a *ShortError when it needs bytes
+// beyond them. It returns ok=false and no error when the file is not ELF;
+// an error that wraps ErrMalformed when the file is malformed; another
+// error of r's as is. With an error the fields read before it (Type,
+// Machine, Class, Data, Flags, and possibly Interp) are set; Needed and
+// RunPath are only ever set in full, with a nil error. Relocatable and core
+// files have no dependencies: they parse with ok=true and nothing to open.
+func Parse(r io.ReaderAt, size int64) (Deps, bool, error) {
+	var magic [len(elf.ELFMAG)]byte
+	if _, err := r.ReadAt(magic[:], 0); err != nil || string(magic[:]) != elf.ELFMAG {
+		if err != nil && !errors.Is(err, io.EOF) {
+			return Deps{}, false, err
+		}
+		return Deps{}, false, nil
 	}
-	p := elfParser{head: head}
+	p := parser{r: r, size: uint64(max(size, 0))}
 	err := p.parse()
 	return p.deps, true, err
 }
@@ -102,83 +124,55 @@ type elfProg struct {
 	off, vaddr, filesz uint64
 }
 
-type elfParser struct {
-	head []byte
-	// at and size, when at is set, are the whole file, read from in
-	// blocks instead of head.
-	at     io.ReaderAt
-	size   uint64
-	blkOff uint64 // where head starts in the file, with at
+type parser struct {
+	r    io.ReaderAt
+	size uint64
+	// blk is the block read last, at blkOff in the file.
+	blk    []byte
+	blkOff uint64
 	bo     binary.ByteOrder
-	deps   elfDeps
+	deps   Deps
 }
 
-// Reads of parseELFDepsAt.
-const (
-	// elfBlock is the size of its reads: a header and its program
-	// headers, or a dynamic segment, in one.
-	elfBlock = 64 << 10
-	// maxELFRead is the largest single read, of a string table.
-	maxELFRead = 4 << 20
-)
-
-// parseELFDepsAt is parseELFDeps on the file of size bytes that r reads,
-// of which it reads only the parts it parses: for a large program, far
-// less than the head that would hold them.
-func parseELFDepsAt(r io.ReaderAt, size int64) (elfDeps, bool, error) {
-	var magic [len(elf.ELFMAG)]byte
-	if _, err := r.ReadAt(magic[:], 0); err != nil || string(magic[:]) != elf.ELFMAG {
-		if err != nil && !errors.Is(err, io.EOF) {
-			return elfDeps{}, false, err
-		}
-		return elfDeps{}, false, nil
-	}
-	p := elfParser{at: r, size: uint64(max(size, 0))}
-	err := p.parse()
-	return p.deps, true, err
-}
-
-// read returns the file's bytes [off, off+n) through at, from the block
-// read last when it holds them.
-func (p *elfParser) read(off, n uint64, what string) ([]byte, error) {
+// fill returns the file's bytes [off, off+n), from the block read last
+// when it holds them, else from a new block read at off. When r ends
+// before off+n it returns the bytes it has and a *ShortError.
+func (p *parser) fill(off, n uint64, what string) ([]byte, error) {
 	end := off + n
 	if end < off || end > p.size {
-		return nil, fmt.Errorf("%w: %s at %#x, size %#x, beyond the file's %d bytes", errELFMalformed, what, off, n, p.size)
+		return nil, fmt.Errorf("%w: %s at %#x, size %#x, beyond the file's %d bytes", ErrMalformed, what, off, n, p.size)
 	}
-	if off >= p.blkOff && end <= p.blkOff+uint64(len(p.head)) {
-		return p.head[off-p.blkOff : end-p.blkOff], nil
+	if off >= p.blkOff && end <= p.blkOff+uint64(len(p.blk)) {
+		return p.blk[off-p.blkOff : end-p.blkOff], nil
 	}
 	if n > maxELFRead {
-		return nil, fmt.Errorf("%w: %s of %d bytes", errELFMalformed, what, n)
+		return nil, fmt.Errorf("%w: %s of %d bytes", ErrMalformed, what, n)
 	}
-	blk := min(max(n, elfBlock), p.size-off)
-	buf := make([]byte, blk)
-	if _, err := p.at.ReadAt(buf, int64(off)); err != nil && !errors.Is(err, io.EOF) {
+	buf := make([]byte, min(max(n, elfBlock), p.size-off))
+	k, err := p.r.ReadAt(buf, int64(off))
+	if k < len(buf) && err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("elf: read %s: %w", what, err)
 	}
-	p.head, p.blkOff = buf, off
-	return buf[:n], nil
+	p.blk, p.blkOff = buf[:k], off
+	if uint64(k) < n {
+		return p.blk, &ShortError{What: what, Need: end, Have: off + uint64(k)}
+	}
+	return p.blk[:n], nil
 }
 
-// bytes returns head[off:off+n], or the error saying why there is no such
-// slice.
-func (p *elfParser) bytes(off, n uint64, what string) ([]byte, error) {
-	if p.at != nil {
-		return p.read(off, n, what)
+// bytes returns the file's bytes [off, off+n), or the error saying why
+// there are none.
+func (p *parser) bytes(off, n uint64, what string) ([]byte, error) {
+	b, err := p.fill(off, n, what)
+	if err != nil {
+		return nil, err
 	}
-	end := off + n
-	if end < off {
-		return nil, fmt.Errorf("%w: %s at %#x, size %#x, overflows", errELFMalformed, what, off, n)
-	}
-	if end > uint64(len(p.head)) {
-		return nil, &elfShortError{what: what, Need: end, have: len(p.head)}
-	}
-	return p.head[off:end], nil
+	return b, nil
 }
 
 // decode fills v, an elf.Header32/64, elf.Prog32/64 or elf.Dyn32/64, from
 // head at off.
-func (p *elfParser) decode(off uint64, v any, what string) error {
+func (p *parser) decode(off uint64, v any, what string) error {
 	b, err := p.bytes(off, uint64(binary.Size(v)), what)
 	if err != nil {
 		return err
@@ -187,7 +181,7 @@ func (p *elfParser) decode(off uint64, v any, what string) error {
 	return err
 }
 
-func (p *elfParser) parse() error {
+func (p *parser) parse() error {
 	ident, err := p.bytes(0, elf.EI_NIDENT, "ELF identification")
 	if err != nil {
 		return err
@@ -201,10 +195,10 @@ func (p *elfParser) parse() error {
 	case elf.ELFDATA2MSB:
 		p.bo = binary.BigEndian
 	default:
-		return fmt.Errorf("%w: data encoding %v", errELFMalformed, d.Data)
+		return fmt.Errorf("%w: data encoding %v", ErrMalformed, d.Data)
 	}
 	if v := elf.Version(ident[elf.EI_VERSION]); v != elf.EV_CURRENT {
-		return fmt.Errorf("%w: version %v", errELFMalformed, v)
+		return fmt.Errorf("%w: version %v", ErrMalformed, v)
 	}
 	progs, err := p.progs()
 	if err != nil {
@@ -233,10 +227,9 @@ func (p *elfParser) parse() error {
 
 // progs reads the header and the program headers, keeping those parse
 // needs.
-func (p *elfParser) progs() ([]elfProg, error) {
+func (p *parser) progs() ([]elfProg, error) {
 	d := &p.deps
 	var (
-		typ              elf.Type
 		phoff            uint64
 		phentsize, phnum uint16
 		progSize         int
@@ -248,27 +241,27 @@ func (p *elfParser) progs() ([]elfProg, error) {
 		if err := p.decode(0, &h64, "ELF header"); err != nil {
 			return nil, err
 		}
-		typ, d.Machine, d.Flags = elf.Type(h64.Type), elf.Machine(h64.Machine), h64.Flags
+		d.Type, d.Machine, d.Flags = elf.Type(h64.Type), elf.Machine(h64.Machine), h64.Flags
 		phoff, phentsize, phnum = h64.Phoff, h64.Phentsize, h64.Phnum
 		progSize = binary.Size(elf.Prog64{})
 	case elf.ELFCLASS32:
 		if err := p.decode(0, &h32, "ELF header"); err != nil {
 			return nil, err
 		}
-		typ, d.Machine, d.Flags = elf.Type(h32.Type), elf.Machine(h32.Machine), h32.Flags
+		d.Type, d.Machine, d.Flags = elf.Type(h32.Type), elf.Machine(h32.Machine), h32.Flags
 		phoff, phentsize, phnum = uint64(h32.Phoff), h32.Phentsize, h32.Phnum
 		progSize = binary.Size(elf.Prog32{})
 	default:
-		return nil, fmt.Errorf("%w: class %v", errELFMalformed, d.Class)
+		return nil, fmt.Errorf("%w: class %v", ErrMalformed, d.Class)
 	}
-	if typ != elf.ET_EXEC && typ != elf.ET_DYN {
+	if d.Type != elf.ET_EXEC && d.Type != elf.ET_DYN {
 		return nil, nil
 	}
 	if phnum == 0xffff { // PN_XNUM: the count is in section header 0
-		return nil, fmt.Errorf("%w: too many program headers", errELFMalformed)
+		return nil, fmt.Errorf("%w: too many program headers", ErrMalformed)
 	}
 	if phnum > 0 && int(phentsize) < progSize {
-		return nil, fmt.Errorf("%w: program header size %d", errELFMalformed, phentsize)
+		return nil, fmt.Errorf("%w: program header size %d", ErrMalformed, phentsize)
 	}
 	// Check them all at once, so that a short head reports the length that
 	// holds them all.
@@ -302,27 +295,27 @@ func (p *elfParser) progs() ([]elfProg, error) {
 
 // interp reads the interpreter path as the kernel does: a NUL-terminated
 // string filling the segment.
-func (p *elfParser) interp(g elfProg) (string, error) {
+func (p *parser) interp(g elfProg) (string, error) {
 	if g.filesz == 0 || g.filesz > maxELFName+1 {
-		return "", fmt.Errorf("%w: interpreter size %d", errELFMalformed, g.filesz)
+		return "", fmt.Errorf("%w: interpreter size %d", ErrMalformed, g.filesz)
 	}
 	b, err := p.bytes(g.off, g.filesz, "interpreter")
 	if err != nil {
 		return "", err
 	}
 	if b[len(b)-1] != 0 {
-		return "", fmt.Errorf("%w: interpreter not NUL-terminated", errELFMalformed)
+		return "", fmt.Errorf("%w: interpreter not NUL-terminated", ErrMalformed)
 	}
 	s, _, _ := bytes.Cut(b, []byte{0})
 	if len(s) == 0 {
-		return "", fmt.Errorf("%w: empty interpreter", errELFMalformed)
+		return "", fmt.Errorf("%w: empty interpreter", ErrMalformed)
 	}
 	return string(s), nil
 }
 
 // dynamic reads the dynamic segment dyn up to its DT_NULL, then the names
 // it refers to in the string table.
-func (p *elfParser) dynamic(dyn elfProg, progs []elfProg) error {
+func (p *parser) dynamic(dyn elfProg, progs []elfProg) error {
 	var (
 		needed                    []uint64
 		strtab, strsz, run, rpath uint64
@@ -376,7 +369,7 @@ func (p *elfParser) dynamic(dyn elfProg, progs []elfProg) error {
 		return nil
 	}
 	if !hasStrtab {
-		return fmt.Errorf("%w: no DT_STRTAB", errELFMalformed)
+		return fmt.Errorf("%w: no DT_STRTAB", ErrMalformed)
 	}
 	st, err := p.strtab(strtab, progs)
 	if err != nil {
@@ -392,7 +385,7 @@ func (p *elfParser) dynamic(dyn elfProg, progs []elfProg) error {
 			return err
 		}
 		if s == "" {
-			return fmt.Errorf("%w: empty DT_NEEDED name", errELFMalformed)
+			return fmt.Errorf("%w: empty DT_NEEDED name", ErrMalformed)
 		}
 		names = append(names, s)
 	}
@@ -415,7 +408,7 @@ func (p *elfParser) dynamic(dyn elfProg, progs []elfProg) error {
 // dynShort makes a short head error while reading the dynamic segment dyn
 // ask for all of it rather than for one more entry.
 func dynShort(err error, dyn elfProg) error {
-	var short *elfShortError
+	var short *ShortError
 	if errors.As(err, &short) && dyn.off+dyn.filesz > short.Need {
 		short.Need = dyn.off + dyn.filesz
 	}
@@ -427,7 +420,7 @@ type elfStrtab struct{ off, size uint64 }
 
 // strtab finds the string table at address vaddr in the loadable segment
 // that maps it from the file.
-func (p *elfParser) strtab(vaddr uint64, progs []elfProg) (elfStrtab, error) {
+func (p *parser) strtab(vaddr uint64, progs []elfProg) (elfStrtab, error) {
 	for _, g := range progs {
 		if g.typ == elf.PT_LOAD && vaddr >= g.vaddr && vaddr-g.vaddr < g.filesz {
 			rel := vaddr - g.vaddr
@@ -437,38 +430,28 @@ func (p *elfParser) strtab(vaddr uint64, progs []elfProg) (elfStrtab, error) {
 			return elfStrtab{off: g.off + rel, size: g.filesz - rel}, nil
 		}
 	}
-	return elfStrtab{}, fmt.Errorf("%w: DT_STRTAB %#x not in a loaded segment", errELFMalformed, vaddr)
+	return elfStrtab{}, fmt.Errorf("%w: DT_STRTAB %#x not in a loaded segment", ErrMalformed, vaddr)
 }
 
 // str reads the NUL-terminated string at off in st, of at most max bytes.
-func (p *elfParser) str(st elfStrtab, off uint64, max int, what string) (string, error) {
+func (p *parser) str(st elfStrtab, off uint64, max int, what string) (string, error) {
 	if off >= st.size {
-		return "", fmt.Errorf("%w: %s at %#x beyond the string table", errELFMalformed, what, off)
+		return "", fmt.Errorf("%w: %s at %#x beyond the string table", ErrMalformed, what, off)
 	}
 	start := st.off + off
 	n := min(st.size-off, uint64(max)+1) // the string and its NUL
 	if start < st.off || start+n < start {
-		return "", fmt.Errorf("%w: %s at %#x overflows", errELFMalformed, what, off)
+		return "", fmt.Errorf("%w: %s at %#x overflows", ErrMalformed, what, off)
 	}
-	if p.at != nil {
-		b, err := p.read(start, n, what)
-		if err != nil {
-			return "", err
-		}
-		if i := bytes.IndexByte(b, 0); i >= 0 {
-			return string(b[:i]), nil
-		}
-	} else if start < uint64(len(p.head)) {
-		b := p.head[start:min(start+n, uint64(len(p.head)))]
-		if i := bytes.IndexByte(b, 0); i >= 0 {
-			return string(b[:i]), nil
-		}
+	b, err := p.fill(start, n, what)
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return string(b[:i]), nil
 	}
-	if p.at == nil && start+n > uint64(len(p.head)) {
-		return "", &elfShortError{what: what, Need: start + n, have: len(p.head)}
+	switch {
+	case err != nil:
+		return "", err
+	case n == st.size-off:
+		return "", fmt.Errorf("%w: %s at %#x runs off the string table", ErrMalformed, what, off)
 	}
-	if n == st.size-off {
-		return "", fmt.Errorf("%w: %s at %#x runs off the string table", errELFMalformed, what, off)
-	}
-	return "", fmt.Errorf("%w: %s at %#x longer than %d bytes", errELFMalformed, what, off, max)
+	return "", fmt.Errorf("%w: %s at %#x longer than %d bytes", ErrMalformed, what, off, max)
 }
