@@ -91,6 +91,33 @@ func TestProfileRecordsReadsThroughTheMount(t *testing.T) {
 	}
 }
 
+// TestProfileRecordsFilesOpenedWithPassthrough: a file that FUSE
+// passthrough serves is read by the kernel alone, so its open is what the
+// recording sees.
+func TestProfileRecordsFilesOpenedWithPassthrough(t *testing.T) {
+	reg := newProfRegistry(t)
+	files := profFiles(2)
+	base := reg.layer(t, files...)
+	img := reg.image(t, "app", base)
+	n := newProfNode(t, reg, func(c *config.Config) { c.FS.Passthrough = true })
+	mp := n.mount(t, img, 0)
+	waitFor(t, "the recording to begin", func() bool { return n.prof.rec.Recording(base.dgst) })
+	// etc/conf is local, as a prefetch would have made it: lazypull's own
+	// reads are no reader's and are not recorded.
+	buf := make([]byte, len(files[2].data))
+	if _, err := n.prof.layers.get(base.dgst).ReadAt(t.Context(), "etc/conf", buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(mp, "etc/conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if reads := n.recorded(t, img); len(reads) != 1 || reads[0] != (profile.Read{Path: "etc/conf"}) {
+		t.Fatalf("recorded %+v, want the file opened", reads)
+	}
+}
+
 // TestProfileReplayFetchesBeforeReads: the chunks of the image's profile
 // are fetched as its layer is mounted, so that the container reading them
 // waits for no fetch.
