@@ -25,8 +25,8 @@
 //     without it, the referrers tag schema.
 //
 // It imports no other package of lazypull: the caller gives it the HTTP
-// clients of a registry (Registry) and the prefetch of a layer filesystem
-// (Target).
+// clients of a registry (Registry), tells the Recorder of reads and
+// prefetches what the Replay hands out.
 package profile
 
 import (
