@@ -73,6 +73,10 @@ type Config struct {
 	// CRI configures the Kubernetes image service that passes the
 	// credentials of pod pull secrets to lazypulld.
 	CRI CRI `toml:"cri"`
+	// Profile configures start-up profiles: what containers of an image
+	// read first, recorded, kept on the node and shared through the
+	// image's registry.
+	Profile Profile `toml:"profile"`
 
 	// Snapshotter configures what a pull does with a layer that cannot be
 	// mounted lazily.
@@ -387,6 +391,7 @@ func Default() *Config {
 		CRI: CRI{
 			CredentialTTL: Duration{24 * time.Hour},
 		},
+		Profile:     defaultProfile(),
 		Snapshotter: Snapshotter{Fallback: FallbackPull},
 		Metrics:     Metrics{MaxHosts: 32},
 	}
@@ -463,6 +468,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("cache.max_size: %s is less than %s (0 means no bound)", c.Cache.MaxSize, minCacheSize))
 	}
 	errs = append(errs, c.CRI.validate(c.Address, c.Containerd.Address)...)
+	errs = append(errs, c.Profile.validate()...)
 	errs = append(errs, c.Snapshotter.validate()...)
 	errs = append(errs, c.Metrics.validate(c.Address, c.CRI.Address)...)
 	return errors.Join(errs...)

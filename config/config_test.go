@@ -125,6 +125,13 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`: log_level: "verbose" is not one of [trace debug info warn error]`},
 		},
 		{
+			name: "bad profile",
+			doc:  "[profile]\nwindow = \"0s\"\nidle = \"0s\"\nmax_size = \"1GiB\"\nmax_entries = 0\nmax_profiles = -1\n",
+			want: []string{`profile.window: must be greater than 0`, `profile.idle: must be greater than 0`,
+				`profile.max_size: 1GiB is not between 1KiB and 64MiB`, `profile.max_entries: 0 is not between 1 and 1048576`,
+				`profile.max_profiles: -1 is less than 1`},
+		},
+		{
 			name: "bad cache",
 			doc:  "[cache]\ndir = \"cache\"\nmax_size = \"10\"\n",
 			want: []string{`: cache.dir: "cache" is not an absolute path`, `cache.max_size: 10 is less than 1MiB (0 means no bound)`},

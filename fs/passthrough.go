@@ -121,6 +121,9 @@ func (n *fileNode) openHandle(key digest.Digest, whole bool) *ptHandle {
 		return h
 	}
 	h.f = n.openEntry(key, !whole)
+	if h.f != nil {
+		n.l.observeOpen(n.e) // the kernel may read it without asking us
+	}
 	if h.f == nil && whole {
 		n.prepareWhole(key)
 	}

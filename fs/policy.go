@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
 )
 
 // The FileSystem is two halves. The core serves reads: the chunk table,
@@ -34,7 +36,11 @@ type Policy interface {
 	Attach(ctx context.Context, l *Layer, labels map[string]string) any
 }
 
-// ReadEvent is a read of a layer's file by a reader of the mount.
+// ReadEvent is a read of a layer's file by a reader of the mount. A file
+// that FUSE passthrough may serve (its content verified in a FileCache) is
+// read by the kernel without asking the FileSystem: its open is told of as
+// a read of the whole file that hit, once per open that passthrough serves
+// (the first while no other is open; later ones share its backing file).
 type ReadEvent struct {
 	// File is the file's name in the layer; Offset and Size the bytes read.
 	File         string
@@ -51,6 +57,16 @@ type ReadEvent struct {
 // read's own.
 type ReadObserver interface {
 	Read(l *Layer, ev ReadEvent)
+}
+
+// observeOpen tells the policies of an open of e that passthrough may
+// serve: see ReadEvent.
+func (l *layer) observeOpen(e *estargz.TOCEntry) {
+	cs, err := l.chunks(e, 0, e.Size)
+	if err != nil {
+		return
+	}
+	l.observe(&ReadEvent{File: e.Name, Size: e.Size, Hit: true, chunks: cs})
 }
 
 // HeadObserver is told when the head of a file (its first chunk) arrived:

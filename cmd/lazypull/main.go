@@ -62,7 +62,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	usageErr := func(_ *cli.Context, err error, _ bool) error {
 		return cli.Exit(err.Error(), exitUsage)
 	}
-	cmds := []*cli.Command{convertCommand(), pullCommand(), statusCommand(), doctorCommand()}
+	cmds := []*cli.Command{convertCommand(), pullCommand(), statusCommand(), doctorCommand(), profileCommand()}
 	for _, c := range cmds {
 		c.OnUsageError = usageErr
 	}

@@ -14,24 +14,30 @@ import (
 	"github.com/lazypull/lazypull/remote"
 )
 
-// newFileSystem is the one place where the configuration becomes options
-// of the packages a data plane is built from: the registry client feeds
-// the layer filesystems, which read through the chunk cache. creds, if not
-// nil, gives the registry client credentials ahead of docker's config.json
-// (those the daemon's CRI image service pushes). The returned close
-// function closes the filesystems (which unmounts their layers), then the
-// chunk cache, then the registry client (its downloads into spool files).
-// m, if not nil, counts the registry requests and reads the filesystems'
-// and the cache's counters; more options follow those of cfg.
-func newFileSystem(cfg *config.Config, creds remote.CredentialSource, m *planeMetrics, more ...fs.Option) (*fs.FileSystem, func() error, error) {
+// newRegistryClient is the registry client of a data plane: creds, if not
+// nil, gives it credentials ahead of docker's config.json (those the
+// daemon's CRI image service pushes); m, if not nil, counts its requests.
+func newRegistryClient(cfg *config.Config, creds remote.CredentialSource, m *planeMetrics) (*remote.Resolver, error) {
 	ropts := registryOptions(cfg, creds)
 	if m != nil {
 		ropts = append(ropts, remote.WithObserver(m))
 	}
 	resolver, err := remote.NewResolver(ropts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("registry client: %w", err)
+		return nil, fmt.Errorf("registry client: %w", err)
 	}
+	return resolver, nil
+}
+
+// newFileSystem is the one place where the configuration becomes options
+// of the packages a data plane is built from: the registry client
+// (newRegistryClient) feeds the layer filesystems, which read through the
+// chunk cache. The returned close function closes the filesystems (which
+// unmounts their layers), then the chunk cache, then the registry client
+// (its downloads into spool files), which newFileSystem owns from now on,
+// and closes if it fails. m, if not nil, reads the filesystems' and the
+// cache's counters; more options follow those of cfg.
+func newFileSystem(cfg *config.Config, resolver *remote.Resolver, m *planeMetrics, more ...fs.Option) (*fs.FileSystem, func() error, error) {
 	chunks, err := newCache(cfg)
 	if err != nil {
 		return nil, nil, errors.Join(err, resolver.Close())

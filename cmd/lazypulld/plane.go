@@ -106,8 +106,17 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 		creds = cri.NewStore(cfg.CRI.CredentialTTL.Duration, cri.DefaultMaxEntries)
 	}
 	metrics := newPlaneMetrics(cfg.Metrics.MaxHosts)
-	layers, closeFS, err := newFileSystem(cfg, credentialSource(creds), metrics, storeBlobOptions(ctx, cfg)...)
+	resolver, err := newRegistryClient(cfg, credentialSource(creds), metrics)
 	if err != nil {
+		return err
+	}
+	prof, err := newProfiler(cfg, resolver, time.Now)
+	if err != nil {
+		return errors.Join(fmt.Errorf("start-up profiles: %w", err), resolver.Close())
+	}
+	layers, closeFS, err := newFileSystem(cfg, resolver, metrics, append(storeBlobOptions(ctx, cfg), prof.options()...)...)
+	if err != nil {
+		prof.Close()
 		return err
 	}
 	defer func() {
@@ -115,6 +124,8 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 			retErr = errors.Join(retErr, fmt.Errorf("unmount layers: %w", err))
 		}
 	}()
+	// The profiles' lookups stop before the registry client is closed.
+	defer prof.Close()
 	l, err := listenPrivate(filepath.Join(dir, planeSocket))
 	if err != nil {
 		return err
@@ -122,9 +133,9 @@ func serveDataPlane(ctx context.Context, cfg *config.Config, dir string, ready *
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	info := dataplane.Info{Version: version, Build: build, PID: os.Getpid()}
-	var fsys dataplane.FileSystem = verifyingFS{layers}
+	var fsys dataplane.FileSystem = verifyingFS{layers, prof}
 	if creds != nil {
-		fsys = credentialFS{verifyingFS{layers}, creds}
+		fsys = credentialFS{verifyingFS{layers, prof}, creds}
 	}
 	srv := dataplane.NewServer(fsys, info, stop, dataplane.WithMetrics(metrics.handler()))
 	defer keepBlobs(ctx, cfg, layers, srv.Mounts, credentialSource(creds))()

@@ -20,8 +20,19 @@ import (
 
 // verifyingFS is the layer filesystems as a data plane serves them: with
 // their verification states in the protocol's terms, for
-// /v1/verifications.
-type verifyingFS struct{ *fs.FileSystem }
+// /v1/verifications, and their start-up profiles (prof, nil without).
+type verifyingFS struct {
+	*fs.FileSystem
+	prof *profiler
+}
+
+// Mount is fs.FileSystem's, with the lookup of the start-up profile of the
+// layer's image started first, while the layer's table of contents is
+// fetched: the profile's policy replays it on the layers as they mount.
+func (v verifyingFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+	v.prof.mounting(ctx, labels)
+	return v.FileSystem.Mount(ctx, mountpoint, labels)
+}
 
 var _ dataplane.Verifier = verifyingFS{}
 

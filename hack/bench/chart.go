@@ -15,9 +15,10 @@ import (
 )
 
 var modeColors = map[string]color.Color{
-	modeOverlay:  color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff},
-	modeLazy:     color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
-	modeLazyPrio: color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	modeOverlay:     color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff},
+	modeLazy:        color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	modeLazyPrio:    color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	modeLazyProfile: color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 }
 
 // chart draws, side by side, the median cold start (pull + run until the

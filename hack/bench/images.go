@@ -128,6 +128,11 @@ type image struct {
 	// without -prioritized.
 	PrioRef   string `json:"prioritized_ref,omitempty"`
 	PrioFiles int    `json:"prioritized_files,omitempty"`
+	// ProfileChunks is how many chunks the start-up profile learned for
+	// the start workload lists (modeLazyProfile); ProfileSkipped why
+	// none was learned.
+	ProfileChunks  int    `json:"profile_chunks,omitempty"`
+	ProfileSkipped string `json:"profile_skipped,omitempty"`
 	// Layers and the compressed sizes of the two variants.
 	Layers       int   `json:"layers"`
 	GzipBytes    int64 `json:"gzip_bytes"`

@@ -59,6 +59,7 @@ type options struct {
 	images    []string
 	workloads []string
 	prio      bool
+	profiled  bool
 	fsConfig  string // TOML keys of lazypulld's [fs] table
 	logs      bool   // keep lazypulld's debug log of every lazy run
 	convert   []string
@@ -82,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fset.StringVar(&o.out, "out", "bench-results", "`DIR` for results.json, chart.png and bench.log")
 	fset.StringVar(&o.bin, "bin", "bin", "`DIR` holding lazypulld and lazypull (make build)")
 	fset.BoolVar(&o.prio, "prioritized", true, "also benchmark the start workload with an eStargz image whose layers start with the files it reads (recorded by running it once), which lazypulld prefetches")
+	fset.BoolVar(&o.profiled, "profile", true, "also benchmark the start workload with a learned start-up profile: a first node records the workload's start and publishes the profile as a referrer of the image (lazypull profile push); every cold run of the mode is a fresh node that fetches it")
 	fset.StringVar(&o.fsConfig, "fs-config", "", "`TOML` keys for lazypulld's [fs] table, e.g. 'readahead_size = \"512KiB\"', to compare settings")
 	fset.BoolVar(&o.logs, "logs", false, "run lazypulld at debug level and keep its log of every run in DIR/logs (each fetch with its offset, size and duration)")
 	convert := fset.String("convert-flags", "", "more `FLAGS` for lazypull convert, space separated, e.g. '--chunk-size 1048576', to compare layouts")
@@ -323,6 +325,16 @@ func (b *bench) buildImages(ctx context.Context) ([]*image, error) {
 			b.progress("image %s: %d files read by %s first in the layers of %s (%.0fs)", n, len(files),
 				strings.Join(img.Spec.Start.Args, " "), img.PrioRef, time.Since(t).Seconds())
 		}
+		if b.profiled && slices.Contains(b.workloads, img.Spec.Start.Name) {
+			t = time.Now()
+			if img.ProfileChunks, err = b.learnProfile(ctx, img); err != nil {
+				img.ProfileSkipped = err.Error()
+				b.progress("image %s: %s mode skipped: no profile learned: %v", n, modeLazyProfile, err)
+			} else {
+				b.progress("image %s: a profile of %d chunks (%s) learned from %s and published (%.0fs)", n, img.ProfileChunks,
+					profileNote, strings.Join(img.Spec.Start.Args, " "), time.Since(t).Seconds())
+			}
+		}
 		imgs = append(imgs, img)
 	}
 	return imgs, nil
@@ -342,10 +354,17 @@ func (b *bench) workloadsOf(img *image) []workload {
 
 // modesOf lists the modes that w runs in on img.
 func (b *bench) modesOf(img *image, w workload) []string {
-	if img.PrioRef != "" && w.Name == img.Spec.Start.Name {
-		return slices.Clone(modes)
+	ms := []string{modeOverlay, modeLazy}
+	if w.Name != img.Spec.Start.Name {
+		return ms
 	}
-	return []string{modeOverlay, modeLazy}
+	if img.PrioRef != "" {
+		ms = append(ms, modeLazyPrio)
+	}
+	if img.ProfileChunks > 0 {
+		ms = append(ms, modeLazyProfile)
+	}
+	return ms
 }
 
 // progress prints a line on stderr and in the log.

@@ -24,7 +24,7 @@ const (
 )
 
 // modes lists the modes in the order they are reported.
-var modes = []string{modeOverlay, modeLazy, modeLazyPrio}
+var modes = []string{modeOverlay, modeLazy, modeLazyPrio, modeLazyProfile}
 
 // result is one cold run: an image pulled into a fresh containerd and
 // lazypulld (no content, snapshots, images or chunk cache) and run twice.
@@ -100,7 +100,7 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 	}
 	ld := testbed.StartLazypulld(s, testbed.LazypulldOptions{
 		Binary: filepath.Join(b.bin, "lazypulld"), LogLevel: level,
-		Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n", b.hostsDir, b.fsConfig),
+		Config: fmt.Sprintf("[remote]\nhosts_dir = %q\n[fs]\n%s\n%s", b.hostsDir, b.fsConfig, profileConfig(res.Mode)),
 	})
 	c := testbed.StartContainerd(s, testbed.ContainerdOptions{Flavour: b.flavour, LazypullSocket: ld.Socket, LazypullRoot: ld.Root})
 	ref, sn := img.GzipRef, "overlayfs"
@@ -109,6 +109,8 @@ func (b *bench) measure(ctx context.Context, s *scope, img *image, w workload, r
 		ref, sn = img.EstargzRef, testbed.SnapshotterName
 	case modeLazyPrio:
 		ref, sn = img.PrioRef, testbed.SnapshotterName
+	case modeLazyProfile:
+		ref, sn = img.EstargzRef, testbed.SnapshotterName
 	}
 	lazy := sn == testbed.SnapshotterName
 	if lazy && b.logs {

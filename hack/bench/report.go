@@ -163,6 +163,12 @@ func (rep *report) print(w io.Writer) {
 		if img.PrioRef != "" {
 			fmt.Fprintf(w, "; lazypull-prio: the %d files %s reads first in each layer", img.PrioFiles, img.Spec.Start.Name)
 		}
+		switch {
+		case img.ProfileChunks > 0:
+			fmt.Fprintf(w, "; lazypull-profile: the plain eStargz image on a fresh node with a profile of %d chunks learned on another (%s)", img.ProfileChunks, profileNote)
+		case img.ProfileSkipped != "":
+			fmt.Fprintf(w, "; lazypull-profile skipped: %s", img.ProfileSkipped)
+		}
 		fmt.Fprintln(w)
 		for _, metrics := range [][]metric{timeMetrics, dataMetrics} {
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
