@@ -84,6 +84,11 @@ type Config struct {
 
 	// Metrics configures the Prometheus metrics endpoint.
 	Metrics Metrics `toml:"metrics"`
+
+	// Removed lists the keys of the file that lazypulld no longer reads
+	// (set by Load, not a key of the file): they are ignored, and the
+	// daemon warns of each.
+	Removed []RemovedKey `toml:"-"`
 }
 
 // Remote is the [remote] table: the registry client.
@@ -112,10 +117,6 @@ type Remote struct {
 	// backoff, and how often a read whose answer broke off (stalled, cut
 	// off, short) asks again for the rest.
 	Retries int `toml:"retries"`
-
-	// Parallelism bounds the concurrent range requests one read of
-	// several ranges of a blob may make.
-	Parallelism int `toml:"parallelism"`
 
 	// WarmConnections is how many connections to a registry host are
 	// opened ahead of need when a layer is first read from it, so that the
@@ -351,7 +352,6 @@ func Default() *Config {
 			RequestTimeout:  Duration{30 * time.Second},
 			StallTimeout:    Duration{3 * time.Second},
 			Retries:         3,
-			Parallelism:     4,
 			WarmConnections: 8,
 			SpoolMaxSize:    2 * GiB,
 		},
@@ -421,9 +421,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Remote.Retries < 0 {
 		errs = append(errs, fmt.Errorf("remote.retries: %d is negative", c.Remote.Retries))
-	}
-	if c.Remote.Parallelism < 1 {
-		errs = append(errs, fmt.Errorf("remote.parallelism: %d is less than 1", c.Remote.Parallelism))
 	}
 	if c.Remote.WarmConnections < 0 {
 		errs = append(errs, fmt.Errorf("remote.warm_connections: %d is negative", c.Remote.WarmConnections))

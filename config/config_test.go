@@ -266,3 +266,26 @@ func TestLoadCache(t *testing.T) {
 		t.Errorf("Cache = %+v", cfg.Cache)
 	}
 }
+
+// A key lazypulld no longer reads does not stop the daemon after an
+// upgrade: the file loads, the key is listed with its line for a warning,
+// and the other keys of its table count. Elsewhere it is unknown.
+func TestLoadRemovedKey(t *testing.T) {
+	p := writeFile(t, "[remote]\nretries = 5\nparallelism = 8\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load with a removed key: %v", err)
+	}
+	if cfg.Remote.Retries != 5 {
+		t.Errorf("remote.retries = %d, want 5", cfg.Remote.Retries)
+	}
+	if len(cfg.Removed) != 1 || cfg.Removed[0].Key != "remote.parallelism" || cfg.Removed[0].Line != 3 || cfg.Removed[0].File != p {
+		t.Fatalf("Removed = %+v, want remote.parallelism at %s:3", cfg.Removed, p)
+	}
+	if msg := cfg.Removed[0].String(); !strings.Contains(msg, `:3: key "remote.parallelism" was removed and is ignored`) {
+		t.Errorf("message %q", msg)
+	}
+	if _, err := Load(writeFile(t, "parallelism = 8\n")); err == nil || !strings.Contains(err.Error(), `:1: unknown key "parallelism"`) {
+		t.Errorf("parallelism outside [remote]: %v, want an unknown key", err)
+	}
+}

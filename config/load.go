@@ -15,7 +15,8 @@ import (
 )
 
 // Load reads the file at path over the defaults and validates the result:
-// keys missing from the file keep their Default value.
+// keys missing from the file keep their Default value. Keys that were
+// removed from lazypulld are ignored and listed in Config.Removed.
 //
 // Errors start with the path and, where the problem has one, the line
 // ("/etc/lazypull/config.toml:3: unknown key \"roots\""). A file that does not
@@ -30,6 +31,7 @@ func Load(path string) (*Config, error) {
 	if err := decode(path, data, cfg); err != nil {
 		return nil, err
 	}
+	cfg.Removed = findRemoved(path, data)
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -48,6 +50,9 @@ func decode(name string, data []byte, v any) error {
 		errs := make([]error, 0, len(strictErr.Errors))
 		for i := range strictErr.Errors {
 			de := &strictErr.Errors[i]
+			if isRemoved(de.Key()) {
+				continue
+			}
 			line, _ := de.Position()
 			errs = append(errs, fmt.Errorf("%s:%d: unknown key %q", name, line, keyString(de.Key())))
 		}
@@ -162,7 +167,7 @@ func locateTextError(data []byte, t reflect.Type) (toml.Key, int, bool) {
 			k, offset := nodeKey(expr)
 			key := append(table[:len(table):len(table)], k...)
 			if rejectsText(fieldType(t, key), expr.Value()) {
-				return key, 1 + bytes.Count(data[:offset], []byte("\n")), true
+				return key, lineAt(data, offset), true
 			}
 		}
 	}
@@ -184,6 +189,11 @@ func rejectsText(ft reflect.Type, v *unstable.Node) bool {
 	}
 	u := reflect.New(ft).Interface().(encoding.TextUnmarshaler)
 	return u.UnmarshalText(v.Data) != nil
+}
+
+// lineAt is the line of data that offset is on, counted from 1.
+func lineAt(data []byte, offset int) int {
+	return 1 + bytes.Count(data[:offset], []byte("\n"))
 }
 
 // nodeKey returns the parts of an expression's key and the offset of its

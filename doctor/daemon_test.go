@@ -88,6 +88,9 @@ func TestLazypullConfig(t *testing.T) {
 	expect(t, n.run("2.4.2"), "lazypull.config", Fail, `lazypulld would not start: `+n.opts.Lazypull.ConfigPath+`:3: unknown key "roots"`, "config/example.toml")
 	n.opts.Lazypull.ConfigErr, n.opts.Lazypull.Disabled = nil, true
 	expect(t, n.run("2.4.2"), "lazypull.config", Fail, "disable = true", "remove disable = true")
+	n.opts.Lazypull.Disabled = false
+	n.opts.Lazypull.ConfigRemoved = []string{n.opts.Lazypull.ConfigPath + `:3: key "remote.parallelism" was removed and is ignored`}
+	expect(t, n.run("2.4.2"), "lazypull.config.removed", Warn, `"remote.parallelism" was removed`, "remove the key from "+n.opts.Lazypull.ConfigPath)
 }
 
 func TestPassthrough(t *testing.T) {

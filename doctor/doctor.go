@@ -101,6 +101,9 @@ type Lazypull struct {
 	// ConfigErr: the file could not be loaded (lazypulld would not start);
 	// the other fields hold the defaults.
 	ConfigErr error
+	// ConfigRemoved says, one message each, which keys of the file
+	// lazypulld no longer reads: it starts, ignores them and warns.
+	ConfigRemoved []string
 	// Address is the socket lazypulld serves on, Root its state directory,
 	// HostsDir its hosts.toml directory ("" for none) and CacheDir its
 	// chunk cache.
@@ -209,6 +212,9 @@ func (r *run) checkLazypullConfig() {
 		r.add(check, OK, fmt.Sprintf("no %s: lazypulld runs with the defaults (socket %s, root %s)", l.ConfigPath, l.Address, l.Root), "")
 	default:
 		r.add(check, OK, fmt.Sprintf("%s: socket %s, root %s, hosts_dir %s", l.ConfigPath, l.Address, l.Root, orNone(l.HostsDir)), "")
+	}
+	for _, msg := range l.ConfigRemoved {
+		r.add("lazypull.config.removed", Warn, msg, "remove the key from "+l.ConfigPath)
 	}
 }
 

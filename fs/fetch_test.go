@@ -87,59 +87,63 @@ func TestCoalescedRead(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
 	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0), WithDirPrefetch(0))
-	mp := mountLayer(t, f, l)
-	lay := f.mounts[mp].layer
-	e, _ := lay.src.r.Lookup("big")
+	v := layerAt(t, f, mountLayer(t, f, l))
 
 	p := make([]byte, 3*testChunkSize)
 	off := int64(2 * testChunkSize)
-	n, err := lay.readAt(context.Background(), e, p, off)
+	n, err := v.ReadAt(context.Background(), "big", p, off)
 	if err != nil || n != len(p) {
-		t.Fatalf("readAt = %d, %v", n, err)
+		t.Fatalf("ReadAt = %d, %v", n, err)
 	}
 	if !bytes.Equal(p, l.entries[7].data[off:off+int64(len(p))]) {
 		t.Fatal("wrong content")
 	}
-	cs, _ := lay.chunks(e, off, off+int64(len(p)))
-	want := cs[len(cs)-1].end - cs[0].start
+	cs, _ := v.Chunks("big", off, off+int64(len(p)))
+	want := compressedSpan(cs)
 	if _, reads, fetched := o.counts(); len(cs) != 3 || reads != 1 || fetched != want {
 		t.Errorf("%d chunks fetched in %d reads, %d bytes; want 3 in 1, %d bytes", len(cs), reads, fetched, want)
 	}
 }
+
+// compressedSpan is how many bytes of the blob cs (in blob order) span.
+func compressedSpan(cs []Chunk) int64 { return cs[len(cs)-1].c.end - cs[0].c.start }
 
 // TestConcurrentReaders checks that readers of overlapping ranges that run
 // at once fetch each chunk once.
 func TestConcurrentReaders(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
-	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0), WithDirPrefetch(0))
-	mp := mountLayer(t, f, l)
-	lay := f.mounts[mp].layer
-	e, _ := lay.src.r.Lookup("big")
+	// A memory cache: a reader that looked before a fetch ended and claims
+	// the chunk after finds it there, as the FUSE reads of a container do.
+	f := newFS(t, o, WithReadahead(0), WithDirPrefetch(0), WithBackgroundFetch(false))
+	v := layerAt(t, f, mountLayer(t, f, l))
 	big := l.entries[7].data
 
 	gate := make(chan struct{})
 	o.mu.Lock()
 	o.gate = gate
 	o.mu.Unlock()
+	misses := f.Metrics().ChunkMisses
+	const readers = 8
 	var wg sync.WaitGroup
-	for i := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for i := range readers {
+		wg.Go(func() {
 			off := int64(i%3) * testChunkSize
 			p := make([]byte, 2*testChunkSize)
-			if _, err := lay.readAt(context.Background(), e, p, off); err != nil || !bytes.Equal(p, big[off:off+int64(len(p))]) {
+			if _, err := v.ReadAt(context.Background(), "big", p, off); err != nil || !bytes.Equal(p, big[off:off+int64(len(p))]) {
 				t.Errorf("reader %d: %v or wrong content", i, err)
 			}
-		}()
+		})
 	}
-	time.Sleep(300 * time.Millisecond) // let every reader claim or join its chunks
+	// Every reader has looked for its two chunks, and missed: no fetch can
+	// end before the gate opens. One that fetched whatever it missed would
+	// fetch chunks the others fetch too.
+	waitFor(t, "every reader to look for its chunks", func() bool { return f.Metrics().ChunkMisses-misses == 2*readers })
 	close(gate)
 	wg.Wait()
-	cs, _ := lay.chunks(e, 0, 4*testChunkSize)
-	if _, _, fetched := o.counts(); fetched != cs[3].end-cs[0].start {
-		t.Errorf("fetched %d bytes for 4 chunks of %d bytes", fetched, cs[3].end-cs[0].start)
+	cs, _ := v.Chunks("big", 0, 4*testChunkSize)
+	if _, _, fetched := o.counts(); len(cs) != 4 || fetched != compressedSpan(cs) {
+		t.Errorf("fetched %d bytes for %d chunks of %d bytes", fetched, len(cs), compressedSpan(cs))
 	}
 }
 
@@ -152,29 +156,36 @@ func TestReaderServedBeforeLongReadEnds(t *testing.T) {
 	l := fullLayer(t)
 	o := newOpener(l)
 	f := newFS(t, o, WithMemoryCacheSize(0), WithReadahead(0), WithDirPrefetch(0), WithBackgroundFetch(false), WithCache(newMapCache()))
-	mp := mountLayer(t, f, l)
-	lay := f.mounts[mp].layer
-	e, _ := lay.src.r.Lookup("big")
+	v := layerAt(t, f, mountLayer(t, f, l))
+	ctx := context.Background()
 	big := l.entries[7].data
-	cs, err := lay.chunks(e, 0, e.Size)
+	cs, err := v.Chunks("big", 0, int64(len(big)))
 	if err != nil || len(cs) < 4 {
 		t.Fatalf("big has %d chunks (%v), want at least 4", len(cs), err)
 	}
-	hold := make(chan struct{})
+	hold, held := make(chan struct{}), make(chan struct{})
 	o.mu.Lock()
-	o.hold, o.holdFrom, o.holdErr = hold, cs[2].start, errors.New("connection reset")
+	o.hold, o.holdFrom, o.holdErr, o.held = hold, cs[2].c.start, errors.New("connection reset"), held
 	o.mu.Unlock()
 
 	prefetched := make(chan struct{})
 	go func() {
 		defer close(prefetched)
-		lay.fetchAhead(context.Background(), cs, false)
+		in := make([]chunk, len(cs))
+		for i, c := range cs {
+			in[i] = c.c
+		}
+		v.fetchNow(ctx, in, Later)
 	}()
+	select {
+	case <-held: // every chunk claimed, the first two arrived
+	case <-time.After(30 * time.Second):
+		t.Fatal("the prefetch's read did not start")
+	}
 	got := make(chan error, 1)
 	go func() {
-		time.Sleep(50 * time.Millisecond) // let the prefetch claim every chunk
 		p := make([]byte, 2*testChunkSize)
-		_, err := lay.readAt(context.Background(), e, p, 0)
+		_, err := v.ReadAt(ctx, "big", p, 0)
 		if err == nil && !bytes.Equal(p, big[:len(p)]) {
 			err = errors.New("wrong content")
 		}
@@ -192,20 +203,20 @@ func TestReaderServedBeforeLongReadEnds(t *testing.T) {
 	close(hold)
 	<-prefetched
 	for _, c := range cs[:2] {
-		if !lay.src.chunks.isLocal(c.idx) {
-			t.Errorf("chunk at %d, which arrived, is not in the cache", c.off)
+		if !v.Cached(ctx, c) {
+			t.Errorf("chunk at %d, which arrived, is not in the cache", c.Offset)
 		}
 	}
 	for _, c := range cs[2:] {
-		if lay.src.chunks.isLocal(c.idx) {
-			t.Errorf("chunk at %d, which the failed read did not bring, is in the cache", c.off)
+		if v.Cached(ctx, c) {
+			t.Errorf("chunk at %d, which the failed read did not bring, is in the cache", c.Offset)
 		}
 	}
 	o.mu.Lock()
 	o.hold = nil
 	o.mu.Unlock()
 	p := make([]byte, testChunkSize)
-	if _, err := lay.readAt(context.Background(), e, p, 2*testChunkSize); err != nil || !bytes.Equal(p, big[2*testChunkSize:3*testChunkSize]) {
+	if _, err := v.ReadAt(ctx, "big", p, 2*testChunkSize); err != nil || !bytes.Equal(p, big[2*testChunkSize:3*testChunkSize]) {
 		t.Errorf("reading the third chunk after the failed read: %v or wrong content", err)
 	}
 	if n := reads(o); n != reads0+1 {
@@ -447,7 +458,7 @@ func TestUnverifiedChecksChunks(t *testing.T) {
 	if err := f.Mount(context.Background(), mp, labels); err != nil {
 		t.Fatal(err)
 	}
-	if f.mounts[mp].layer.verifier == nil || f.mounts[mp].layer.verified {
+	if l := layerAt(t, f, mp).l; l.verifier == nil || l.verified {
 		t.Error("unverified layer: want chunk verification without TOC verification")
 	}
 }

@@ -285,6 +285,21 @@ func (f *FileSystem) Check(ctx context.Context, mountpoint string, labels map[st
 	return nil
 }
 
+// Layer returns the view of the layer mounted at mountpoint, the one its
+// policies have (view.go): its files and their chunks, what is cached,
+// reads and fetches. It returns an error of class NotFound for a
+// mountpoint the FileSystem does not serve. The view does nothing useful
+// once the layer is unmounted.
+func (f *FileSystem) Layer(mountpoint string) (*Layer, error) {
+	f.mu.Lock()
+	m := f.mounts[mountpoint]
+	f.mu.Unlock()
+	if m == nil || m.server == nil {
+		return nil, fmt.Errorf("mountpoint %s: %w", mountpoint, errdefs.ErrNotFound)
+	}
+	return m.layer.view, nil
+}
+
 // Unmount unmounts the layer at mountpoint. It returns an error of class
 // NotFound for a mountpoint it does not serve; after any other error the
 // layer stays mounted and Unmount may be retried.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -238,5 +239,34 @@ func waitPanics(t *testing.T, f *FileSystem, optional bool) {
 			t.Fatal("no panic recovered within 20s: the test injected none")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCloseLeavesNoGoroutines checks that Close stops read-ahead, prefetch
+// and background fetch, even over a slow link.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	l := fullLayer(t)
+	o := newOpener(l)
+	o.link = &netLink{rtt: 50 * time.Millisecond, rate: 4 << 20}
+	f, err := New(t.TempDir(), o, WithCache(newMapCache()), WithBackgroundFetchDelay(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp := mountpoint(t)
+	if err := f.Mount(context.Background(), mp, l.labels()); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, filepath.Join(mp, "a/text"), []byte("hello, lazy world\n"))
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }

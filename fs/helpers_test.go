@@ -147,6 +147,9 @@ type testOpener struct {
 	hold     chan struct{}
 	holdFrom int64
 	holdErr  error
+	// held, if set, is closed when a read is held back.
+	held     chan struct{}
+	heldOnce sync.Once
 }
 
 // manifestOpener is a testOpener that reads manifests too.
@@ -243,7 +246,7 @@ func (b *testBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 // at once, or those before o.holdFrom first (see testOpener.hold).
 func (b *testBlob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(int)) (int, error) {
 	b.o.mu.Lock()
-	hold, from, holdErr := b.o.hold, b.o.holdFrom, b.o.holdErr
+	hold, from, holdErr, held := b.o.hold, b.o.holdFrom, b.o.holdErr, b.o.held
 	b.o.mu.Unlock()
 	k := int(from - off)
 	if hold == nil || k <= 0 || k >= len(p) {
@@ -257,6 +260,9 @@ func (b *testBlob) ReadAtProgress(ctx context.Context, p []byte, off int64, prog
 		return 0, err
 	}
 	progress(k)
+	if held != nil {
+		b.o.heldOnce.Do(func() { close(held) })
+	}
 	select {
 	case <-hold:
 	case <-ctx.Done():
@@ -481,41 +487,4 @@ func libEntries(n int) []tarEntry {
 		es = append(es, file(fmt.Sprintf("lib/m%03d.py", i), 0o644, randomBytes(int64(100+i), size)))
 	}
 	return es
-}
-
-// waitFetches waits for the fetches the layers of f started to end.
-func waitFetches(t testing.TB, f *FileSystem) {
-	t.Helper()
-	f.mu.Lock()
-	var ls []*layer
-	for _, m := range f.mounts {
-		if m.layer != nil {
-			ls = append(ls, m.layer)
-		}
-	}
-	f.mu.Unlock()
-	// Not l.wg.Wait: a read the kernel still has in flight may start a
-	// fetch, and a WaitGroup must not grow from zero during a Wait.
-	deadline := time.Now().Add(30 * time.Second)
-	for _, l := range ls {
-		for l.work.running.Load() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("fetches still running after 30s")
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
-}
-
-// waitIdle waits for the goroutines of f (background resolutions,
-// entrypoint prefetches, layers' fetches) to end.
-func waitIdle(t testing.TB, f *FileSystem) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for f.work.running.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("goroutines still running after 30s")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

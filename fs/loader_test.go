@@ -108,16 +108,8 @@ func TestLookupImage(t *testing.T) {
 	})
 	o := newOpener(lower, upper)
 	f := newFS(t, o, WithBackgroundFetch(false))
-	mountLayer(t, f, lower)
-	mountLayer(t, f, upper)
-	var stack image
-	for _, d := range []*testLayer{upper, lower} {
-		for _, m := range f.mounts {
-			if m.layer.src.dgst == d.dgst {
-				stack = append(stack, m.layer.view)
-			}
-		}
-	}
+	lmp := mountLayer(t, f, lower)
+	stack := image{layerAt(t, f, mountLayer(t, f, upper)), layerAt(t, f, lmp)}
 	for _, tc := range []struct{ path, want string }{
 		{"/a/x", "upper"}, {"a/x", "upper"}, {"/b/x", "upper"}, {"/c", "upper"},
 		{"/a/y", ""}, {"/b/y", ""}, {"/o/z", ""}, {"/loop", ""}, {"/a", ""}, {"/nothing/x", ""},
@@ -220,11 +212,7 @@ func TestFindProgram(t *testing.T) {
 		dir("c/", 0o755), file("c/tool", 0o755, []byte("#!/bin/sh\n")),
 	})
 	f := newFS(t, newOpener(l), WithBackgroundFetch(false))
-	mountLayer(t, f, l)
-	var stack image
-	for _, m := range f.mounts {
-		stack = append(stack, m.layer.view)
-	}
+	stack := image{layerAt(t, f, mountLayer(t, f, l))}
 	for _, tc := range []struct{ argv0, dir, path, want string }{
 		{"tool", "", "/a:/b:/c", "/b/tool"},
 		{"tool", "", "/c:/b", "/c/tool"},

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,9 +29,7 @@ func TestPassthroughConcurrentOpens(t *testing.T) {
 	o.link = &netLink{rtt: 2 * time.Millisecond, rate: 64 << 20}
 	f := newFS(t, o, WithCache(newDirCache(t)), WithBackgroundFetch(false))
 	mp := mountLayer(t, f, l)
-	if f.mounts[mp].server.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
-		t.Skip("kernel without FUSE passthrough")
-	}
+	skipWithoutPassthrough(t, f, mp)
 	var merged []string
 	for range 8 {
 		d := t.TempDir()

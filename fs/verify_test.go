@@ -206,7 +206,7 @@ func TestVerifyWrongDiffID(t *testing.T) {
 	if n, err := fd.ReadAt(buf, 0); string(buf[:n]) != "genuine a\n" {
 		t.Fatalf("read before verification: %q, %v", buf[:n], err)
 	}
-	startVerification(f, mp)
+	startVerification(t, f, mp)
 	v := waitVerdict(t, f, mp)
 	if v.State != VerificationFailed || !strings.Contains(v.Reason, "not the snapshot's "+claimed) {
 		t.Fatalf("verdict %+v, want failed naming chain ID %s", v, claimed)
@@ -310,10 +310,7 @@ func spoolingMount(t *testing.T, o Opener, l *testLayer, root string) (*FileSyst
 	if _, err := os.ReadFile(filepath.Join(mp, "data/big")); err != nil {
 		t.Fatal(err)
 	}
-	f.mu.Lock()
-	sp := f.mounts[mp].layer.src.check.Load().spool
-	f.mu.Unlock()
-	return f, mp, sp
+	return f, mp, layerAt(t, f, mp).l.src.check.Load().spool
 }
 
 // TestVerifyCorruptSpool: bytes in the spool that are not the blob's (a
@@ -339,7 +336,7 @@ func TestVerifyCorruptSpool(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, fetchedBefore := o.counts()
-	startVerification(f, mp)
+	startVerification(t, f, mp)
 	if v := waitVerdict(t, f, mp); v.State != VerificationVerified {
 		t.Fatalf("verdict %+v, want verified after the spool was dropped", v)
 	}
@@ -378,11 +375,8 @@ func TestVerifyBeforeMount(t *testing.T) {
 
 // startVerification starts the verification of the layer at mp, as its
 // background fetch does when it ends.
-func startVerification(f *FileSystem, mp string) {
-	f.mu.Lock()
-	l := f.mounts[mp].layer
-	f.mu.Unlock()
-	l.whenLocal()
+func startVerification(t *testing.T, f *FileSystem, mp string) {
+	layerAt(t, f, mp).Local()
 }
 
 // TestSpoolsOfSharedRoot: data planes of two builds share the root during
@@ -416,7 +410,7 @@ func TestSpoolsOfSharedRoot(t *testing.T) {
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("spools of a dead process after a start: %v, want them gone", err)
 	}
-	startVerification(f, mp)
+	startVerification(t, f, mp)
 	if v := waitVerdict(t, f, mp); v.State != VerificationVerified {
 		t.Errorf("verdict %+v, want verified", v)
 	}

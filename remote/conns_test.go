@@ -2,7 +2,6 @@ package remote
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/http/httptrace"
 	"strings"
@@ -11,54 +10,6 @@ import (
 	"testing"
 	"time"
 )
-
-// When a host answers multi-range requests badly, ranges go as parallel
-// single-range requests, never more at once than WithParallelism allows.
-func TestReadRangesParallelBound(t *testing.T) {
-	reg := newRegistry(t, 100_000)
-	first := serveFirstRange(reg.blob, 0)
-	var inflight, peak atomic.Int32
-	reached := make(chan struct{})
-	var once sync.Once
-	reg.serve = func(w http.ResponseWriter, r *http.Request) {
-		n := inflight.Add(1)
-		defer inflight.Add(-1)
-		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-		}
-		if n >= 2 {
-			once.Do(func() { close(reached) })
-		}
-		// Hold the first single-range reads until two are in flight at
-		// once, which a client that reads in parallel gets to; a serial
-		// one does not, and the peak stays 1.
-		if rng := r.Header.Get("Range"); !strings.HasPrefix(rng, "bytes=-") && !strings.Contains(rng, ",") {
-			select {
-			case <-reached:
-			case <-time.After(10 * time.Second):
-			}
-		}
-		first(w, r)
-	}
-	b, _ := mustOpen(t, newTestResolver(t, reg, WithParallelism(2)), reg, 10)
-	var rs []Range
-	for i := range 10 {
-		rs = append(rs, Range{int64(i) * 5000, 100})
-	}
-	got, err := collect(t, b, rs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, reg.blob, rs, got)
-	if p := peak.Load(); p != 2 {
-		t.Errorf("peak of %d concurrent requests, want 2", p)
-	}
-	// A canceled context stops the reads.
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := b.ReadRanges(ctx, rs, func(Range, []byte) error { return nil }); !errors.Is(err, context.Canceled) {
-		t.Errorf("ReadRanges with a canceled context: %v", err)
-	}
-}
 
 // TestConnectionsReused checks that concurrent reads keep their
 // connections to the registry: a second round of as many concurrent

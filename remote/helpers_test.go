@@ -47,7 +47,7 @@ func testBlob(n int) ([]byte, digest.Digest) {
 
 // registry is a fake registry serving one blob; serve decides how it
 // answers a GET of the blob (default: net/http's ServeContent, which
-// answers suffix, single and multi-range requests correctly).
+// answers suffix and single range requests correctly).
 type registry struct {
 	blob  []byte
 	dgst  digest.Digest
@@ -227,30 +227,4 @@ func mustOpen(t *testing.T, r *Resolver, reg *registry, tail int64) (*Blob, []by
 		t.Fatalf("Open: %v", err)
 	}
 	return b, data
-}
-
-// collect runs ReadRanges and returns what fn saw per range.
-func collect(t *testing.T, b *Blob, rs []Range) (map[Range][]byte, error) {
-	t.Helper()
-	got := map[Range][]byte{}
-	err := b.ReadRanges(context.Background(), rs, func(r Range, p []byte) error {
-		if _, dup := got[r]; dup {
-			t.Errorf("range %v delivered twice", r)
-		}
-		got[r] = bytes.Clone(p)
-		return nil
-	})
-	return got, err
-}
-
-func checkRanges(t *testing.T, blob []byte, rs []Range, got map[Range][]byte) {
-	t.Helper()
-	for _, r := range rs {
-		if !bytes.Equal(got[r], blob[r.Offset:r.end()]) {
-			t.Errorf("range %v: wrong bytes", r)
-		}
-	}
-	if len(got) != len(rs) {
-		t.Errorf("got %d ranges, want %d", len(got), len(rs))
-	}
 }

@@ -2,61 +2,23 @@ package remote
 
 import (
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 )
 
-// Range is a part of a blob: Length bytes from Offset.
-type Range struct{ Offset, Length int64 }
-
-func (r Range) end() int64 { return r.Offset + r.Length }
-
-// span is a run of blob bytes [off, end) fetched as one piece: one or more
-// requested ranges that are adjacent or overlap.
+// span is a run of blob bytes [off, end) read with one request.
 type span struct {
 	off, end int64
-	rs       []Range
 	// buf, if set, receives the bytes (len(buf) == end-off).
-	buf  []byte
-	done bool
+	buf []byte
 	// progress, if set, is told how many bytes of buf are in as they
 	// arrive; got is that count.
 	progress func(n int)
 	got      int
 }
 
-// coalesce sorts ranges and merges adjacent or overlapping ones into spans.
-// Zero-length ranges are dropped; the caller handles them.
-func coalesce(rs []Range) []*span {
-	sorted := make([]Range, 0, len(rs))
-	for _, r := range rs {
-		if r.Length > 0 {
-			sorted = append(sorted, r)
-		}
-	}
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Offset < sorted[j].Offset })
-	var spans []*span
-	for _, r := range sorted {
-		if n := len(spans); n > 0 && r.Offset <= spans[n-1].end {
-			s := spans[n-1]
-			s.end = max(s.end, r.end())
-			s.rs = append(s.rs, r)
-			continue
-		}
-		spans = append(spans, &span{off: r.Offset, end: r.end(), rs: []Range{r}})
-	}
-	return spans
-}
-
-// rangeHeader formats spans as the value of a Range header.
-func rangeHeader(spans []*span) string {
-	parts := make([]string, len(spans))
-	for i, s := range spans {
-		parts[i] = fmt.Sprintf("%d-%d", s.off, s.end-1)
-	}
-	return "bytes=" + strings.Join(parts, ",")
-}
+// header is the value of the Range header that asks for s.
+func (s *span) header() string { return fmt.Sprintf("bytes=%d-%d", s.off, s.end-1) }
 
 // contentRange is a parsed "bytes first-last/size" Content-Range value;
 // size is -1 for "*".

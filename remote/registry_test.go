@@ -18,8 +18,7 @@ import (
 )
 
 // End to end against go-containerregistry's in-process registry, which
-// rejects suffix ranges (416) and answers only the first range of a
-// multi-range request.
+// rejects suffix ranges (416).
 //
 // What an Open asks is counted as the ranges it requests, one after
 // another, a range asked again at once counted once: a request the client
@@ -86,12 +85,12 @@ func TestRegistryEndToEnd(t *testing.T) {
 		if _, err := b.ReadAt(ctx, p, 1<<20); err != nil || !bytes.Equal(p, blob[1<<20:1<<20+len(p)]) {
 			t.Fatalf("ReadAt: %v", err)
 		}
-		rs := []Range{{0, 512}, {2 << 20, 4096}, {1000, 100}, {3<<20 - 10, 10}}
-		got, err := collect(t, b, rs)
-		if err != nil {
-			t.Fatalf("ReadRanges: %v", err)
+		for _, rg := range []struct{ off, n int64 }{{0, 512}, {2 << 20, 4096}, {1000, 100}, {3<<20 - 10, 10}} {
+			p := make([]byte, rg.n)
+			if _, err := b.ReadAt(ctx, p, rg.off); err != nil || !bytes.Equal(p, blob[rg.off:rg.off+rg.n]) {
+				t.Fatalf("ReadAt(%d, %d): %v", rg.off, rg.n, err)
+			}
 		}
-		checkRanges(t, blob, rs, got)
 	}
 	if _, _, err := r.Open(ctx, ref, digest.FromString("missing"), 51); !errdefs.IsNotFound(err) {
 		t.Errorf("Open of a missing blob: %v, want not found", err)

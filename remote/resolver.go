@@ -11,9 +11,8 @@
 // stall or break off (asked again for the rest), and checking every answer
 // (status, Content-Range, length) so that no byte is ever returned for the
 // wrong offset. Registries differ in how they answer range requests; what a
-// host was seen to do (ignore ranges, answer multi-range requests badly,
-// reject suffix ranges) is remembered per host for the life of the
-// Resolver, and a blob from a host that ignores ranges is fetched whole
+// host was seen to do (ignore ranges, reject suffix ranges) is remembered
+// per host for the life of the Resolver, and a blob from a host that ignores ranges is fetched whole
 // once, into a spool file that serves its reads.
 //
 // Errors are *Error values carrying an errdefs class and Temporary(). No
@@ -52,8 +51,6 @@ type options struct {
 	stall       time.Duration
 	retries     int
 	userAgent   string
-	parallel    int
-	maxRanges   int
 	backoffBase time.Duration
 	backoffMax  time.Duration
 	warm        int
@@ -140,18 +137,6 @@ func WithUserAgent(ua string) Option {
 	}
 }
 
-// WithParallelism bounds the concurrent requests of one ReadRanges call
-// when ranges have to be fetched one by one (default 4).
-func WithParallelism(n int) Option {
-	return func(o *options) error {
-		if n < 1 {
-			return fmt.Errorf("parallelism %d: %w", n, errdefs.ErrInvalidArgument)
-		}
-		o.parallel = n
-		return nil
-	}
-}
-
 // WithWarmConnections sets how many connections to a registry host are
 // opened ahead of need when a blob is first opened there (and again once
 // idle connections may have been closed), so that the bursts of reads of a
@@ -206,10 +191,9 @@ type Resolver struct {
 
 // hostState is what a host was seen to do with range requests.
 type hostState struct {
-	noRanges     atomic.Bool  // answers range requests with 200 and the whole blob
-	noMultiRange atomic.Bool  // answers multi-range requests wrongly
-	noSuffix     atomic.Bool  // rejects suffix ranges (bytes=-N)
-	warmedAt     atomic.Int64 // when connections were last warmed, in Unix nanoseconds
+	noRanges atomic.Bool  // answers range requests with 200 and the whole blob
+	noSuffix atomic.Bool  // rejects suffix ranges (bytes=-N)
+	warmedAt atomic.Int64 // when connections were last warmed, in Unix nanoseconds
 }
 
 // NewResolver returns a Resolver configured by opts.
@@ -221,8 +205,6 @@ func NewResolver(opts ...Option) (*Resolver, error) {
 		stall:       3 * time.Second,
 		retries:     3,
 		userAgent:   "lazypull",
-		parallel:    4,
-		maxRanges:   32,
 		backoffBase: 100 * time.Millisecond,
 		backoffMax:  5 * time.Second,
 		warm:        8,

@@ -39,37 +39,23 @@ func (b *Blob) again(ctx context.Context, read func() error) error {
 	}
 }
 
-// readSpansResuming is readSpans, asking again for the spans still missing
-// when an answer breaks off. A span whose reader is told of progress goes
-// on from the bytes it has (they were reported, so they stay); other spans
-// start over.
-func (b *Blob) readSpansResuming(ctx context.Context, spans []*span, deliver func(*span, []byte) error) ([]*span, error) {
-	var rest []*span
-	err := b.again(ctx, func() error {
-		var err error
-		rest, err = b.readSpans(ctx, pending(spans), deliver)
-		return err
-	})
-	return rest, err
+// readResuming is readRange, asking again for what s still misses when an
+// answer breaks off. A span whose reader is told of progress goes on from
+// the bytes it has (they were reported, so they stay); another starts over.
+func (b *Blob) readResuming(ctx context.Context, s *span) error {
+	return b.again(ctx, func() error { return b.readRange(ctx, s.rest()) })
 }
 
-// pending returns the spans not done yet, a span with progress as the part
-// after the bytes it has.
-func pending(spans []*span) []*span {
-	out := make([]*span, 0, len(spans))
-	for _, s := range spans {
-		switch {
-		case s.done:
-		case s.progress != nil && s.got > 0:
-			whole, base := s, s.got
-			out = append(out, &span{off: s.off + int64(base), end: s.end, rs: s.rs, buf: s.buf[base:],
-				progress: func(n int) {
-					whole.got = base + n
-					whole.progress(base + n)
-				}})
-		default:
-			out = append(out, s)
-		}
+// rest is the part of s still to read: s, or, when s's reader was told of
+// bytes that are in, the span after them.
+func (s *span) rest() *span {
+	if s.progress == nil || s.got == 0 {
+		return s
 	}
-	return out
+	whole, base := s, s.got
+	return &span{off: s.off + int64(base), end: s.end, buf: s.buf[base:],
+		progress: func(n int) {
+			whole.got = base + n
+			whole.progress(base + n)
+		}}
 }

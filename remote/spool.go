@@ -374,32 +374,21 @@ func (b *Blob) spoolAnswer(ctx context.Context, resp *http.Response) (*spool, er
 	return sp, nil
 }
 
-// readSpansFrom reads spans out of sp, which it releases, as readSpans
-// reads them out of an answer.
-func (b *Blob) readSpansFrom(ctx context.Context, sp *spool, spans []*span, deliver func(*span, []byte) error) error {
+// readFromSpool reads s out of sp, which it releases, as readRange reads
+// it out of an answer.
+func (b *Blob) readFromSpool(ctx context.Context, sp *spool, s *span) error {
 	defer b.r.spools.release(sp)
-	for _, s := range spans {
-		if s.buf == nil {
-			s.buf = make([]byte, s.end-s.off)
-		}
-		var progress func(int)
-		if s.progress != nil {
-			progress = func(n int) {
-				s.got = n
-				s.progress(n)
-			}
-		}
-		if err := b.r.spools.readAt(ctx, sp, b, s.buf, s.off, progress); err != nil {
-			return err
-		}
-		s.done = true
-		if deliver != nil {
-			if err := deliver(s, s.buf); err != nil {
-				return err
-			}
+	if s.buf == nil {
+		s.buf = make([]byte, s.end-s.off)
+	}
+	var progress func(int)
+	if s.progress != nil {
+		progress = func(n int) {
+			s.got = n
+			s.progress(n)
 		}
 	}
-	return nil
+	return b.r.spools.readAt(ctx, sp, b, s.buf, s.off, progress)
 }
 
 func (b *Blob) spoolKey() spoolKey {

@@ -102,6 +102,9 @@ func lazypullSettings(c *cli.Context) doctor.Lazypull {
 		l.ConfigErr = err
 		cfg = config.Default()
 	}
+	for _, k := range cfg.Removed {
+		l.ConfigRemoved = append(l.ConfigRemoved, k.String())
+	}
 	if c.IsSet("address") {
 		cfg.Address = c.String("address")
 	}

@@ -47,6 +47,25 @@ func TestConfigUnknownKey(t *testing.T) {
 	}
 }
 
+// A configuration file written for an earlier version, with a key that was
+// removed since, still starts the daemon, which names the key in a warning.
+func TestConfigRemovedKey(t *testing.T) {
+	e := newEnv(t)
+	doc := fmt.Sprintf("root = %q\n[remote]\nparallelism = 4\n", e.root)
+	if err := os.WriteFile(e.config, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, "--config", e.config, "--address", e.address)
+	d.waitServing(t, e.address)
+	if code := d.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	log := d.stderr.String()
+	if !strings.Contains(log, "level=warning") || !strings.Contains(log, "key=remote.parallelism") || !strings.Contains(log, "line=3") {
+		t.Errorf("no warning naming remote.parallelism and its line in:\n%s", log)
+	}
+}
+
 func TestBadFlagValue(t *testing.T) {
 	e := newEnv(t)
 	stderr := runFailing(t, e.args("--log-level", "loud")...)

@@ -80,6 +80,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lazypulld: %v\n", err)
 		return 1
 	}
+	warnRemoved(cfg)
 	if f.stopPlanes {
 		if err := stopDataPlanes(cfg, stderr); err != nil {
 			fmt.Fprintf(stderr, "lazypulld: %v\n", err)
@@ -97,6 +98,15 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// warnRemoved logs each key of the configuration file that lazypulld no
+// longer reads, which the file should lose.
+func warnRemoved(cfg *config.Config) {
+	for _, k := range cfg.Removed {
+		log.L.WithFields(log.Fields{"file": k.File, "line": k.Line, "key": k.Key}).
+			Warnf("configuration key removed, ignored: %s", k.Note)
+	}
 }
 
 // setupLogging sends the log to stderr, as text, at cfg's level.

@@ -87,7 +87,6 @@ func registryOptions(cfg *config.Config, creds remote.CredentialSource) []remote
 		remote.WithRequestTimeout(cfg.Remote.RequestTimeout.Duration),
 		remote.WithStallTimeout(cfg.Remote.StallTimeout.Duration),
 		remote.WithRetries(cfg.Remote.Retries),
-		remote.WithParallelism(cfg.Remote.Parallelism),
 		remote.WithWarmConnections(cfg.Remote.WarmConnections),
 		remote.WithSpool(filepath.Join(cfg.Root, "spool"), cfg.Remote.SpoolMaxSize.Int64()),
 		remote.WithUserAgent("lazypull/" + version),

@@ -68,6 +68,7 @@ func runDataPlane(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lazypulld data plane: %v\n", err)
 		return 1
 	}
+	warnRemoved(cfg)
 	log.L = log.L.WithField("data_plane", filepath.Base(dir))
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
