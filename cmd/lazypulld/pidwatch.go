@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +35,32 @@ func (w *pidWatch) wait() error {
 		return err
 	}
 	return rc.Read(func(fd uintptr) bool { return exited(int(fd)) })
+}
+
+// poll checks every interval whether the process has exited, for when the
+// runtime's poller cannot wait on the pidfd. It returns true once the
+// process has exited, false once ctx ends or close was called.
+func (w *pidWatch) poll(ctx context.Context, interval time.Duration) bool {
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		gone := false
+		if err := rc.Control(func(fd uintptr) { gone = exited(int(fd)) }); err != nil {
+			return false
+		}
+		if gone {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // exited reports whether the process of the pidfd fd has exited: its pidfd

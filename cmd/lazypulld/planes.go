@@ -338,7 +338,16 @@ func (p *planes) registerLocked(pl *plane, mounts []dataplane.Mount) {
 	go func() {
 		defer p.wg.Done()
 		if err := pl.watch.wait(); err != nil {
-			return // Close
+			if pl.life.Err() != nil {
+				return // Close
+			}
+			// Never silently stop watching: a data plane whose death
+			// goes unnoticed leaves its layers failing for good.
+			log.G(pl.life).WithError(err).WithFields(log.Fields{"pid": pl.info.PID, "data_plane": pl.id}).
+				Warn("cannot wait for the data plane's process; checking it every second instead")
+			if !pl.watch.poll(pl.life, time.Second) {
+				return
+			}
 		}
 		pl.watch.reap()
 		pl.watch.close()
