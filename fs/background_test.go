@@ -43,20 +43,18 @@ func TestBackgroundFetch(t *testing.T) {
 
 func waitFullyLocal(t *testing.T, f *FileSystem) LayerStats {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st := f.Stats()
-		if len(st) != 1 {
-			t.Fatalf("stats of %d layers, want 1", len(st))
-		}
-		if !st[0].FullyLocal.IsZero() {
-			return st[0]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("layer not fully local: %+v", st[0])
-		}
-		time.Sleep(10 * time.Millisecond)
+	var st []LayerStats
+	local := eventually(20*time.Second, func() bool {
+		st = f.Stats()
+		return len(st) != 1 || !st[0].FullyLocal.IsZero()
+	})
+	if len(st) != 1 {
+		t.Fatalf("stats of %d layers, want 1", len(st))
 	}
+	if !local {
+		t.Fatalf("layer not fully local: %+v", st[0])
+	}
+	return st[0]
 }
 
 // TestBackgroundFetchStopsOnUnmount checks that Unmount stops a background

@@ -394,10 +394,7 @@ func TestImageResolution(t *testing.T) {
 	if err := f.Mount(ctx, mountpoint(t), labels(layers[1])); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for o.opensOf(layers[2].dgst) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "layer 2's background resolution", func() bool { return o.opensOf(layers[2].dgst) != 0 })
 	waitIdle(t, f)
 	mp := mountpoint(t)
 	if err := f.Mount(ctx, mp, labels(layers[2])); err != nil {

@@ -229,17 +229,14 @@ func recoveredPanics(f *FileSystem) int64 { return f.panics.Load() }
 // the kernel may not have let the work that panics happen.
 func waitPanics(t *testing.T, f *FileSystem, optional bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for recoveredPanics(f) == 0 {
-		if time.Now().After(deadline) {
-			if optional {
-				t.Log("no panic met: the kernel has no FUSE passthrough")
-				return
-			}
-			t.Fatal("no panic recovered within 20s: the test injected none")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if eventually(20*time.Second, func() bool { return recoveredPanics(f) != 0 }) {
+		return
 	}
+	if optional {
+		t.Log("no panic met: the kernel has no FUSE passthrough")
+		return
+	}
+	t.Fatal("no panic recovered within 20s: the test injected none")
 }
 
 // TestCloseLeavesNoGoroutines checks that Close stops read-ahead, prefetch
@@ -261,10 +258,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(5*time.Second, func() bool { return runtime.NumGoroutine() <= before })
 	if n := runtime.NumGoroutine(); n > before {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])

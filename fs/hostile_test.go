@@ -376,19 +376,11 @@ func TestHostileResolution(t *testing.T) {
 	if err := f.Mount(context.Background(), mp, labels); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, "the background resolution of the hostile layers", func() bool {
 		f.mu.Lock()
-		n := len(f.pending)
-		f.mu.Unlock()
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("background resolution of the hostile layers still running after 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer f.mu.Unlock()
+		return len(f.pending) == 0
+	})
 	requireRefused(t, mountErr(t, f, spinning), spinning, `"etc/passwd"`)
 	requireRefused(t, mountErr(t, f, panicking), panicking, "null")
 	checkContent(t, mp+"/first", []byte("first"))
@@ -426,22 +418,17 @@ func TestResolveAheadBounded(t *testing.T) {
 	if err := f.Mount(context.Background(), mountpoint(t), labels); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, "the background resolution", func() bool {
 		f.mu.Lock()
-		n, ahead := len(f.pending), f.aheadLocked()
-		f.mu.Unlock()
-		if n == 0 {
-			t.Logf("%d bytes of TOC held for layers resolved ahead, bound %d", ahead, f.aheadCap())
-			if ahead > f.aheadCap() {
-				t.Errorf("%d bytes of TOC held for layers resolved ahead, more than %d", ahead, f.aheadCap())
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("background resolution still running after 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
+		defer f.mu.Unlock()
+		return len(f.pending) == 0
+	})
+	f.mu.Lock()
+	ahead := f.aheadLocked()
+	f.mu.Unlock()
+	t.Logf("%d bytes of TOC held for layers resolved ahead, bound %d", ahead, f.aheadCap())
+	if ahead > f.aheadCap() {
+		t.Errorf("%d bytes of TOC held for layers resolved ahead, more than %d", ahead, f.aheadCap())
 	}
 	for _, l := range layers {
 		checkContent(t, filepath.Join(mountLayer(t, f, l), strings.SplitN(l.entries[0].hdr.Name, "/", 2)[0], "file-with-a-long-name-0000"), []byte{0})

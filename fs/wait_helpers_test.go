@@ -17,13 +17,23 @@ func layerAt(t testing.TB, f *FileSystem, mp string) *Layer {
 	return v
 }
 
+// eventually reports whether cond held within d: the one way the tests of
+// fs wait for a state they cannot be told of, checking it every
+// millisecond.
+func eventually(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return cond()
+		}
+	}
+	return true
+}
+
 // waitFor waits, up to a generous deadline, for cond.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting after 30s for %s", what)
-		}
+	if !eventually(30*time.Second, cond) {
+		t.Fatalf("still waiting after 30s for %s", what)
 	}
 }
 
@@ -40,14 +50,8 @@ func waitFetches(t testing.TB, f *FileSystem) {
 	f.mu.Unlock()
 	// Not l.wg.Wait: a read the kernel still has in flight may start a
 	// fetch, and a WaitGroup must not grow from zero during a Wait.
-	deadline := time.Now().Add(30 * time.Second)
 	for _, l := range ls {
-		for l.work.running.Load() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("fetches still running after 30s")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, "the layer's fetches to end", func() bool { return l.work.running.Load() == 0 })
 	}
 }
 
@@ -55,13 +59,7 @@ func waitFetches(t testing.TB, f *FileSystem) {
 // entrypoint prefetches, layers' fetches) to end.
 func waitIdle(t testing.TB, f *FileSystem) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for f.work.running.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("goroutines still running after 30s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "the FileSystem's goroutines to end", func() bool { return f.work.running.Load() == 0 })
 }
 
 // reads is how many reads of blobs o answered.
